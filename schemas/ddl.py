@@ -1,0 +1,162 @@
+"""ClickHouse tables for every topic, applied as versioned migrations.
+
+Engine and dedup: each table is a ReplacingMergeTree whose sorting key ends in `event_id`,
+partitioned by month of `occurred_at`. Two mechanisms, for two ways a row arrives twice:
+- a batch re-inserted after a crash (same rows, same order): the sink passes an
+  `insert_deduplication_token` per partition and offset range, and the table keeps a
+  deduplication window (`non_replicated_deduplication_window`), so the retry is dropped at insert;
+- the same event produced twice (at-least-once producers, a replayed file): the two copies share
+  `event_id` and hence the whole sorting key, so merges keep one. Until a merge runs, queries that
+  must count exactly read `FINAL` (the analyst views do) or `count(DISTINCT event_id)`.
+The same DDL runs on chDB and on a ClickHouse server: one code path, a client of clickhouse-connect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATABASE = "flywheel"
+DEDUP_WINDOW = 1000  # inserts remembered per table for insert_deduplication_token
+
+_ENVELOPE = """
+    event_id UUID,
+    event_type LowCardinality(String),
+    schema_version UInt16,
+    occurred_at DateTime64(3, 'UTC'),
+    producer LowCardinality(String),"""
+
+_SETTINGS = f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"
+
+
+def _table(name: str, columns: str, order_by: str) -> str:
+    return (
+        f"CREATE TABLE IF NOT EXISTS {DATABASE}.{name} ({_ENVELOPE}{columns},\n"
+        "    ingested_at DateTime64(3, 'UTC') DEFAULT now64(3)\n"
+        ") ENGINE = ReplacingMergeTree\n"
+        "PARTITION BY toYYYYMM(occurred_at)\n"
+        f"ORDER BY ({order_by}, event_id)\n{_SETTINGS}"
+    )
+
+
+TABLES: dict[str, str] = {
+    "chat_requests": _table(
+        "chat_requests",
+        """
+    session_id String, message_id String, user_id String, model_alias LowCardinality(String),
+    messages String, max_tokens Nullable(UInt32), temperature Nullable(Float32), stream Bool,
+    route LowCardinality(String)""",
+        "toStartOfHour(occurred_at)",
+    ),
+    "chat_responses": _table(
+        "chat_responses",
+        """
+    session_id String, message_id String, user_id String, model_alias LowCardinality(String),
+    model_version LowCardinality(String), worker LowCardinality(String), content String,
+    finish_reason Nullable(String), prompt_tokens UInt32, completion_tokens UInt32,
+    ttft_ms Nullable(Float64), latency_ms Float64, status LowCardinality(String),
+    error Nullable(String), route LowCardinality(String)""",
+        "model_version, toStartOfHour(occurred_at)",
+    ),
+    "feedback": _table(
+        "feedback",
+        """
+    session_id String, message_id String, user_id String, feedback LowCardinality(String),
+    comment Nullable(String), correction Nullable(String)""",
+        "toStartOfHour(occurred_at)",
+    ),
+    "inference_latency": _table(
+        "inference_latency",
+        """
+    model_version LowCardinality(String), worker LowCardinality(String), session_id String,
+    message_id String, route LowCardinality(String), prompt_tokens UInt32, completion_tokens UInt32,
+    ttft_ms Nullable(Float64), latency_ms Float64, tokens_per_s Float64, status LowCardinality(String)""",
+        "model_version, toStartOfHour(occurred_at)",
+    ),
+    "metrics_windows": _table(
+        "metrics_windows",
+        """
+    model_version LowCardinality(String), route LowCardinality(String),
+    window_start DateTime64(3, 'UTC'), window_seconds UInt32, requests UInt64, errors UInt64,
+    timeouts UInt64, latency_p50_ms Nullable(Float64), latency_p90_ms Nullable(Float64),
+    latency_p99_ms Nullable(Float64), ttft_p50_ms Nullable(Float64), ttft_p99_ms Nullable(Float64),
+    tokens_per_s Float64, thumbs_up UInt64, thumbs_down UInt64""",
+        "model_version, route, window_seconds, window_start",
+    ),
+    "dpo_pairs": _table(
+        "dpo_pairs",
+        """
+    pair_id String, base_model LowCardinality(String), model_version LowCardinality(String),
+    prompt String, chosen Nullable(String), rejected String, source LowCardinality(String),
+    session_id String, message_id String, feedback_event_id UUID, chosen_message_id Nullable(String)""",
+        "base_model, toStartOfHour(occurred_at)",
+    ),
+    "retrain_jobs": _table(
+        "retrain_jobs",
+        """
+    job_id String, base_model LowCardinality(String), status LowCardinality(String),
+    pair_ids Array(String), parent_version Nullable(String), adapter_version Nullable(String),
+    verdict Nullable(String), error Nullable(String), metrics Map(String, Float64)""",
+        "base_model, job_id",
+    ),
+    "model_deployments": _table(
+        "model_deployments",
+        """
+    alias LowCardinality(String), action LowCardinality(String), version String,
+    previous_version Nullable(String), weight Nullable(UInt8), reason String,
+    adapter_path Nullable(String), job_id Nullable(String)""",
+        "alias, toStartOfHour(occurred_at)",
+    ),
+    "dead_letters": _table(
+        "dead_letters",
+        """
+    source_topic LowCardinality(String), partition Int32, offset Int64, key Nullable(String),
+    payload String, error_type LowCardinality(String), error String""",
+        "source_topic, toStartOfHour(occurred_at)",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "tables per topic", (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", *TABLES.values())),
+)
+
+_LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (
+    version UInt32, name String, applied_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = MergeTree ORDER BY version"""
+
+
+def applied_versions(client) -> set[int]:
+    """Versions recorded in the ledger; empty when the database does not exist yet."""
+    exists = client.command(f"EXISTS TABLE {DATABASE}.schema_migrations")
+    if not int(exists):
+        return set()
+    return {row[0] for row in client.query(f"SELECT version FROM {DATABASE}.schema_migrations").result_rows}
+
+
+def migrate(client) -> list[int]:
+    """Apply every migration not yet recorded; return the versions applied now. Idempotent.
+
+    `client` is a clickhouse-connect client (chdb:// or http://). Statements are idempotent
+    themselves (IF NOT EXISTS), so a crash between a statement and the ledger row is safe to rerun.
+    """
+    client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    client.command(_LEDGER)
+    done = applied_versions(client)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements:
+            client.command(statement)
+        client.insert(
+            f"{DATABASE}.schema_migrations", [[migration.version, migration.name]], column_names=["version", "name"]
+        )
+        applied.append(migration.version)
+    return applied

@@ -1,0 +1,193 @@
+"""Event contracts: one frozen pydantic model per topic value, all sharing the envelope.
+
+Envelope (ARCHITECTURE.md): event_id, event_type, schema_version, occurred_at (UTC), producer.
+Models forbid unknown fields: a typo in a producer is an error at the edge, not a silent loss.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+Status = Literal["ok", "error", "timeout"]
+Route = Literal["openai", "session", "sdk"]
+NonNegInt = Annotated[int, Field(ge=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ChatMessage(Frozen):
+    role: Role
+    content: str
+
+
+class Event(Frozen):
+    """The envelope. Subclasses fix `event_type` with a Literal and may bump `schema_version`."""
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_type: str
+    schema_version: Literal[1] = 1
+    occurred_at: AwareDatetime = Field(default_factory=_now)
+    producer: Annotated[str, Field(min_length=1, max_length=100)] = "flywheel"
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value.astimezone(UTC)
+
+
+class ChatRequest(Event):
+    event_type: Literal["chat_request"] = "chat_request"
+    session_id: Id
+    message_id: Id
+    user_id: Id = "anonymous"
+    model_alias: Id
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    stream: bool = False
+    route: Route = "openai"
+
+
+class ChatResponse(Event):
+    event_type: Literal["chat_response"] = "chat_response"
+    session_id: Id
+    message_id: Id
+    user_id: Id = "anonymous"
+    model_alias: Id
+    model_version: Id
+    worker: str = ""
+    content: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: NonNegInt = 0
+    completion_tokens: NonNegInt = 0
+    ttft_ms: NonNegFloat | None = None
+    latency_ms: NonNegFloat
+    status: Status = "ok"
+    error: str | None = None
+    route: Route = "openai"
+
+
+class Feedback(Event):
+    event_type: Literal["feedback"] = "feedback"
+    session_id: Id
+    message_id: Id
+    user_id: Id = "anonymous"
+    feedback: Literal["thumbs_up", "thumbs_down"]
+    comment: Annotated[str, Field(max_length=4000)] | None = None
+    correction: Annotated[str, Field(min_length=1, max_length=16000)] | None = None
+
+
+class InferenceLatency(Event):
+    event_type: Literal["inference_latency"] = "inference_latency"
+    model_version: Id
+    worker: str = ""
+    session_id: Id
+    message_id: Id
+    route: Route = "openai"
+    prompt_tokens: NonNegInt = 0
+    completion_tokens: NonNegInt = 0
+    ttft_ms: NonNegFloat | None = None
+    latency_ms: NonNegFloat
+    tokens_per_s: NonNegFloat = 0.0
+    status: Status = "ok"
+
+
+class MetricsWindow(Event):
+    event_type: Literal["metrics_window"] = "metrics_window"
+    model_version: Id
+    route: Route
+    window_start: AwareDatetime
+    window_seconds: Annotated[int, Field(gt=0)]
+    requests: NonNegInt
+    errors: NonNegInt = 0
+    timeouts: NonNegInt = 0
+    latency_p50_ms: NonNegFloat | None = None
+    latency_p90_ms: NonNegFloat | None = None
+    latency_p99_ms: NonNegFloat | None = None
+    ttft_p50_ms: NonNegFloat | None = None
+    ttft_p99_ms: NonNegFloat | None = None
+    tokens_per_s: NonNegFloat = 0.0
+    thumbs_up: NonNegInt = 0
+    thumbs_down: NonNegInt = 0
+
+
+class DPOPair(Event):
+    event_type: Literal["dpo_pair"] = "dpo_pair"
+    pair_id: Id
+    base_model: Id
+    model_version: Id
+    prompt: Annotated[list[ChatMessage], Field(min_length=1)]
+    chosen: str | None = None
+    rejected: str
+    source: Literal["correction", "thumbs_up", "teacher", "needs_chosen"]
+    session_id: Id
+    message_id: Id
+    feedback_event_id: uuid.UUID
+    chosen_message_id: Id | None = None
+
+
+class RetrainJob(Event):
+    event_type: Literal["retrain_job"] = "retrain_job"
+    job_id: Id
+    base_model: Id
+    status: Literal["requested", "started", "succeeded", "failed"]
+    pair_ids: list[Id] = Field(default_factory=list)
+    parent_version: Id | None = None
+    adapter_version: Id | None = None
+    verdict: Literal["accepted", "rejected"] | None = None
+    error: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class Deployment(Event):
+    event_type: Literal["deployment"] = "deployment"
+    alias: Id
+    action: Literal["adapter_ready", "canary_started", "step", "promoted", "rolled_back"]
+    version: Id
+    previous_version: Id | None = None
+    weight: Annotated[int, Field(ge=0, le=100)] | None = None
+    reason: str = ""
+    adapter_path: str | None = None
+    job_id: Id | None = None
+
+
+class DeadLetter(Event):
+    """What a consumer could not use, with why; the payload is kept verbatim (UTF-8, errors replaced)."""
+
+    event_type: Literal["dead_letter"] = "dead_letter"
+    source_topic: str
+    partition: int = -1
+    offset: int = -1
+    key: str | None = None
+    payload: str
+    error_type: str
+    error: str
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    ChatRequest,
+    ChatResponse,
+    Feedback,
+    InferenceLatency,
+    MetricsWindow,
+    DPOPair,
+    RetrainJob,
+    Deployment,
+    DeadLetter,
+)
+EVENT_BY_TYPE: dict[str, type[Event]] = {
+    cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES
+}

@@ -1,0 +1,106 @@
+"""The topic registry: every Kafka topic Flywheel uses, declared once.
+
+Partition counts are explicit because Tansu auto-creates unknown topics with 4 partitions
+and faust refuses to start when a source topic and its changelog disagree.
+Renaming a topic is a migration: consumers and tables are bound to these names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.events import (
+    ChatRequest,
+    ChatResponse,
+    DeadLetter,
+    Deployment,
+    DPOPair,
+    Event,
+    Feedback,
+    InferenceLatency,
+    MetricsWindow,
+    RetrainJob,
+)
+
+DAY_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    value_type: type[Event]
+    key_field: str  # the value's field whose string is the message key
+    table: str  # ClickHouse table the sink writes this topic to
+    partitions: int = 3
+    retention_ms: int = 7 * DAY_MS
+    cleanup_policy: str = "delete"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.name}.dlq"
+
+    def key(self, event: Event) -> bytes:
+        return str(getattr(event, self.key_field)).encode()
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy}
+
+
+CHAT_REQUESTS = Topic("chat.requests", ChatRequest, "session_id", "chat_requests")
+CHAT_RESPONSES = Topic("chat.responses", ChatResponse, "session_id", "chat_responses")
+CHAT_FEEDBACK = Topic("chat.feedback", Feedback, "session_id", "feedback")
+INFERENCE_LATENCY = Topic("inference.latency", InferenceLatency, "model_version", "inference_latency")
+METRICS_WINDOWS = Topic("metrics.windows", MetricsWindow, "model_version", "metrics_windows")
+DPO_PAIRS = Topic("dpo.pairs", DPOPair, "base_model", "dpo_pairs", retention_ms=30 * DAY_MS)
+RETRAIN_JOBS = Topic("retrain.jobs", RetrainJob, "base_model", "retrain_jobs", retention_ms=30 * DAY_MS)
+MODEL_DEPLOYMENTS = Topic(
+    "model.deployments", Deployment, "alias", "model_deployments", partitions=1, retention_ms=30 * DAY_MS
+)
+
+TOPICS: tuple[Topic, ...] = (
+    CHAT_REQUESTS,
+    CHAT_RESPONSES,
+    CHAT_FEEDBACK,
+    INFERENCE_LATENCY,
+    METRICS_WINDOWS,
+    DPO_PAIRS,
+    RETRAIN_JOBS,
+    MODEL_DEPLOYMENTS,
+)
+BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
+BY_EVENT: dict[type[Event], Topic] = {t.value_type: t for t in TOPICS}
+
+DLQ_PARTITIONS = 1
+DLQ_VALUE = DeadLetter
+DLQ_TABLE = "dead_letters"
+
+
+def all_topic_names() -> list[str]:
+    """Every topic with its DLQ, in declaration order."""
+    return [name for t in TOPICS for name in (t.name, t.dlq)]
+
+
+def create_topics(bootstrap: str, timeout: float = 30.0) -> list[str]:
+    """Create every topic and DLQ that does not exist yet; return the names created. Idempotent."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = []
+    for t in TOPICS:
+        if t.name not in existing:
+            wanted.append(NewTopic(t.name, num_partitions=t.partitions, config=t.config()))
+        if t.dlq not in existing:
+            wanted.append(NewTopic(t.dlq, num_partitions=DLQ_PARTITIONS, config=t.config()))
+    if not wanted:
+        return []
+    futures = admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+        except Exception as exc:  # another process may have created it meanwhile
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
