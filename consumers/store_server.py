@@ -1,0 +1,296 @@
+"""The embedded analytics store's owner process: chDB behind a read-only ClickHouse HTTP front.
+
+Only one process may open a chDB data path. In embedded mode this is that process:
+it opens `settings.store_dsn` (chdb://PATH), applies the ClickHouse migrations of
+`schemas.ddl` at start, then serves a ClickHouse-compatible HTTP endpoint that is
+enough for clickhouse-connect's HTTP client (`query`, `command`, `query_df`, `ping`),
+so every other process uses the same client code as against a ClickHouse server.
+
+Reads:  FLYWHEEL_* settings (data_dir / clickhouse_dsn, clickhouse_http_port, log_level).
+Writes: the chDB data directory (migrations only; later the ClickHouse sink lives here too).
+Serves: http://127.0.0.1:<clickhouse_http_port>/ (POST or GET `query=`), `/ping`.
+        Only SELECT, WITH, SHOW, DESCRIBE, EXISTS and EXPLAIN run over HTTP; anything
+        else gets HTTP 403 and ClickHouse error code 164 (READONLY).
+
+Not started with a ClickHouse server (http:// DSN): clients then talk to the server directly.
+
+Run:  python -m consumers.store_server     (stops cleanly on SIGTERM or Ctrl-C)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import signal
+import threading
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import clickhouse_connect
+from chdb.session import Session
+
+from schemas import ddl
+from schemas.logs import setup_logging
+from schemas.settings import CommonSettings
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
+READONLY_CODE = 164  # ClickHouse's READONLY error code
+UNKNOWN_ERROR_CODE = 1000  # ClickHouse's POCO_EXCEPTION / unknown: used for non-chDB failures
+
+# Comments and quoted text (string literals, quoted identifiers), matched so that their
+# content cannot hide a `;` or a keyword from the read-only check.
+_COMMENT_OR_QUOTED = re.compile(
+    r"""--[^\n]*|\#[^\n]*|/\*.*?(?:\*/|\Z)"""
+    r"""|'(?:[^'\\]|\\.|'')*(?:'|\Z)|"(?:[^"\\]|\\.|"")*(?:"|\Z)|`(?:[^`\\]|\\.|``)*(?:`|\Z)""",
+    re.DOTALL,
+)
+_FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*\Z", re.IGNORECASE)
+_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+_ERROR_CODE = re.compile(r"Code:\s*(\d+)")
+
+
+def _blank_out(match: re.Match) -> str:
+    text = match.group(0)
+    return " " if text[0] in "-#/" else text[0] + text[-1]
+
+
+def read_only_refusal(sql: str) -> str | None:
+    """Why `sql` may not run over HTTP, or None when it is a single read-only statement."""
+    bare = _COMMENT_OR_QUOTED.sub(_blank_out, sql).strip().rstrip(";").strip()
+    if not bare:
+        return "empty query"
+    if ";" in bare:
+        return "only one statement per request is allowed"
+    first = re.match(r"[\s(]*([A-Za-z]+)", bare)
+    keyword = first.group(1).upper() if first else ""
+    if keyword not in READ_ONLY_KEYWORDS:
+        return f"{keyword or 'this'} statements are not allowed; only {', '.join(sorted(READ_ONLY_KEYWORDS))}"
+    if _INTO_OUTFILE.search(bare):
+        return "INTO OUTFILE is not allowed"
+    return None
+
+
+def output_format(sql: str, default_format: str | None) -> str:
+    """The format a query's result comes back in: its FORMAT clause, else default_format, else TSV."""
+    bare = _COMMENT_OR_QUOTED.sub(_blank_out, sql).strip()
+    match = _FORMAT_CLAUSE.search(bare)
+    if match:
+        return match.group(1)
+    return default_format or "TabSeparated"
+
+
+def chdb_path(store_dsn: str) -> str:
+    """The chDB location of a chdb:// DSN (chdb:///abs/path or chdb://memory)."""
+    if not store_dsn.startswith("chdb://"):
+        raise ValueError(f"not a chdb:// DSN: {store_dsn!r}")
+    location = store_dsn.removeprefix("chdb://")
+    return ":memory:" if location in ("", "memory") else location
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    body: bytes
+    format: str
+    summary: dict[str, str]
+
+
+class QueryError(Exception):
+    """A query that failed; `status` and `code` become the HTTP status and ClickHouse error code."""
+
+    def __init__(self, message: str, status: int = 500, code: int = UNKNOWN_ERROR_CODE):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class StoreEngine:
+    """One chDB session on the data path, shared by all request threads behind one lock."""
+
+    def __init__(self, path: str):
+        self._session = Session(path)
+        self._lock = threading.Lock()
+        self._database = "default"
+        self.timezone = self._run("SELECT timezone()", "TabSeparated", {}).bytes().decode().strip()
+
+    def _run(self, sql: str, fmt: str, params: dict[str, str]):
+        try:
+            return self._session.query(sql, fmt, params=params or None)
+        except (
+            Exception
+        ) as exc:  # chDB raises ChdbError / RuntimeError carrying "Code: N. DB::Exception: ..."
+            text = str(exc)
+            code = _ERROR_CODE.search(text)
+            raise QueryError(text, code=int(code.group(1)) if code else UNKNOWN_ERROR_CODE) from exc
+
+    def execute(self, sql: str, fmt: str, database: str, params: dict[str, str]) -> QueryResult:
+        refusal = read_only_refusal(sql)
+        if refusal:
+            raise QueryError(
+                f"Code: {READONLY_CODE}. DB::Exception: flywheel store is read-only over HTTP: {refusal}. "
+                "(READONLY)",
+                status=403,
+                code=READONLY_CODE,
+            )
+        with self._lock:
+            if database != self._database:
+                self._run(f"USE `{database.replace('`', '``')}`", "TabSeparated", {})
+                self._database = database
+            result = self._run(sql, fmt, params)
+        body = result.bytes()
+        summary = {
+            "read_rows": str(result.rows_read()),
+            "read_bytes": str(result.bytes_read()),
+            "written_rows": "0",
+            "written_bytes": "0",
+            "result_bytes": str(len(body)),
+            "elapsed_ns": str(int(result.elapsed() * 1e9)),
+        }
+        return QueryResult(body, fmt, summary)
+
+    def close(self) -> None:
+        with self._lock:
+            self._session.close()
+
+
+class ClickHouseHandler(BaseHTTPRequestHandler):
+    """Just enough of ClickHouse's HTTP interface: query text in the body or `query=`, settings as params."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools connections
+    server_version = "flywheel-store"
+    engine: StoreEngine  # set on the subclass built by make_server
+
+    def do_GET(self) -> None:
+        path, params = self._parse()
+        if path in ("/ping", "/") and "query" not in params:
+            self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        self._query(params, params.get("query", ""))
+
+    def do_POST(self) -> None:
+        _, params = self._parse()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.headers.get("Content-Encoding", "identity") not in ("", "identity"):
+            self._error(
+                QueryError("Code: 1000. DB::Exception: compressed request bodies are not supported", 400)
+            )
+            return
+        sql = "\n".join(part for part in (params.get("query", ""), body.decode()) if part)
+        self._query(params, sql)
+
+    def _parse(self) -> tuple[str, dict[str, str]]:
+        url = urlsplit(self.path)
+        return url.path, dict(parse_qsl(url.query, keep_blank_values=True))
+
+    def _query(self, params: dict[str, str], sql: str) -> None:
+        query_id = params.get("query_id") or str(uuid.uuid4())
+        fmt = output_format(sql, params.get("default_format"))
+        # Server-side bound parameters ({name:Type}) arrive as param_<name>; other settings
+        # (wait_end_of_query, session_id, ...) shape the HTTP exchange and have no chDB meaning.
+        bound = {
+            key.removeprefix("param_"): value for key, value in params.items() if key.startswith("param_")
+        }
+        try:
+            result = self.engine.execute(sql, fmt, params.get("database") or "default", bound)
+        except QueryError as exc:
+            logger.info(
+                "query refused or failed", extra={"query_id": query_id, "code": exc.code, "error": str(exc)}
+            )
+            self._error(exc, query_id)
+            return
+        self._send(
+            200,
+            result.body,
+            {
+                "Content-Type": "application/octet-stream",
+                "X-ClickHouse-Format": result.format,
+                "X-ClickHouse-Timezone": self.engine.timezone,
+                "X-ClickHouse-Query-Id": query_id,
+                "X-ClickHouse-Summary": json.dumps(result.summary),
+            },
+        )
+
+    def _error(self, exc: QueryError, query_id: str = "") -> None:
+        headers = {"Content-Type": "text/plain; charset=UTF-8", "X-ClickHouse-Exception-Code": str(exc.code)}
+        if query_id:
+            headers["X-ClickHouse-Query-Id"] = query_id
+        self._send(exc.status, f"{exc}\n".encode(), headers)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
+        logger.debug("http " + format, *args)
+
+
+def make_server(engine: StoreEngine, port: int, host: str = HOST) -> ThreadingHTTPServer:
+    handler = type("BoundClickHouseHandler", (ClickHouseHandler,), {"engine": engine})
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def apply_migrations(store_dsn: str) -> list[int]:
+    """Run `schemas.ddl.migrate` through an in-process clickhouse-connect client on the data path."""
+    client = clickhouse_connect.get_client(dsn=store_dsn)
+    try:
+        return ddl.migrate(client)
+    finally:
+        client.close()
+
+
+def serve(settings: CommonSettings, stop: threading.Event) -> None:
+    """Open the store, migrate, serve until `stop` is set, then close everything."""
+    path = chdb_path(settings.store_dsn)
+    if path != ":memory:":
+        Path(path).mkdir(parents=True, exist_ok=True)
+    try:
+        applied = apply_migrations(settings.store_dsn)
+        engine = StoreEngine(path)
+    except Exception as exc:
+        # The usual cause: another process has the path open (chDB allows one process per path).
+        logger.error(
+            f"cannot open the store at {path} (is another process holding it?): {exc}", extra={"path": path}
+        )
+        raise SystemExit(1) from exc
+    logger.info("migrations applied", extra={"versions": applied, "path": path})
+    server = make_server(engine, settings.clickhouse_http_port)
+    thread = threading.Thread(target=server.serve_forever, name="store-http", daemon=True)
+    thread.start()
+    logger.info(
+        "store serving", extra={"url": f"http://{HOST}:{settings.clickhouse_http_port}", "path": path}
+    )
+    try:
+        stop.wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        engine.close()
+        logger.info("store stopped")
+
+
+def main() -> None:
+    settings = CommonSettings()
+    setup_logging(settings.log_level)
+    if not settings.embedded_store:
+        raise SystemExit(f"store_server only runs for a chdb:// store; this DSN is {settings.store_dsn!r}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    serve(settings, stop)
+
+
+if __name__ == "__main__":
+    main()

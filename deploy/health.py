@@ -1,0 +1,68 @@
+"""Health checks of the stack's parts, each a short real round trip with a timeout; none raises."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+def kafka_health(bootstrap: str, timeout: float = 2.0) -> Health:
+    """Metadata request through confluent-kafka's AdminClient."""
+    from confluent_kafka.admin import AdminClient
+
+    # log_level 0: librdkafka would otherwise print a connect error per attempt while the broker starts.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "error_cb": lambda _err: None})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except Exception as exc:
+        return Health(False, _reason(exc))
+    return Health(True, f"{len(metadata.brokers)} broker(s), {len(metadata.topics)} topics")
+
+
+def redis_health(url: str, timeout: float = 2.0) -> Health:
+    """PING."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        client.ping()
+        version = client.info("server").get("redis_version", "?")
+    except Exception as exc:
+        return Health(False, _reason(exc))
+    finally:
+        client.close()
+    return Health(True, f"PONG (redis {version})")
+
+
+def store_health(query_url: str, timeout: float = 3.0) -> Health:
+    """`SELECT 1` through clickhouse-connect's HTTP client, as every reader of the store connects."""
+    import clickhouse_connect
+
+    try:
+        client = clickhouse_connect.get_client(
+            dsn=query_url, connect_timeout=timeout, send_receive_timeout=timeout, query_retries=0
+        )
+    except Exception as exc:
+        return Health(False, _reason(exc))
+    try:
+        rows = client.query("SELECT 1").result_rows
+    except Exception as exc:
+        return Health(False, _reason(exc))
+    finally:
+        client.close()
+    if rows != [(1,)]:
+        return Health(False, f"SELECT 1 returned {rows!r}")
+    return Health(True, f"ClickHouse {client.server_version}")

