@@ -19,7 +19,10 @@ from schemas.events import (
     RetrainJob,
 )
 
-PROMPT = [ChatMessage(role="system", content="You are helpful."), ChatMessage(role="user", content="Where is my order?")]
+PROMPT = [
+    ChatMessage(role="system", content="You are helpful."),
+    ChatMessage(role="user", content="Where is my order?"),
+]
 
 
 def examples() -> list[Event]:
