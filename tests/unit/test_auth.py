@@ -1,0 +1,103 @@
+"""API keys without Redis: bearer parsing, key format, hashing, the TTL cache."""
+
+import hashlib
+import re
+
+import pytest
+
+from inference.auth import (
+    ApiKey,
+    TTLCache,
+    hash_key,
+    key_id_of,
+    new_plaintext_key,
+    parse_bearer,
+    well_formed,
+)
+
+
+@pytest.mark.parametrize(("header", "token"), [
+    ("Bearer fw-abc", "fw-abc"),
+    ("bearer fw-abc", "fw-abc"),
+    ("BEARER   fw-abc  ", "fw-abc"),
+    ("  Bearer fw-abc", "fw-abc"),
+    (None, None),
+    ("", None),
+    ("Bearer", None),
+    ("Bearer ", None),
+    ("Basic dXNlcjpwYXNz", None),
+    ("fw-abc", None),
+    ("Bearer fw-abc extra", None),
+    ("Token fw-abc", None),
+])
+def test_parse_bearer(header, token):
+    assert parse_bearer(header) == token
+
+
+def test_new_keys_have_the_documented_format_and_are_unique():
+    keys = {new_plaintext_key() for _ in range(200)}
+    assert len(keys) == 200
+    for key in keys:
+        assert re.fullmatch(r"fw-[A-Za-z0-9_-]{40}", key)
+        assert well_formed(key)
+
+
+@pytest.mark.parametrize("candidate", [
+    "", "fw-", "fw-" + "a" * 39, "fw-" + "a" * 41, "xx-" + "a" * 40,
+    "fw-" + "a" * 39 + "!", "fw-" + "a" * 39 + " ",
+])
+def test_malformed_keys_are_rejected_before_any_lookup(candidate):
+    assert not well_formed(candidate)
+
+
+def test_key_id_is_the_first_12_hex_of_the_sha256():
+    key = "fw-" + "a" * 40
+    digest = hash_key(key)
+    assert digest == hashlib.sha256(key.encode()).hexdigest()
+    assert key_id_of(digest) == digest[:12]
+    assert re.fullmatch(r"[0-9a-f]{12}", key_id_of(digest))
+
+
+def test_api_key_json_round_trip_and_scopes():
+    key = ApiKey("0123456789ab", "ci", frozenset({"chat", "admin"}), 600, created_at=1.5)
+    assert ApiKey.from_json(key.to_json()) == key
+    assert key.allows("chat") and not key.allows("train")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_ttl_cache_expires_entries():
+    clock = FakeClock()
+    cache = TTLCache(ttl_s=5.0, max_size=10, clock=clock)
+    cache.put("a", 1)
+    cache.put("miss", None)
+    assert cache.get("a") == (True, 1)
+    assert cache.get("miss") == (True, None)  # a cached negative answer is a hit
+    clock.now = 5.0
+    assert cache.get("a") == (False, None)
+    assert len(cache) == 1
+
+
+def test_ttl_cache_is_bounded_and_drops_least_recently_used():
+    cache = TTLCache(ttl_s=5.0, max_size=2, clock=FakeClock())
+    cache.put("a", 1)
+    cache.put("b", 2)
+    cache.get("a")
+    cache.put("c", 3)
+    assert len(cache) == 2
+    assert cache.get("b") == (False, None)
+    assert cache.get("a") == (True, 1)
+
+
+def test_ttl_cache_discard_where():
+    cache = TTLCache(ttl_s=5.0, max_size=10, clock=FakeClock())
+    for k in ("ab1", "ab2", "cd1"):
+        cache.put(k, k)
+    cache.discard_where(lambda k: k.startswith("ab"))
+    assert [cache.get(k)[0] for k in ("ab1", "ab2", "cd1")] == [False, False, True]
