@@ -1,0 +1,325 @@
+"""The Flywheel gateway: FastAPI app factory, routes, error handlers, lifespan, `main()`.
+
+Reads: FLYWHEEL_* settings (inference/settings.py), Redis, the inference workers.
+Writes: events to Kafka (or the disk spool), `<data_dir>/dev-api-key` on first start.
+
+Routes (the contract of ARCHITECTURE.md):
+    POST   /v1/chat/completions   OpenAI-compatible, stream or not          scope chat
+    GET    /v1/models             aliases and their versions                scope chat
+    POST   /chat, /chat/stream    session API, history in Redis             scope chat
+    DELETE /session/{session_id}                                            scope chat
+    POST   /feedback              thumbs_up / thumbs_down                   scope chat
+    GET    /admin/workers         router state (workers, routes)            scope admin
+    GET    /health                deep: workers, Redis, Kafka (no key)
+    GET    /metrics               Prometheus (no key)
+
+Example:
+
+    FLYWHEEL_GATEWAY_UPSTREAMS=http://127.0.0.1:8000 python -m inference.app
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import orjson
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference.auth import ApiKeyStore, ensure_dev_key
+from inference.metrics import GatewayMetrics
+from inference.protocol import (
+    ChatCompletionRequest,
+    FeedbackRequest,
+    GatewayError,
+    SessionChatRequest,
+    describe_validation_errors,
+    error_body,
+)
+from inference.publisher import EventPublisher
+from inference.ratelimit import RateLimiter
+from inference.router import RouteTable, WorkerPool
+from inference.serving import Caller, ChatServing, Gate
+from inference.sessions import SessionStore
+from inference.settings import GatewaySettings
+from inference.upstream import Refresher, Upstream, make_client
+from schemas.logs import setup_logging
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+ROUTE_LABELS = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/models": "models",
+    "/chat": "chat",
+    "/chat/stream": "chat_stream",
+    "/feedback": "feedback",
+    "/health": "health",
+    "/metrics": "metrics",
+    "/admin/workers": "admin",
+}
+
+
+@dataclass
+class Gateway:
+    """Every long-lived part of one gateway process, wired once (a `bootstrap`)."""
+
+    settings: GatewaySettings
+    metrics: GatewayMetrics
+    redis: Redis
+    keys: ApiKeyStore
+    gate: Gate
+    sessions: SessionStore
+    pool: WorkerPool
+    routes: RouteTable
+    refresher: Refresher
+    publisher: EventPublisher
+    serving: ChatServing
+    upstream: Upstream
+    tasks: list[asyncio.Task]
+
+    @classmethod
+    async def start(cls, settings: GatewaySettings) -> Gateway:
+        metrics = GatewayMetrics()
+        redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
+                               health_check_interval=30)
+        keys = ApiKeyStore(redis, cache_ttl_s=settings.gateway_key_cache_s)
+        sessions = SessionStore(redis, max_turns=settings.gateway_history_turns)
+        gate = Gate(redis, keys, RateLimiter(redis), sessions)
+        pool = WorkerPool(settings.gateway_eject_failures, settings.gateway_eject_cooldown_s)
+        routes = RouteTable((settings.gateway_model_alias,), settings.gateway_base_model)
+        refresher = Refresher(settings, redis, pool, routes)
+        upstream = Upstream(settings, pool, make_client(settings))
+        publisher = EventPublisher(settings, hook=metrics.event)
+        await publisher.start()
+        serving = ChatServing(settings, upstream, routes, sessions, publisher, metrics, gate)
+        try:
+            await ensure_dev_key(keys, settings.dev_key_path)
+        except (RedisError, OSError) as exc:
+            log.error("could not ensure the dev API key", extra={"error": repr(exc)})
+        try:
+            await refresher.refresh_once()
+        except RedisError as exc:
+            log.error("first worker/routes refresh failed", extra={"error": repr(exc)})
+        tasks = [asyncio.create_task(refresher.run(), name="flywheel-refresh")]
+        log.info("gateway started", extra={"workers": [w.url for w in pool.workers.values()],
+                                           "alias": settings.gateway_model_alias})
+        return cls(settings, metrics, redis, keys, gate, sessions, pool, routes, refresher, publisher, serving,
+                   upstream, tasks)
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.upstream.aclose()
+        await self.publisher.close()
+        await self.redis.aclose()
+
+    async def health(self) -> tuple[bool, dict]:
+        ready = self.pool.ready_count()
+        workers = {"ok": ready > 0, "ready": ready, "known": len(self.pool.workers),
+                   "refresh_error": self.refresher.last_error}
+        try:
+            await asyncio.wait_for(self.redis.ping(), 1.0)
+            redis = {"ok": True}
+        except Exception as exc:
+            redis = {"ok": False, "detail": repr(exc)}
+        kafka = await self.publisher.health()
+        checks = {"workers": workers, "redis": redis, "kafka": kafka}
+        return all(c["ok"] for c in checks.values()), checks
+
+
+class ObserveMiddleware:
+    """Pure ASGI: request id, in-flight gauge, request counter and latency histogram per route."""
+
+    def __init__(self, app, metrics_ref):
+        self.app = app
+        self.metrics_ref = metrics_ref
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        metrics: GatewayMetrics | None = self.metrics_ref()
+        path = scope["path"]
+        route = ROUTE_LABELS.get(path) or ("session_delete" if path.startswith("/session/") else "other")
+        state = scope.setdefault("state", {})
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = value.decode(errors="replace")[:100]
+                break
+        state["request_id"] = request_id = request_id or uuid.uuid4().hex
+        rid = request_id.encode()
+        status = 500
+
+        async def send_observed(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+            await send(message)
+
+        if metrics is None:
+            return await self.app(scope, receive, send_observed)
+        metrics.in_flight.inc()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            metrics.in_flight.dec()
+            if route != "metrics":
+                metrics.latency.labels(route).observe(loop.time() - t0)
+            metrics.requests.labels(route, str(status), state.get("model_version", "")).inc()
+
+
+def _json_error(status: int, message: str, code: str | None = None, headers=None, param=None) -> Response:
+    return Response(error_body(status, message, code, param), status_code=status, media_type=JSON,
+                    headers=headers)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    holder: dict[str, Gateway] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        gateway = await Gateway.start(settings)
+        holder["g"] = gateway
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.stop()
+            holder.pop("g", None)
+
+    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(ObserveMiddleware, metrics_ref=lambda: holder["g"].metrics if "g" in holder else None)
+
+    def g() -> Gateway:
+        return holder["g"]
+
+    def require(scope: str):
+        async def dependency(
+            request: Request,
+            authorization: str | None = Header(None),
+            x_user_id: str | None = Header(None, max_length=200),
+        ) -> Caller:
+            key = await g().gate.authenticate(authorization, scope)
+            return Caller(key, x_user_id or f"key-{key.key_id}", request.state.request_id)
+
+        return dependency
+
+    chat_scope = Depends(require("chat"))
+    admin_scope = Depends(require("admin"))
+
+    # -- routes: parse, call serving, answer -------------------------------------------------------
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request, caller: Caller = chat_scope,
+                               x_session_id: str | None = Header(None)):
+        return await g().serving.chat_completions(body, caller, x_session_id, request.state)
+
+    @app.get("/v1/models")
+    async def models(caller: Caller = chat_scope):
+        await g().gate.admit(caller.key)
+        return g().serving.models()
+
+    @app.post("/chat")
+    async def chat(body: SessionChatRequest, request: Request, caller: Caller = chat_scope):
+        return await g().serving.session_chat(body, caller, False, request.state)
+
+    @app.post("/chat/stream")
+    async def chat_stream(body: SessionChatRequest, request: Request, caller: Caller = chat_scope):
+        return await g().serving.session_chat(body, caller, True, request.state)
+
+    @app.delete("/session/{session_id}")
+    async def delete_session(session_id: str, caller: Caller = chat_scope):
+        return await g().serving.delete_session(session_id, caller)
+
+    @app.post("/feedback", status_code=202)
+    async def feedback(body: FeedbackRequest, caller: Caller = chat_scope):
+        return await g().serving.feedback(body, caller)
+
+    @app.get("/admin/workers")
+    async def admin_workers(caller: Caller = admin_scope):
+        gw = g()
+        routes = {a: [{"version": r.version, "weight": r.weight} for r in gw.routes.versions(a)]
+                  for a in gw.routes.aliases}
+        return Response(orjson.dumps({"workers": gw.pool.snapshot(), "routes": routes}), media_type=JSON)
+
+    @app.get("/health")
+    async def health():
+        ok, checks = await g().health()
+        return Response(orjson.dumps({"status": "ok" if ok else "degraded", "checks": checks}),
+                        status_code=200 if ok else 503, media_type=JSON)
+
+    @app.get("/metrics")
+    async def metrics():
+        gw = g()
+        try:
+            gw.metrics.active_sessions.set(await asyncio.wait_for(gw.sessions.active_count(), 1.0))
+        except Exception as exc:  # Redis down: keep the last value, say why in the log
+            log.warning("active session count unavailable", extra={"error": repr(exc)})
+        gw.metrics.workers_ready.set(gw.pool.ready_count())
+        gw.metrics.spool_backlog.set(await asyncio.to_thread(gw.publisher.spool.backlog))
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # -- errors: always OpenAI-style JSON ----------------------------------------------------------
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError):
+        return Response(exc.body(), status_code=exc.status, media_type=JSON, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        message, field = describe_validation_errors(list(exc.errors()))
+        return _json_error(422, message, "invalid_request", param=field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return _json_error(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RedisError)
+    async def redis_error(request: Request, exc: RedisError):
+        log.error("redis unavailable", extra={"request_id": _rid(request), "error": repr(exc)})
+        return _json_error(503, "the session store (Redis) is unavailable; retry later", "store_unavailable")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error", extra={"request_id": _rid(request), "path": request.url.path})
+        return _json_error(500, f"internal error (request id {_rid(request)})", "internal_error")
+
+    return app
+
+
+def _rid(request: Request) -> str:
+    return getattr(request.state, "request_id", "") or ""
+
+
+def main() -> None:
+    import uvicorn
+
+    settings = GatewaySettings()
+    setup_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port, loop="uvloop",
+                http="httptools", access_log=settings.gateway_access_log, log_config=None, lifespan="on",
+                timeout_keep_alive=30)
+
+
+if __name__ == "__main__":
+    main()

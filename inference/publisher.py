@@ -1,0 +1,387 @@
+"""Fire-and-forget event publishing for the gateway, with a disk spool for broker outages.
+
+Reads: events from the request path. Writes: Kafka topics of schemas.topics; `<data_dir>/spool/*.jsonl`.
+
+The request path only calls `publish(event)`: one `produce()` into librdkafka's in-memory queue
+(or one append to the spool's buffer), never a wait for the broker. Nothing is lost:
+- a message whose delivery report is a failure is written to the spool;
+- when every broker is down (librdkafka's ALL_BROKERS_DOWN), the queue is purged into the spool and
+  new events go to the spool until a probe reaches the broker again;
+- a fatal producer error (an idempotent producer meeting a restarted in-memory Tansu broker that forgot
+  its producer id: UNKNOWN_PRODUCER_ID, out-of-order sequence) replaces the producer, and whatever the
+  old one had not delivered goes to the spool;
+- on recovery the topics are created again (a restarted Tansu has none, and would auto-create them
+  with the wrong partition count), a fresh producer is made, and the spool is replayed; a segment is
+  deleted once all its records are handed over and flushed (their failures come back to the spool).
+Duplicates are possible only for a message in flight at the moment of a purge (tolerated downstream:
+event_id dedup), never by replaying a segment twice.
+
+Why not the producer SDK's `ChatEventProducer.send`: spooling needs the failed message itself, which the
+SDK's error callback does not carry, and recovery needs to purge and replace the librdkafka producer.
+So this module uses confluent-kafka directly with the SDK's settings (ProducerSettings.kafka_config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from inference.settings import GatewaySettings
+from schemas.events import Event
+from schemas.topics import BY_EVENT, create_topics
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[str, int], None]  # (outcome, count): published, failed, spooled, replayed
+
+
+class Spool:
+    """Append-only JSON-lines segments; a writer thread writes and fsyncs each batch.
+
+    One record: {"topic": ..., "key": ..., "value": <the event's JSON>}.
+    """
+
+    def __init__(self, directory: Path, flush_s: float = 0.2):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.flush_s = flush_s
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()  # guards _pending
+        self._file_lock = threading.Lock()  # guards the current segment
+        self._current: Path | None = None
+        self._seq = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flywheel-spool", daemon=True)
+        self.written = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def append(self, topic: str, key: bytes | str | None, value: bytes) -> None:
+        if isinstance(key, bytes):
+            key = key.decode(errors="replace")
+        try:
+            line = orjson.dumps({"topic": topic, "key": key, "value": orjson.Fragment(value)})
+        except orjson.JSONEncodeError:  # not JSON (cannot happen for events): keep it as a string
+            line = orjson.dumps({"topic": topic, "key": key, "value": value.decode(errors="replace")})
+        with self._lock:
+            self._pending.append(line)
+
+    def flush(self) -> int:
+        """Write and fsync what is buffered; returns the number of records written."""
+        with self._file_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return 0
+            if self._current is None:
+                self._seq += 1
+                self._current = self.dir / f"spool-{time.time_ns()}-{self._seq}.jsonl"
+            with open(self._current, "ab") as f:
+                f.write(b"\n".join(batch) + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.written += len(batch)
+            return len(batch)
+
+    def rotate(self) -> list[Path]:
+        """Close the current segment; return every closed segment, oldest first."""
+        self.flush()
+        with self._file_lock:
+            self._current = None
+            return self.segments()
+
+    def segments(self) -> list[Path]:
+        current = self._current
+        return sorted((p for p in self.dir.glob("spool-*.jsonl") if p != current),
+                      key=lambda p: tuple(int(x) for x in p.stem.split("-")[1:]))
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def backlog(self) -> int:
+        """Records buffered or on disk, not yet replayed (counts lines; for health and metrics)."""
+        n = len(self._pending)
+        for p in self.dir.glob("spool-*.jsonl"):
+            try:
+                with open(p, "rb") as f:
+                    n += sum(1 for _ in f)
+            except FileNotFoundError:
+                pass
+        return n
+
+    @staticmethod
+    def read(path: Path) -> list[tuple[str, str | None, bytes]]:
+        records = []
+        with open(path, "rb") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rec = orjson.loads(line)
+                except orjson.JSONDecodeError:  # a torn last line after a crash
+                    log.error("unreadable spool line skipped", extra={"segment": str(path)})
+                    continue
+                value = rec["value"]
+                value = value.encode() if isinstance(value, str) else orjson.dumps(value)
+                records.append((rec["topic"], rec.get("key"), value))
+        return records
+
+    @staticmethod
+    def rewrite(path: Path, records: list[tuple[str, str | None, bytes]]) -> None:
+        """Replace a segment by the records not yet replayed."""
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            for topic, key, value in records:
+                f.write(orjson.dumps({"topic": topic, "key": key, "value": orjson.Fragment(value)}) + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("spool write failed; will retry")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.flush()
+
+
+class EventPublisher:
+    def __init__(self, settings: GatewaySettings, hook: Hook | None = None):
+        self.settings = settings
+        self.hook = hook or (lambda _outcome, _n: None)
+        self.spool = Spool(settings.spool_dir, settings.gateway_spool_flush_s)
+        self._routes = {cls: (t.name, t.key_field) for cls, t in BY_EVENT.items()}
+        self._config = settings.kafka_config()
+        self._config.update({
+            "error_cb": self._on_error,
+            "on_delivery": self._on_delivery,
+            "delivery.report.only.error": True,  # successes cost nothing; failures carry the message
+            "log_level": 3,  # librdkafka's connect errors are reported through error_cb
+        })
+        self.spooling = False  # True while the broker is unreachable: events go straight to disk
+        self.fatal: KafkaError | None = None
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.replaying = False
+        self._producer: Producer | None = None
+        self._stop = threading.Event()
+        self._purge_requested = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="flywheel-gateway-poll", daemon=True)
+        self._task: asyncio.Task | None = None
+        self._replace_lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._producer = Producer(self._config)
+        self.spool.start()
+        self._poller.start()
+        self._task = asyncio.create_task(self._supervise(), name="flywheel-publisher")
+
+    async def close(self, timeout: float = 10.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.to_thread(self._drain, timeout)
+
+    def _drain(self, timeout: float) -> None:
+        """Flush what the broker will take in `timeout`; spool the rest; stop the threads."""
+        producer = self._producer
+        if producer is not None and not self.spooling:
+            producer.flush(timeout)
+        if producer is not None:
+            producer.purge(in_queue=True, in_flight=True, blocking=True)
+            producer.poll(0)  # delivery reports of purged messages -> spool
+        self._stop.set()
+        if self._poller.is_alive():
+            self._poller.join()
+        self.spool.close()
+
+    # -- request path ------------------------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Queue one event for its topic; never blocks, never raises for broker trouble."""
+        topic, key_field = self._routes[type(event)]
+        key = str(getattr(event, key_field))
+        value = event.__pydantic_serializer__.to_json(event)
+        if not self.spooling:
+            try:
+                self._producer.produce(topic, value, key)
+                self.hook("published", 1)
+                return
+            except (BufferError, KafkaException) as exc:
+                self._note(f"produce failed: {exc}")
+        self.spool.append(topic, key, value)
+        self.hook("spooled", 1)
+
+    # -- librdkafka callbacks (poll thread) --------------------------------------------------------
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            return
+        self.spool.append(msg.topic(), msg.key(), msg.value())
+        self.hook("failed", 1)
+        self.hook("spooled", 1)
+        self._note(f"delivery failed: {err.name()}")
+
+    def _on_error(self, err: KafkaError) -> None:
+        self._note(f"{err.name()}: {err.str()}")
+        if err.fatal():
+            log.error("fatal producer error: replacing the producer", extra={"error": err.name()})
+            self.fatal = err
+            self._purge_requested.set()
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN and not self.spooling:
+            log.warning("broker unreachable: spooling events to disk", extra={"spool": str(self.spool.dir)})
+            self.spooling = True
+            self._purge_requested.set()
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            producer = self._producer
+            if producer is not None:
+                producer.poll(0.1)
+            else:
+                time.sleep(0.1)
+            if self._purge_requested.is_set():
+                self._purge_requested.clear()
+                if self.fatal is not None:
+                    self._replace_producer()
+                elif producer is not None:
+                    # Broker down: what librdkafka holds goes to disk now, so that nothing is retried into a
+                    # restarted broker before its topics exist again.
+                    producer.purge(in_queue=True, in_flight=True, blocking=False)
+                    producer.poll(0)
+
+    def _replace_producer(self) -> None:
+        with self._replace_lock:
+            old = self._producer
+            self._producer = Producer(self._config)
+            self.fatal = None
+            if old is not None:
+                old.purge(in_queue=True, in_flight=True, blocking=False)
+                old.poll(0)  # their delivery reports put them in the spool
+                old.flush(0)
+
+    def _note(self, message: str) -> None:
+        self.last_error = message
+        self.last_error_at = time.time()
+
+    # -- recovery (event loop task; blocking parts in threads) -------------------------------------
+
+    async def _supervise(self) -> None:
+        probe_s = self.settings.gateway_broker_probe_s
+        while True:
+            await asyncio.sleep(probe_s)
+            try:
+                if self.spooling:
+                    if await asyncio.to_thread(self._probe, 2.0):
+                        await asyncio.to_thread(self._recover)
+                if not self.spooling and (self.spool.segments() or self.spool.has_pending()):
+                    await asyncio.to_thread(self._replay)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._note(f"recovery failed: {exc!r}")
+                log.warning("spool recovery failed; will retry", extra={"error": repr(exc)})
+
+    def _probe(self, timeout: float) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "log_level": 0,
+                             "error_cb": lambda _e: None})
+        try:
+            admin.list_topics(timeout=timeout)
+            return True
+        except Exception:
+            return False
+
+    def _recover(self) -> None:
+        create_topics(self.settings.kafka_bootstrap, timeout=10.0)
+        # A restarted in-memory broker forgot our producer id: start with a fresh one.
+        with self._replace_lock:
+            old = self._producer
+            self._producer = Producer(self._config)
+            self.spooling = False
+        if old is not None:
+            old.purge(in_queue=True, in_flight=True, blocking=False)
+            old.poll(0)
+            old.flush(0)
+        log.info("broker reachable again: replaying the spool")
+
+    def _replay(self) -> None:
+        self.replaying = True
+        try:
+            for segment in self.spool.rotate():
+                records = self.spool.read(segment)
+                done = 0
+                producer = self._producer
+                for topic, key, value in records:
+                    if self.spooling or self._stop.is_set():
+                        break
+                    while True:
+                        try:
+                            producer.produce(topic, value, key)
+                            break
+                        except BufferError:
+                            producer.poll(0.05)
+                    done += 1
+                producer.flush(30.0)
+                self.hook("replayed", done)
+                if done < len(records):
+                    self.spool.rewrite(segment, records[done:])
+                    log.warning("replay interrupted", extra={"segment": str(segment), "left": len(records) - done})
+                    return
+                segment.unlink()
+                log.info("spool segment replayed", extra={"segment": str(segment), "events": done})
+        finally:
+            self.replaying = False
+
+    # -- health ------------------------------------------------------------------------------------
+
+    async def health(self, timeout: float = 1.0) -> dict[str, Any]:
+        """A metadata round trip with the live producer, and the spool state."""
+        ok = False
+        detail = ""
+        if not self.spooling:
+            try:
+                md = await asyncio.to_thread(self._producer.list_topics, None, timeout)
+                ok = True
+                detail = f"{len(md.brokers)} broker(s)"
+            except Exception as exc:
+                detail = f"metadata request failed: {exc}"
+        else:
+            detail = "broker unreachable: spooling to disk"
+        return {
+            "ok": ok,
+            "detail": detail,
+            "spooling": self.spooling,
+            "queued": len(self._producer) if self._producer is not None else 0,
+            "spool_backlog": await asyncio.to_thread(self.spool.backlog),
+            "last_error": self.last_error,
+        }
+
+
+def iter_spool(directory: Path) -> Iterator[tuple[str, str | None, bytes]]:
+    """Every record left in a spool directory (for tests and operators)."""
+    for p in sorted(directory.glob("spool-*.jsonl")):
+        yield from Spool.read(p)

@@ -1,0 +1,82 @@
+"""Settings of the gateway (inference/app.py): where it listens, which upstreams, timeouts, spool.
+
+Every field reads `FLYWHEEL_<NAME>` (e.g. `FLYWHEEL_GATEWAY_UPSTREAMS=http://127.0.0.1:8000`) or `.env`.
+The bus, Redis and data directory come from CommonSettings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from producers.settings import ProducerSettings
+
+
+class GatewaySettings(ProducerSettings):
+    # Where uvicorn binds.
+    gateway_host: str = Field("127.0.0.1", description="gateway bind address")
+    gateway_port: int = Field(8080, description="gateway port")
+    # Static upstream OpenAI-compatible servers (comma-separated or JSON list): production
+    # deployments and benchmarks against a stub. Merged with the workers found in Redis.
+    gateway_upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="static upstream base URLs"
+    )
+    # Also route to the ready workers registered in Redis (`flywheel:workers:<index>`).
+    gateway_discover_workers: bool = Field(True, description="discover workers from Redis")
+    # How often the worker list and the routing tables are re-read from Redis (background task).
+    gateway_refresh_s: float = Field(1.0, gt=0, description="worker/routes refresh interval")
+    # The public model name clients ask for; its versions come from `flywheel:routes:<alias>`.
+    gateway_model_alias: str = Field("support", description="model alias served")
+    # What the alias maps to while its routing table is empty: the base model's served name.
+    gateway_base_model: str = Field("tiny", description="base model served name")
+    # Prepended to the session API's history (one per deployment).
+    gateway_system_prompt: str = Field(
+        "You are a helpful customer service assistant. Answer product questions, guide returns, "
+        "and say so when you do not know.",
+        description="system prompt of the session API",
+    )
+    # Session history: turns kept and their time to live.
+    gateway_history_turns: int = Field(10, ge=0, description="turns of history sent upstream")
+    # Upstream timeouts: connecting (a failure there is retried on another worker), waiting for
+    # each chunk / the answer, and the whole non-streamed request.
+    gateway_connect_timeout_s: float = Field(2.0, gt=0, description="upstream connect timeout")
+    gateway_read_timeout_s: float = Field(60.0, gt=0, description="upstream read timeout per chunk")
+    gateway_request_timeout_s: float = Field(120.0, gt=0, description="whole upstream request timeout")
+    # Upstream tries per request on connection failures (each on a different worker if possible).
+    gateway_max_attempts: int = Field(3, ge=1, description="upstream attempts on connection failure")
+    # Consecutive connection failures that eject a worker, and how long it stays out.
+    gateway_eject_failures: int = Field(1, ge=1, description="failures before ejection")
+    gateway_eject_cooldown_s: float = Field(5.0, ge=0, description="ejection cool-down")
+    # Shared HTTP/1.1 keep-alive pool to the upstreams.
+    gateway_max_connections: int = Field(512, ge=1, description="upstream connection pool size")
+    # Verified API keys are cached this long (a revoked key works at most this much longer).
+    gateway_key_cache_s: float = Field(5.0, ge=0, description="API key verification cache")
+    # Spool: events the broker did not take, as JSON lines; fsync'd in batches at this interval.
+    gateway_spool_flush_s: float = Field(0.2, gt=0, description="spool fsync interval")
+    # How often the publisher probes a broker it lost, to replay the spool.
+    gateway_broker_probe_s: float = Field(1.0, gt=0, description="broker probe interval when down")
+    # uvicorn access log (off by default: it costs throughput; requests are counted in /metrics).
+    gateway_access_log: bool = Field(False, description="uvicorn access log")
+    producer_client_id: str = Field("flywheel-gateway", description="Kafka client.id")
+
+    @field_validator("gateway_upstreams", mode="before")
+    @classmethod
+    def _split(cls, value):
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                return json.loads(value)
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def dev_key_path(self) -> Path:
+        return self.data_dir / "dev-api-key"

@@ -1,0 +1,357 @@
+"""The gateway against the real local stack (Tansu broker, Redis) and bench/upstream_stub.py as upstream.
+
+The gateway runs as its own process (`python -m inference.app`), as in production; its upstreams are a
+dead port (to exercise retry and ejection) and the stub. Later the same tests can target a real vLLM
+worker by changing FLYWHEEL_GATEWAY_UPSTREAMS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import orjson
+import pytest
+from confluent_kafka import Consumer
+from redis.asyncio import Redis
+
+from deploy.ports import free_ports
+from inference.auth import ApiKeyStore
+from schemas.codec import decode
+from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
+from tests.conftest import settings_env
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def stub_url():
+    (port,) = free_ports(1)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(port)],
+                            cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/health", proc)
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def gateway(stack, stub_url, tmp_path_factory):
+    port, dead = free_ports(2)
+    env = {
+        **os.environ,
+        **settings_env(stack),
+        "FLYWHEEL_GATEWAY_PORT": str(port),
+        "FLYWHEEL_GATEWAY_UPSTREAMS": f"http://127.0.0.1:{dead},{stub_url}",
+        "FLYWHEEL_GATEWAY_READ_TIMEOUT_S": "1.5",
+        "FLYWHEEL_GATEWAY_EJECT_COOLDOWN_S": "0.5",
+        "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
+        "FLYWHEEL_LOG_LEVEL": "WARNING",
+    }
+    log = open(tmp_path_factory.mktemp("gateway") / "gateway.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-m", "inference.app"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(url + "/metrics", proc)
+        key = (Path(stack.data_dir) / "dev-api-key").read_text().strip()
+        yield {"url": url, "key": key, "dead": f"http://127.0.0.1:{dead}", "proc": proc}
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def keys(stack):
+    """Extra API keys: chat-only rate 2/min, admin-only."""
+
+    async def make():
+        redis = Redis.from_url(stack.redis_url)
+        store = ApiKeyStore(redis)
+        limited, _ = await store.create("limited", {"chat"}, rate_per_minute=2)
+        admin_only, _ = await store.create("ops", {"admin"}, rate_per_minute=1000)
+        chat_only, _ = await store.create("app", {"chat"}, rate_per_minute=100_000)
+        await redis.aclose()
+        return {"limited": limited, "admin_only": admin_only, "chat_only": chat_only}
+
+    return asyncio.run(make())
+
+
+@pytest.fixture
+def client(gateway):
+    with httpx.Client(base_url=gateway["url"], headers={"Authorization": f"Bearer {gateway['key']}"},
+                      timeout=10.0) as c:
+        yield c
+
+
+def oai(gateway, **headers) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=gateway["key"], default_headers=headers or None,
+                         max_retries=0)
+
+
+def consume(consumer_config: dict, topic: str, wanted: set[str], timeout: float = 30.0) -> dict[str, object]:
+    """Events on `topic` whose message_id is in `wanted`, decoded and validated with schemas.codec."""
+    consumer = Consumer(consumer_config)
+    consumer.subscribe([topic])
+    found: dict[str, object] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while wanted - set(found) and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            event = decode(msg.value())
+            if getattr(event, "message_id", None) in wanted:
+                found[event.message_id] = event
+    finally:
+        consumer.close()
+    return found
+
+
+# -- OpenAI compatibility ------------------------------------------------------------------------------
+
+
+def test_openai_client_non_stream(gateway):
+    c = oai(gateway, **{"X-Session-Id": "oai-session-1"})
+    raw = c.chat.completions.with_raw_response.create(
+        model="support", messages=[{"role": "user", "content": "Where is my order?"}], max_tokens=16, user="alice")
+    completion = raw.parse()
+    assert raw.headers["x-session-id"] == "oai-session-1"
+    assert completion.id.startswith("chatcmpl-") and "stub" not in completion.id
+    assert completion.choices[0].message.content == "echo model=tiny messages=1 last=Where is my order?"
+    assert completion.usage.completion_tokens > 0
+    assert completion.model == "tiny"  # the version actually served
+
+
+def test_openai_client_stream(gateway):
+    c = oai(gateway)
+    stream = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "hello there"}],
+                                       stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    ids = {ch.id for ch in chunks}
+    assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == "echo model=tiny messages=1 last=hello there"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(text.split(" "))
+
+
+def test_stream_without_usage_hides_usage_chunk(client):
+    with client.stream("POST", "/v1/chat/completions", json={
+            "model": "support", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data:")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [orjson.loads(ln[5:]) for ln in lines[:-1]]
+    assert all(ch["choices"] and "usage" not in ch for ch in chunks)
+
+
+def test_models(gateway):
+    models = oai(gateway).models.list()
+    ids = [m.id for m in models.data]
+    assert ids[0] == "support" and "tiny" in ids
+
+
+# -- sessions ------------------------------------------------------------------------------------------------
+
+
+def test_session_history_across_turns(client):
+    r1 = client.post("/chat", json={"message": "first", "max_tokens": 16})
+    assert r1.status_code == 200, r1.text
+    sid = r1.json()["session_id"]
+    assert r1.headers["x-session-id"] == sid
+    # system prompt + the user message
+    assert r1.json()["content"] == "echo model=tiny messages=2 last=first"
+    r2 = client.post("/chat", json={"session_id": sid, "message": "second"})
+    assert r2.json()["content"] == "echo model=tiny messages=4 last=second"
+    # streamed turns see and extend the same history
+    with client.stream("POST", "/chat/stream", json={"session_id": sid, "message": "third"}) as r:
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data:")]
+    text = "".join((orjson.loads(ln[5:])["choices"][0]["delta"].get("content") or "") for ln in lines[:-1])
+    assert text == "echo model=tiny messages=6 last=third"
+    r4 = client.post("/chat", json={"session_id": sid, "message": "fourth"})
+    assert r4.json()["content"] == "echo model=tiny messages=8 last=fourth"
+    assert client.delete(f"/session/{sid}").status_code == 200
+    assert client.delete(f"/session/{sid}").status_code == 404
+    r5 = client.post("/chat", json={"session_id": sid, "message": "again"})
+    assert r5.json()["content"] == "echo model=tiny messages=2 last=again"
+
+
+def test_history_keeps_last_ten_turns(client):
+    sid = f"s{uuid.uuid4().hex}"
+    for i in range(12):
+        r = client.post("/chat", json={"session_id": sid, "message": f"m{i}"})
+        assert r.status_code == 200
+    # system + 10 turns (20 messages) + the new message
+    assert r.json()["content"].startswith("echo model=tiny messages=22 ")
+
+
+# -- feedback ---------------------------------------------------------------------------------------------
+
+
+def test_feedback_accepted_404_403(client, consumer_config):
+    r = client.post("/chat", json={"message": "rate me"}, headers={"X-User-Id": "alice"})
+    sid, mid = r.json()["session_id"], r.json()["message_id"]
+    body = {"session_id": sid, "message_id": mid, "feedback": "thumbs_down", "comment": "wrong",
+            "correction": "The right answer."}
+    other = client.post("/feedback", json=body, headers={"X-User-Id": "mallory"})
+    assert other.status_code == 403 and other.json()["error"]["code"] == "not_message_owner"
+    unknown = client.post("/feedback", json={**body, "message_id": "chatcmpl-" + "0" * 32},
+                          headers={"X-User-Id": "alice"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "message_not_found"
+    ok = client.post("/feedback", json=body, headers={"X-User-Id": "alice"})
+    assert ok.status_code == 202, ok.text
+    event_id = ok.json()["event_id"]
+    found = consume(consumer_config, "chat.feedback", {mid})
+    fb = found[mid]
+    assert isinstance(fb, Feedback)
+    assert str(fb.event_id) == event_id and fb.feedback == "thumbs_down" and fb.user_id == "alice"
+    assert fb.correction == "The right answer."
+
+
+def test_openai_message_feedback(gateway, client):
+    c = oai(gateway, **{"X-Session-Id": "oai-fb"})
+    completion = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "q"}],
+                                           user="bob")
+    r = client.post("/feedback", json={"session_id": "oai-fb", "message_id": completion.id,
+                                       "feedback": "thumbs_up"}, headers={"X-User-Id": "bob"})
+    assert r.status_code == 202, r.text
+
+
+# -- errors -------------------------------------------------------------------------------------------------
+
+CHAT = {"model": "support", "messages": [{"role": "user", "content": "hi"}]}
+FEEDBACK = {"session_id": "s", "message_id": "chatcmpl-" + "f" * 32, "feedback": "thumbs_up"}
+
+
+@pytest.mark.parametrize(
+    "key, method, path, body, status, code",
+    [
+        (None, "POST", "/v1/chat/completions", CHAT, 401, "missing_api_key"),
+        ("bad", "POST", "/v1/chat/completions", CHAT, 401, "invalid_api_key"),
+        ("fw-" + "x" * 40, "POST", "/chat", {"message": "hi"}, 401, "invalid_api_key"),
+        ("admin_only", "POST", "/v1/chat/completions", CHAT, 403, "insufficient_scope"),
+        ("chat_only", "GET", "/admin/workers", None, 403, "insufficient_scope"),
+        ("dev", "POST", "/feedback", FEEDBACK, 404, "message_not_found"),
+        ("dev", "GET", "/no/such/route", None, 404, None),
+        ("dev", "POST", "/v1/chat/completions", {**CHAT, "model": "gpt-9"}, 404, "model_not_found"),
+        ("dev", "DELETE", "/session/nosuchsession", None, 404, "session_not_found"),
+        ("dev", "POST", "/v1/chat/completions", {"model": "support"}, 422, "invalid_request"),
+        ("dev", "POST", "/v1/chat/completions", {**CHAT, "temperature": "hot"}, 422, "invalid_request"),
+        ("dev", "POST", "/feedback", {**FEEDBACK, "feedback": "meh"}, 422, "invalid_request"),
+        ("dev", "POST", "/chat", {"message": "hi", "session_id": "bad id!"}, 422, "invalid_session_id"),
+    ],
+)
+def test_error_table(gateway, keys, key, method, path, body, status, code):
+    token = {"dev": gateway["key"], None: None}.get(key, keys.get(key, key))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = httpx.request(method, gateway["url"] + path, json=body, headers=headers, timeout=10.0)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["message"] and error["type"]
+    if code:
+        assert error["code"] == code
+    if status == 422:
+        field = {"messages": "messages", "hot": "temperature", "meh": "feedback", "bad id!": "session_id"}
+        assert any(f in error["message"] for f in field.values())
+
+
+def test_rate_limit_429(gateway, keys):
+    headers = {"Authorization": f"Bearer {keys['limited']}"}
+    codes = [httpx.post(gateway["url"] + "/v1/chat/completions", json=CHAT, headers=headers).status_code
+             for _ in range(3)]
+    assert codes[:2] == [200, 200]
+    r = httpx.post(gateway["url"] + "/v1/chat/completions", json=CHAT, headers=headers)
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_upstream_timeout_504(client):
+    r = client.post("/v1/chat/completions", json={**CHAT, "stub_delay_ms": 4000})
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "upstream_timeout"
+
+
+def test_retry_on_dead_worker(gateway, client):
+    time.sleep(0.6)  # past the dead worker's cool-down: it is tried again
+    for _ in range(6):
+        r = client.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 200, r.text
+        time.sleep(0.3)
+    workers = {w["url"]: w for w in client.get("/admin/workers").json()["workers"]}
+    assert workers[gateway["dead"]]["requests"] >= 2  # tried (and retried elsewhere) more than once
+    metrics = client.get("/metrics").text
+    assert f'flywheel_gateway_upstream_failures_total{{worker="{gateway["dead"]}"}}' in metrics or \
+        "flywheel_gateway_requests_total" in metrics
+
+
+# -- events, health, metrics -------------------------------------------------------------------------------
+
+
+def test_events_on_each_topic(gateway, consumer_config):
+    c = oai(gateway, **{"X-Session-Id": "events-1"})
+    a = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "one"}], user="eve").id
+    stream = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "two"}], user="eve",
+                                       stream=True)
+    b = [ch.id for ch in stream][0]
+    ids = {a, b}
+    requests = consume(consumer_config, "chat.requests", ids)
+    responses = consume({**consumer_config, "group.id": consumer_config["group.id"] + "r"}, "chat.responses", ids)
+    latency = consume({**consumer_config, "group.id": consumer_config["group.id"] + "l"}, "inference.latency", ids)
+    assert set(requests) == set(responses) == set(latency) == ids
+    assert all(isinstance(e, ChatRequest) and e.session_id == "events-1" and e.user_id == "eve"
+               for e in requests.values())
+    assert requests[b].stream and not requests[a].stream
+    for mid, resp in responses.items():
+        assert isinstance(resp, ChatResponse)
+        assert resp.status == "ok" and resp.model_version == "tiny" and resp.worker
+        assert resp.completion_tokens > 0 and resp.prompt_tokens > 0 and resp.latency_ms > 0
+        assert isinstance(latency[mid], InferenceLatency)
+    assert responses[b].ttft_ms is not None
+    assert responses[a].content.startswith("echo model=tiny")
+
+
+def test_health_and_metrics(client):
+    h = client.get("/health")
+    assert h.status_code == 200, h.text
+    checks = h.json()["checks"]
+    assert checks["workers"]["ready"] >= 1 and checks["redis"]["ok"] and checks["kafka"]["ok"]
+    m = client.get("/metrics").text
+    for name in ("flywheel_gateway_requests_total", "flywheel_gateway_request_latency_seconds_bucket",
+                 "flywheel_gateway_ttft_seconds_bucket", "flywheel_gateway_tokens_per_second_bucket",
+                 "flywheel_gateway_completion_tokens_total", "flywheel_gateway_in_flight",
+                 "flywheel_gateway_active_sessions", 'flywheel_gateway_events_total{outcome="published"}'):
+        assert name in m, name

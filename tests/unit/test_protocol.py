@@ -1,0 +1,117 @@
+"""Request parsing at the gateway's edge: OpenAI-compatible (extras kept) and our own APIs (strict)."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from inference.protocol import (
+    ChatCompletionRequest,
+    FeedbackRequest,
+    GatewayError,
+    SessionChatRequest,
+    describe_validation_errors,
+    error_body,
+    new_message_id,
+)
+
+
+def test_unknown_fields_are_kept_and_forwarded():
+    req = ChatCompletionRequest.model_validate(
+        {"model": "support", "messages": [{"role": "user", "content": "hi", "name": "bob"}],
+         "top_p": 0.9, "logit_bias": {"1": 2}, "stub_delay_ms": 5}
+    )
+    body = req.upstream_body("support@v2")
+    assert body["model"] == "support@v2"
+    assert body["top_p"] == 0.9 and body["logit_bias"] == {"1": 2} and body["stub_delay_ms"] == 5
+    assert body["messages"][0] == {"role": "user", "content": "hi", "name": "bob"}
+    assert "stream_options" not in body
+
+
+def test_stream_requests_usage_upstream():
+    req = ChatCompletionRequest.model_validate({"model": "m", "stream": True, "messages": [{"role": "user",
+                                                                                          "content": "x"}]})
+    assert not req.wants_usage
+    assert req.upstream_body("v")["stream_options"] == {"include_usage": True}
+    req2 = ChatCompletionRequest.model_validate({"model": "m", "stream": True, "stream_options": {
+        "include_usage": True}, "messages": [{"role": "user", "content": "x"}]})
+    assert req2.wants_usage
+
+
+def test_content_parts_to_text():
+    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, {"role": "assistant", "content": None}]})
+    assert [m.text() for m in req.messages] == ["ab", ""]
+    assert req.model is None
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"model": "m"}, "messages"),
+        ({"model": "m", "messages": []}, "messages"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 3}, "temperature"),
+        ({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+        ({"model": "m", "messages": [{"content": "x"}]}, "messages.0.role"),
+    ],
+)
+def test_bad_completion_requests_name_the_field(body, field):
+    with pytest.raises(ValidationError) as info:
+        ChatCompletionRequest.model_validate(body)
+    message, first = describe_validation_errors(info.value.errors())
+    assert first == field
+    assert field in message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": ""},
+        {"message": "hi", "unknown": 1},  # our own API is strict
+        {"message": "hi", "temperature": -1},
+        {},
+    ],
+)
+def test_bad_session_requests(body):
+    with pytest.raises(ValidationError):
+        SessionChatRequest.model_validate(body)
+
+
+def test_session_request_defaults():
+    req = SessionChatRequest.model_validate({"message": "hi"})
+    assert req.session_id is None and req.max_tokens is None
+
+
+@pytest.mark.parametrize(
+    "body, ok",
+    [
+        ({"session_id": "s", "message_id": "m", "feedback": "thumbs_up"}, True),
+        ({"session_id": "s", "message_id": "m", "feedback": "thumbs_down", "comment": "no",
+          "correction": "yes"}, True),
+        ({"session_id": "s", "message_id": "m", "feedback": "meh"}, False),
+        ({"session_id": "s", "feedback": "thumbs_up"}, False),
+        ({"session_id": "s", "message_id": "m", "feedback": "thumbs_up", "correction": ""}, False),
+    ],
+)
+def test_feedback_requests(body, ok):
+    if ok:
+        FeedbackRequest.model_validate(body)
+    else:
+        with pytest.raises(ValidationError):
+            FeedbackRequest.model_validate(body)
+
+
+def test_error_body_is_openai_style():
+    body = orjson.loads(error_body(429, "slow down", "rate_limit_exceeded"))
+    assert body == {"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit_exceeded",
+                              "param": None}}
+    err = GatewayError(404, "nope")
+    assert orjson.loads(err.body())["error"]["type"] == "not_found_error"
+
+
+def test_message_ids_are_unique_and_key_safe():
+    ids = {new_message_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(i.startswith("chatcmpl-") and len(i) == 41 and i.replace("-", "").isalnum() for i in ids)
