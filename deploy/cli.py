@@ -110,10 +110,11 @@ def down(settings: CommonSettings, timeout: float) -> None:
 
 
 def _register() -> None:
+    from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_data import db, schemas, topics
     from producers.cli import produce_command
 
-    for command in (topics, db, schemas, produce_command):
+    for command in (topics, db, schemas, produce_command, sql_command, report_command):
         main.add_command(command)
 
 

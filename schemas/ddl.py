@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from schemas.views import view_statements
+
 DATABASE = "flywheel"
 DEDUP_WINDOW = 1000  # inserts remembered per table for insert_deduplication_token
 
@@ -125,6 +127,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables per topic", (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", *TABLES.values())),
+    Migration(2, "analyst views", view_statements()),  # schemas/views.py
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (

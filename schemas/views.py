@@ -1,0 +1,190 @@
+"""Analyst views over the topic tables (database `flywheel`), applied by migration 2 of `schemas.ddl`.
+
+Plain views, not materialized ones, on purpose:
+- Exactness. The tables are ReplacingMergeTree keyed by `event_id`; an event produced twice
+  (at-least-once producers, a replayed file) is two rows until a merge, and only `FINAL` (read
+  time) removes the copy. A materialized view aggregates at insert time, so it would count that
+  copy for good. Every view here reads `FINAL`.
+- Scale. The embedded stack holds thousands to a few million rows: a scan with FINAL answers in
+  milliseconds to a second. The pre-aggregated path already exists: the stream processors write
+  windowed aggregates to `metrics_windows`. If raw tables grow past what a scan answers in time,
+  the step up is an AggregatingMergeTree fed by a materialized view (after deduplication), not a
+  change to these names and columns.
+
+Time series are bucketed per minute of the event's `occurred_at` (UTC) and per model version;
+filter them on `minute` (ClickHouse pushes the predicate into the view). Conventions:
+- `requests` are responses (`chat_responses`): only a response carries the model version.
+- Latency figures are over `status = 'ok'` responses (the time to a usable answer); failures are
+  what the error rate counts (`error` and `timeout`).
+- A message's verdict is its latest feedback (a user may change their mind); the thumbs-down rate
+  is thumbs-down over rated answers, bucketed by the minute the answer was served, so that it
+  describes the version that served it.
+- A question is the last user message of a request, trimmed, lowercased, inner whitespace folded.
+"""
+
+from __future__ import annotations
+
+DB = "flywheel"
+
+# The normalized question of a chat_requests row (messages is a JSON array of {role, content}).
+QUESTION_EXPR = (
+    "lowerUTF8(trimBoth(replaceRegexpAll(JSONExtractString("
+    "arrayLast(m -> JSONExtractString(m, 'role') = 'user', JSONExtractArrayRaw(messages)), 'content'),"
+    " '\\\\s+', ' ')))"
+)
+
+# Per-version aggregates over `v_responses`, shared by the view `v_ab_summary` (all time) and by
+# the windowed queries of deploy/analytics.py, so the two cannot drift apart.
+AB_SUMMARY_COLUMNS = """
+    model_version,
+    count() AS requests,
+    countIf(status != 'ok') AS errors,
+    errors / requests AS error_rate,
+    countIf(verdict != '') AS rated,
+    countIf(verdict = 'thumbs_up') AS thumbs_up,
+    countIf(verdict = 'thumbs_down') AS thumbs_down,
+    if(rated = 0, NULL, thumbs_down / rated) AS thumbs_down_rate,
+    countIf(status = 'ok') AS ok_requests,
+    if(ok_requests = 0, NULL, avgIf(latency_ms, status = 'ok')) AS latency_mean_ms,
+    if(ok_requests < 2, NULL, stddevSampStableIf(latency_ms, status = 'ok')) AS latency_std_ms,
+    if(ok_requests = 0, NULL, quantileIf(0.5)(latency_ms, status = 'ok')) AS latency_p50_ms,
+    if(ok_requests = 0, NULL, quantileIf(0.95)(latency_ms, status = 'ok')) AS latency_p95_ms,
+    if(ok_requests = 0, NULL, quantileIf(0.99)(latency_ms, status = 'ok')) AS latency_p99_ms,
+    min(occurred_at) AS first_seen,
+    max(occurred_at) AS last_seen"""
+
+
+def ab_summary_sql(where: str = "") -> str:
+    """Per-version summary over `v_responses`, optionally filtered (`where` is a SQL condition)."""
+    condition = f"\nWHERE {where}" if where else ""
+    return f"SELECT{AB_SUMMARY_COLUMNS}\nFROM {DB}.v_responses{condition}\nGROUP BY model_version"
+
+
+def top_questions_sql(where: str = "", limit: int = 10) -> str:
+    """The most asked normalized questions over `v_questions`, optionally filtered."""
+    condition = f"\nWHERE {where}" if where else ""
+    return (
+        "SELECT question, count() AS asks, uniqExact(session_id) AS sessions, max(occurred_at) AS last_asked\n"
+        f"FROM {DB}.v_questions{condition}\nGROUP BY question\nORDER BY asks DESC, question ASC\nLIMIT {int(limit)}"
+    )
+
+
+def dead_letters_sql(where: str = "") -> str:
+    """Dead letters per source topic and error type, optionally filtered."""
+    condition = f"\nWHERE {where}" if where else ""
+    return (
+        "SELECT source_topic, error_type, count() AS dead_letters, max(occurred_at) AS last_seen,\n"
+        "    argMax(error, occurred_at) AS last_error\n"
+        f"FROM {DB}.dead_letters FINAL{condition}\nGROUP BY source_topic, error_type"
+    )
+
+
+# Name -> SELECT, in dependency order (a view only reads tables and the views above it).
+VIEWS: dict[str, str] = {
+    # One row per message: its latest verdict, comment and correction.
+    "v_feedback_verdicts": f"""
+SELECT
+    message_id,
+    argMax(feedback, occurred_at) AS verdict,
+    argMax(comment, occurred_at) AS comment,
+    argMax(correction, occurred_at) AS correction,
+    max(occurred_at) AS feedback_at
+FROM {DB}.feedback FINAL
+GROUP BY message_id""",
+    # One row per response with its verdict ('' when unrated): the base of per-version figures.
+    "v_responses": f"""
+SELECT
+    r.occurred_at AS occurred_at, r.model_version AS model_version, r.model_alias AS model_alias,
+    r.session_id AS session_id, r.message_id AS message_id, r.status AS status,
+    r.latency_ms AS latency_ms, r.ttft_ms AS ttft_ms, r.completion_tokens AS completion_tokens,
+    f.verdict AS verdict
+FROM {DB}.chat_responses AS r FINAL
+LEFT JOIN {DB}.v_feedback_verdicts AS f ON f.message_id = r.message_id""",
+    # Requests (responses) per second per version, per minute.
+    "v_requests_per_second": f"""
+SELECT
+    model_version,
+    toStartOfMinute(occurred_at) AS minute,
+    count() AS requests,
+    requests / 60 AS requests_per_second
+FROM {DB}.chat_responses FINAL
+GROUP BY model_version, minute""",
+    # p95 (with p50, p99, mean) latency of successful responses per version, per minute.
+    "v_latency_p95": f"""
+SELECT
+    model_version,
+    toStartOfMinute(occurred_at) AS minute,
+    count() AS requests,
+    quantile(0.95)(latency_ms) AS latency_p95_ms,
+    quantile(0.5)(latency_ms) AS latency_p50_ms,
+    quantile(0.99)(latency_ms) AS latency_p99_ms,
+    avg(latency_ms) AS latency_mean_ms
+FROM {DB}.chat_responses FINAL
+WHERE status = 'ok'
+GROUP BY model_version, minute""",
+    # Share of responses that failed (error or timeout) per version, per minute.
+    "v_error_rate": f"""
+SELECT
+    model_version,
+    toStartOfMinute(occurred_at) AS minute,
+    count() AS requests,
+    countIf(status = 'error') AS errors,
+    countIf(status = 'timeout') AS timeouts,
+    (errors + timeouts) / requests AS error_rate
+FROM {DB}.chat_responses FINAL
+GROUP BY model_version, minute""",
+    # Thumbs-down over rated answers per version, per minute the answer was served.
+    "v_thumbs_down_rate": f"""
+SELECT
+    model_version,
+    toStartOfMinute(occurred_at) AS minute,
+    countIf(verdict != '') AS rated,
+    countIf(verdict = 'thumbs_up') AS thumbs_up,
+    countIf(verdict = 'thumbs_down') AS thumbs_down,
+    thumbs_down / rated AS thumbs_down_rate
+FROM {DB}.v_responses
+WHERE verdict != ''
+GROUP BY model_version, minute""",
+    # One row per request with its normalized question (requests without a user message left out).
+    "v_questions": f"""
+SELECT occurred_at, model_alias, session_id, message_id, {QUESTION_EXPR} AS question
+FROM {DB}.chat_requests FINAL
+WHERE question != ''""",
+    # The ten most asked questions, all time.
+    "v_top_questions": top_questions_sql(),
+    # Thumbs-down feedback that says why (comment or correction), with the answer and the question.
+    "v_bad_cases": f"""
+SELECT
+    f.occurred_at AS feedback_at,
+    r.model_version AS model_version,
+    q.question AS question,
+    r.content AS answer,
+    f.comment AS comment,
+    f.correction AS correction,
+    f.session_id AS session_id,
+    f.message_id AS message_id,
+    f.event_id AS feedback_event_id
+FROM {DB}.feedback AS f FINAL
+LEFT JOIN (
+    SELECT message_id, any(model_version) AS model_version, any(content) AS content
+    FROM {DB}.chat_responses FINAL
+    WHERE message_id IN (SELECT message_id FROM {DB}.feedback WHERE feedback = 'thumbs_down')
+    GROUP BY message_id
+) AS r ON r.message_id = f.message_id
+LEFT JOIN (
+    SELECT message_id, any(question) AS question
+    FROM {DB}.v_questions
+    WHERE message_id IN (SELECT message_id FROM {DB}.feedback WHERE feedback = 'thumbs_down')
+    GROUP BY message_id
+) AS q ON q.message_id = f.message_id
+WHERE f.feedback = 'thumbs_down' AND (coalesce(f.comment, '') != '' OR f.correction IS NOT NULL)""",
+    # Input of the A/B comparison: per version, all time (deploy/analytics.py windows the same SELECT).
+    "v_ab_summary": ab_summary_sql(),
+    # Dead letters per source topic and error type, all time.
+    "v_dead_letters": dead_letters_sql(),
+}
+
+
+def view_statements() -> tuple[str, ...]:
+    """`CREATE OR REPLACE VIEW` for every view, in dependency order (idempotent)."""
+    return tuple(f"CREATE OR REPLACE VIEW {DB}.{name} AS\n{select.strip()}" for name, select in VIEWS.items())
