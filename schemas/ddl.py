@@ -100,6 +100,14 @@ TABLES: dict[str, str] = {
     verdict Nullable(String), error Nullable(String), metrics Map(String, Float64)""",
         "base_model, job_id",
     ),
+    "training_metrics": _table(
+        "training_metrics",
+        """
+    job_id String, base_model LowCardinality(String), adapter_version Nullable(String),
+    split LowCardinality(String), step UInt32, epoch Float64, loss Nullable(Float64),
+    reward_margin Nullable(Float64), reward_accuracy Nullable(Float64), learning_rate Nullable(Float64)""",
+        "job_id, split, step",
+    ),
     "model_deployments": _table(
         "model_deployments",
         """
@@ -128,6 +136,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables per topic", (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", *TABLES.values())),
     Migration(2, "analyst views", view_statements()),  # schemas/views.py
+    Migration(3, "training metrics", (TABLES["training_metrics"],)),
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (

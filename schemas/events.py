@@ -152,6 +152,22 @@ class RetrainJob(Event):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class TrainingMetrics(Event):
+    """One logged step of a training job (TRL's log: loss, reward margin and accuracy)."""
+
+    event_type: Literal["training_metrics"] = "training_metrics"
+    job_id: Id
+    base_model: Id
+    adapter_version: Id | None = None
+    split: Literal["train", "eval"] = "train"
+    step: NonNegInt
+    epoch: NonNegFloat = 0.0
+    loss: float | None = None
+    reward_margin: float | None = None
+    reward_accuracy: Annotated[float, Field(ge=0, le=1)] | None = None
+    learning_rate: NonNegFloat | None = None
+
+
 class Deployment(Event):
     event_type: Literal["deployment"] = "deployment"
     alias: Id
@@ -185,6 +201,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     MetricsWindow,
     DPOPair,
     RetrainJob,
+    TrainingMetrics,
     Deployment,
     DeadLetter,
 )

@@ -20,6 +20,7 @@ from schemas.events import (
     InferenceLatency,
     MetricsWindow,
     RetrainJob,
+    TrainingMetrics,
 )
 
 DAY_MS = 24 * 3600 * 1000
@@ -53,6 +54,7 @@ INFERENCE_LATENCY = Topic("inference.latency", InferenceLatency, "model_version"
 METRICS_WINDOWS = Topic("metrics.windows", MetricsWindow, "model_version", "metrics_windows")
 DPO_PAIRS = Topic("dpo.pairs", DPOPair, "base_model", "dpo_pairs", retention_ms=30 * DAY_MS)
 RETRAIN_JOBS = Topic("retrain.jobs", RetrainJob, "base_model", "retrain_jobs", retention_ms=30 * DAY_MS)
+TRAINING_METRICS = Topic("retrain.metrics", TrainingMetrics, "job_id", "training_metrics", partitions=1)
 MODEL_DEPLOYMENTS = Topic(
     "model.deployments", Deployment, "alias", "model_deployments", partitions=1, retention_ms=30 * DAY_MS
 )
@@ -65,6 +67,7 @@ TOPICS: tuple[Topic, ...] = (
     METRICS_WINDOWS,
     DPO_PAIRS,
     RETRAIN_JOBS,
+    TRAINING_METRICS,
     MODEL_DEPLOYMENTS,
 )
 BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}

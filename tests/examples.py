@@ -17,6 +17,7 @@ from schemas.events import (
     InferenceLatency,
     MetricsWindow,
     RetrainJob,
+    TrainingMetrics,
 )
 
 PROMPT = [
@@ -44,6 +45,8 @@ def examples() -> list[Event]:
                 feedback_event_id=uuid.uuid4()),
         RetrainJob(job_id="j1", base_model="tiny", status="requested", pair_ids=["p1", "p2"],
                    metrics={"loss": 0.5}),
+        TrainingMetrics(job_id="j1", base_model="tiny", step=10, epoch=0.5, loss=0.69, reward_margin=0.01,
+                        reward_accuracy=0.5, learning_rate=1e-4),
         Deployment(alias="support", action="canary_started", version="support@v2", previous_version="support@v1",
                    weight=5, reason="adapter passed the gate"),
         DeadLetter(source_topic="chat.responses", partition=0, offset=42, key="s1", payload="{bad",
