@@ -1,20 +1,24 @@
-"""The embedded analytics store's owner process: chDB behind a read-only ClickHouse HTTP front.
+"""The embedded analytics store's owner process: chDB, the ClickHouse sink, a read-only HTTP front.
 
 Only one process may open a chDB data path. In embedded mode this is that process:
 it opens `settings.store_dsn` (chdb://PATH), applies the ClickHouse migrations of
-`schemas.ddl` at start, then serves a ClickHouse-compatible HTTP endpoint that is
-enough for clickhouse-connect's HTTP client (`query`, `command`, `query_df`, `ping`),
-so every other process uses the same client code as against a ClickHouse server.
+`schemas.ddl` at start, runs the ClickHouse sink (consumers.sink) in a thread that writes
+through an in-process clickhouse-connect client, and serves a ClickHouse-compatible HTTP
+endpoint that is enough for clickhouse-connect's HTTP client (`query`, `command`, `query_df`,
+`ping`), so every other process uses the same client code as against a ClickHouse server.
 
-Reads:  FLYWHEEL_* settings (data_dir / clickhouse_dsn, clickhouse_http_port, log_level).
-Writes: the chDB data directory (migrations only; later the ClickHouse sink lives here too).
-Serves: http://127.0.0.1:<clickhouse_http_port>/ (POST or GET `query=`), `/ping`.
-        Only SELECT, WITH, SHOW, DESCRIBE, EXISTS and EXPLAIN run over HTTP; anything
-        else gets HTTP 403 and ClickHouse error code 164 (READONLY).
+Reads:  FLYWHEEL_* settings (data_dir / clickhouse_dsn, clickhouse_http_port, log_level,
+        kafka_bootstrap and FLYWHEEL_SINK_* for the sink); every topic of the registry (the sink).
+Writes: the chDB data directory (migrations, the sink's tables and ledger); DLQ topics, offsets.
+Serves: http://127.0.0.1:<clickhouse_http_port>/ (POST or GET `query=`), `/ping`, `/metrics`
+        (Prometheus: the sink's counters). Only SELECT, WITH, SHOW, DESCRIBE, EXISTS and EXPLAIN
+        run over HTTP; anything else gets HTTP 403 and ClickHouse error code 164 (READONLY).
 
-Not started with a ClickHouse server (http:// DSN): clients then talk to the server directly.
+Not started with a ClickHouse server (http:// DSN): clients then talk to the server directly,
+and the sink runs as its own process (python -m consumers.sink).
 
-Run:  python -m consumers.store_server     (stops cleanly on SIGTERM or Ctrl-C)
+Run:  python -m consumers.store_server     (stops cleanly on SIGTERM or Ctrl-C: the sink flushes,
+      commits, then the HTTP front and chDB close; FLYWHEEL_SINK_ENABLED=false serves without the sink)
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import clickhouse_connect
 from chdb.session import Session
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from consumers.settings import SinkSettings
 from schemas import ddl
 from schemas.logs import setup_logging
 from schemas.settings import CommonSettings
@@ -122,9 +128,7 @@ class StoreEngine:
     def _run(self, sql: str, fmt: str, params: dict[str, str]):
         try:
             return self._session.query(sql, fmt, params=params or None)
-        except (
-            Exception
-        ) as exc:  # chDB raises ChdbError / RuntimeError carrying "Code: N. DB::Exception: ..."
+        except Exception as exc:  # chDB raises ChdbError / RuntimeError carrying "Code: N. DB::Exception: ..."
             text = str(exc)
             code = _ERROR_CODE.search(text)
             raise QueryError(text, code=int(code.group(1)) if code else UNKNOWN_ERROR_CODE) from exc
@@ -133,8 +137,7 @@ class StoreEngine:
         refusal = read_only_refusal(sql)
         if refusal:
             raise QueryError(
-                f"Code: {READONLY_CODE}. DB::Exception: flywheel store is read-only over HTTP: {refusal}. "
-                "(READONLY)",
+                f"Code: {READONLY_CODE}. DB::Exception: flywheel store is read-only over HTTP: {refusal}. (READONLY)",
                 status=403,
                 code=READONLY_CODE,
             )
@@ -171,6 +174,9 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         if path in ("/ping", "/") and "query" not in params:
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
             return
+        if path == "/metrics":
+            self._send(200, generate_latest(), {"Content-Type": CONTENT_TYPE_LATEST})
+            return
         self._query(params, params.get("query", ""))
 
     def do_POST(self) -> None:
@@ -178,9 +184,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if self.headers.get("Content-Encoding", "identity") not in ("", "identity"):
-            self._error(
-                QueryError("Code: 1000. DB::Exception: compressed request bodies are not supported", 400)
-            )
+            self._error(QueryError("Code: 1000. DB::Exception: compressed request bodies are not supported", 400))
             return
         sql = "\n".join(part for part in (params.get("query", ""), body.decode()) if part)
         self._query(params, sql)
@@ -194,15 +198,11 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         fmt = output_format(sql, params.get("default_format"))
         # Server-side bound parameters ({name:Type}) arrive as param_<name>; other settings
         # (wait_end_of_query, session_id, ...) shape the HTTP exchange and have no chDB meaning.
-        bound = {
-            key.removeprefix("param_"): value for key, value in params.items() if key.startswith("param_")
-        }
+        bound = {key.removeprefix("param_"): value for key, value in params.items() if key.startswith("param_")}
         try:
             result = self.engine.execute(sql, fmt, params.get("database") or "default", bound)
         except QueryError as exc:
-            logger.info(
-                "query refused or failed", extra={"query_id": query_id, "code": exc.code, "error": str(exc)}
-            )
+            logger.info("query refused or failed", extra={"query_id": query_id, "code": exc.code, "error": str(exc)})
             self._error(exc, query_id)
             return
         self._send(
@@ -251,8 +251,35 @@ def apply_migrations(store_dsn: str) -> list[int]:
         client.close()
 
 
-def serve(settings: CommonSettings, stop: threading.Event) -> None:
-    """Open the store, migrate, serve until `stop` is set, then close everything."""
+def start_sink(settings: SinkSettings, stop: threading.Event):
+    """Run the ClickHouse sink in a thread on an in-process client of the same chDB path.
+
+    If the sink dies, `stop` is set so the whole process exits non-zero and the supervisor
+    restarts it: a store that silently stopped ingesting would be worse than a restart.
+    """
+    from consumers.sink import Sink, store_client
+
+    sink = Sink(settings, store_client(settings))
+
+    def run() -> None:
+        try:
+            sink.run()
+        except BaseException:
+            logger.exception("the sink failed; stopping the store process")
+            sink.failed = True
+            stop.set()
+
+    sink.failed = False
+    thread = threading.Thread(target=run, name="clickhouse-sink", daemon=True)
+    thread.start()
+    return sink, thread
+
+
+def serve(settings: CommonSettings, stop: threading.Event) -> int:
+    """Open the store, migrate, run the sink (if enabled), serve until `stop` is set, then close everything.
+
+    Returns the process exit status: 1 when the sink failed, else 0.
+    """
     path = chdb_path(settings.store_dsn)
     if path != ":memory:":
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -261,35 +288,38 @@ def serve(settings: CommonSettings, stop: threading.Event) -> None:
         engine = StoreEngine(path)
     except Exception as exc:
         # The usual cause: another process has the path open (chDB allows one process per path).
-        logger.error(
-            f"cannot open the store at {path} (is another process holding it?): {exc}", extra={"path": path}
-        )
+        logger.error(f"cannot open the store at {path} (is another process holding it?): {exc}", extra={"path": path})
         raise SystemExit(1) from exc
     logger.info("migrations applied", extra={"versions": applied, "path": path})
     server = make_server(engine, settings.clickhouse_http_port)
     thread = threading.Thread(target=server.serve_forever, name="store-http", daemon=True)
     thread.start()
-    logger.info(
-        "store serving", extra={"url": f"http://{HOST}:{settings.clickhouse_http_port}", "path": path}
-    )
+    logger.info("store serving", extra={"url": f"http://{HOST}:{settings.clickhouse_http_port}", "path": path})
+    sink = sink_thread = None
+    if isinstance(settings, SinkSettings) and settings.sink_enabled:
+        sink, sink_thread = start_sink(settings, stop)
     try:
         stop.wait()
     finally:
+        if sink is not None:
+            sink.stop()  # flush complete batches and commit before the store closes
+            sink_thread.join(settings.sink_shutdown_timeout_s + 10)
         server.shutdown()
         server.server_close()
         engine.close()
         logger.info("store stopped")
+    return 1 if sink is not None and sink.failed else 0
 
 
 def main() -> None:
-    settings = CommonSettings()
+    settings = SinkSettings()
     setup_logging(settings.log_level)
     if not settings.embedded_store:
         raise SystemExit(f"store_server only runs for a chdb:// store; this DSN is {settings.store_dsn!r}")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    serve(settings, stop)
+    raise SystemExit(serve(settings, stop))
 
 
 if __name__ == "__main__":

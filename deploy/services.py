@@ -105,18 +105,41 @@ def store(settings: CommonSettings) -> Service:
     check = lambda: store_health(query_url)  # noqa: E731
     if not settings.embedded_store:
         return Service("store", query_url, check)
+    # Embedded: one process owns the chDB path; it also runs the ClickHouse sink, which reads Kafka.
     command = (sys.executable, "-m", "consumers.store_server")
     env = {
         "FLYWHEEL_DATA_DIR": str(settings.data_dir.resolve()),
         "FLYWHEEL_CLICKHOUSE_DSN": settings.store_dsn,
         "FLYWHEEL_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
+        "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "FLYWHEEL_LOG_LEVEL": settings.log_level,
     }
-    return Service("store", query_url, check, command, settings.clickhouse_http_port, env, priority=20)
+    # stopwaitsecs: SIGTERM makes the sink flush and commit (FLYWHEEL_SINK_SHUTDOWN_TIMEOUT_S, 20 s) first.
+    return Service("store", query_url, check, command, settings.clickhouse_http_port, env, priority=20, stopwaitsecs=35)
 
 
-BUILDERS: tuple[Callable[[CommonSettings], Service], ...] = (kafka, redis, store)
+def sink(settings: CommonSettings) -> Service | None:
+    """Production mode only: the ClickHouse sink as its own process writing to the ClickHouse server.
+
+    In embedded mode the store process runs the sink (see `store`), so there is no entry.
+    """
+    if settings.embedded_store:
+        return None
+    command = (sys.executable, "-m", "consumers.sink")
+    env = {
+        "FLYWHEEL_DATA_DIR": str(settings.data_dir.resolve()),
+        "FLYWHEEL_CLICKHOUSE_DSN": settings.store_dsn,
+        "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "FLYWHEEL_LOG_LEVEL": settings.log_level,
+    }
+    # Healthy when it can reach the store it writes to; it reports progress on /metrics.
+    query_url = settings.query_url
+    check = lambda: store_health(query_url)  # noqa: E731
+    return Service("sink", "consumers.sink", check, command, None, env, priority=30, stopwaitsecs=35, after_infra=True)
+
+
+BUILDERS: tuple[Callable[[CommonSettings], Service | None], ...] = (kafka, redis, store, sink)
 
 
 def services(settings: CommonSettings) -> list[Service]:
-    return [build(settings) for build in BUILDERS]
+    return [service for build in BUILDERS if (service := build(settings)) is not None]
