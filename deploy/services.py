@@ -17,8 +17,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from deploy.errors import StackError
-from deploy.health import Health, kafka_health, redis_health, store_health
-from schemas.settings import CommonSettings
+from deploy.health import Health, group_health, http_health, kafka_health, redis_health, store_health, worker_health
+from inference.controller_settings import CONTROLLER_GROUP_ID
+from inference.settings import GatewaySettings
+from inference.workers import WorkerSettings, worker_key, worker_programs
+from retrain.settings import RETRAIN_GROUP_ID
+from schemas.settings import CommonSettings, child_env
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BIND_HOST = "127.0.0.1"
@@ -138,8 +142,80 @@ def sink(settings: CommonSettings) -> Service | None:
     return Service("sink", "consumers.sink", check, command, None, env, priority=30, stopwaitsecs=35, after_infra=True)
 
 
-BUILDERS: tuple[Callable[[CommonSettings], Service | None], ...] = (kafka, redis, store, sink)
+def workers(settings: CommonSettings) -> list[Service]:
+    """The vLLM workers, each behind its readiness wrapper (inference/worker.py)."""
+    worker_settings = WorkerSettings()
+    env = child_env(settings)
+    redis_url = settings.redis_url
+    found = []
+    for program, index in zip(worker_programs(worker_settings), range(worker_settings.workers), strict=True):
+        key = worker_key(index)
+        found.append(
+            Service(
+                program.name,
+                worker_settings.url(index),
+                lambda key=key: worker_health(redis_url, key),
+                tuple(program.command),
+                worker_settings.port(index),
+                {**env, **program.env},
+                priority=40,
+                stopwaitsecs=program.stop_wait_secs,
+                after_infra=True,
+            )
+        )
+    return found
+
+
+def gateway(settings: CommonSettings) -> Service:
+    gateway_settings = GatewaySettings()
+    url = f"http://{gateway_settings.gateway_host}:{gateway_settings.gateway_port}"
+    return Service(
+        "gateway",
+        url,
+        lambda: http_health(f"{url}/health"),
+        (sys.executable, "-m", "inference.app"),
+        gateway_settings.gateway_port,
+        child_env(settings),
+        priority=50,
+        stopwaitsecs=15,
+        after_infra=True,
+    )
+
+
+def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, priority: int) -> Service:
+    """A Kafka consumer service without a port: healthy while its consumer group is stable."""
+    bootstrap = settings.kafka_bootstrap
+    return Service(
+        name,
+        f"group {group_id}",
+        lambda: group_health(bootstrap, group_id),
+        (sys.executable, "-m", module),
+        None,
+        child_env(settings),
+        priority=priority,
+        stopwaitsecs=30,
+        after_infra=True,
+    )
+
+
+def retrain_worker(settings: CommonSettings) -> Service:
+    return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP_ID, priority=60)
+
+
+def controller(settings: CommonSettings) -> Service:
+    return _consumer(settings, "controller", "inference.controller", CONTROLLER_GROUP_ID, priority=60)
+
+
+Builder = Callable[[CommonSettings], "Service | list[Service] | None"]
+BUILDERS: tuple[Builder, ...] = (kafka, redis, store, sink, workers, gateway, retrain_worker, controller)
 
 
 def services(settings: CommonSettings) -> list[Service]:
-    return [service for build in BUILDERS if (service := build(settings)) is not None]
+    found: list[Service] = []
+    for build in BUILDERS:
+        built = build(settings)
+        if isinstance(built, Service):
+            found.append(built)
+        elif built:
+            found.extend(built)
+    return found

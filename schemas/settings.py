@@ -9,15 +9,18 @@ Switching from the embedded stack to production is a change of these URLs, not o
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+PREFIX = "FLYWHEEL_"
+
 
 class CommonSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_file=".env", extra="ignore")
 
     # Where logs, state and the embedded stores live.
     data_dir: Path = Field(Path(".flywheel"), description="data directory (logs, chDB, spool, adapters)")
@@ -29,6 +32,13 @@ class CommonSettings(BaseSettings):
     clickhouse_http_port: int = Field(8123, description="embedded store's HTTP port")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
     log_level: str = Field("INFO", description="log level")
+    # The model being improved, named once for every service. A local Hugging Face directory
+    # (never downloaded): the tiny model that `flywheel up` builds by default, or e.g. Qwen2.5-7B-Instruct.
+    base_model: Path | None = Field(None, description="base model directory; default <data_dir>/models/tiny")
+    # The base model's name in vLLM ("model") and in events; adapters are served as `<alias>@vN`.
+    served_model_name: str = Field("tiny", description="served name of the base model")
+    # The public model name clients ask for; its traffic split lives in `flywheel:routes:<alias>`.
+    model_alias: str = Field("support", description="model alias clients use")
 
     @property
     def store_dsn(self) -> str:
@@ -47,6 +57,10 @@ class CommonSettings(BaseSettings):
         return self.store_dsn
 
     @property
+    def base_model_dir(self) -> Path:
+        return (self.base_model or self.data_dir / "models" / "tiny").resolve()
+
+    @property
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap.split(",")[0].rsplit(":", 1)[1])
 
@@ -57,3 +71,29 @@ class CommonSettings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def child_env(settings: CommonSettings) -> dict[str, str]:
+    """The FLYWHEEL_* variables a child process needs to see what this process sees.
+
+    Supervised programs run in the data directory, where the caller's `.env` is out of reach:
+    pass on every FLYWHEEL_* variable from the environment and from `.env`, with the shared
+    connection settings spelled out and the data directory made absolute.
+    """
+    from dotenv import dotenv_values
+
+    env_file = settings.model_config.get("env_file")
+    found = {k: v for k, v in dotenv_values(env_file).items() if v is not None} if env_file else {}
+    found.update(os.environ)
+    env = {k: v for k, v in found.items() if k.startswith(PREFIX)}
+    env.update(
+        {
+            f"{PREFIX}DATA_DIR": str(settings.data_dir.resolve()),
+            f"{PREFIX}KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            f"{PREFIX}CLICKHOUSE_DSN": settings.store_dsn,
+            f"{PREFIX}CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
+            f"{PREFIX}REDIS_URL": settings.redis_url,
+            f"{PREFIX}LOG_LEVEL": settings.log_level,
+        }
+    )
+    return env

@@ -1,0 +1,344 @@
+"""The transitions of a deployment: load, canary steps, promote, roll back, drain and unload.
+
+Shared by the controller service (inference/controller.py) and the operators' CLI
+(inference/controller_cli.py), so a `flywheel deploy promote` does exactly what an automatic
+promotion does. The step decision itself is the pure `inference.rollout.decide`.
+
+Redis (besides the routing contract of inference/routing.py):
+`flywheel:rollout:<alias>`        hash  the active rollout: id, phase (loading | canary | finishing),
+                                        current, canary, path, job_id, weight, retire (JSON list of
+                                        versions to unload once drained), pending (JSON of the event to
+                                        publish for the last transition, cleared once published).
+`flywheel:rollout:<alias>:queue`  list  adapter_ready events (JSON) waiting for the alias's rollout.
+`flywheel:rollout:<alias>:done`   hash  version -> outcome (promoted | rolled_back): redeliveries skip.
+`flywheel:releases:<alias>`       list  promoted versions, newest first, as JSON {version, path}
+                                        (a hand rollback removes the version it rolls back).
+`flywheel:releases:<alias>:paths` hash  version -> adapter directory of every version ever rolled out
+                                        (what a hand promotion of an unloaded version loads).
+
+Every route change is one MULTI/EXEC with the rollout record (WATCHed, so an operator's transition
+supersedes a running rollout instead of racing it), and carries the Deployment event to publish in
+`pending`; the event is published after EXEC and `pending` cleared, so a crash in between publishes
+it again on resume (same event_id: consumers may deduplicate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from inference.adapters import AdapterAdmin, AdapterLoadError, ready_workers
+from inference.canary_metrics import MetricsSource
+from inference.controller_settings import ControllerSettings
+from inference.rollout import Outcome, Policy, decide, next_weight, resume_action, step_routes
+from inference.routing import ADAPTERS_KEY, ROUTES_KEY
+from schemas.events import Deployment
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_KEY = "flywheel:rollout:{alias}"
+QUEUE_KEY = "flywheel:rollout:{alias}:queue"
+DONE_KEY = "flywheel:rollout:{alias}:done"
+RELEASES_KEY = "flywheel:releases:{alias}"
+PATHS_KEY = "flywheel:releases:{alias}:paths"
+PRODUCER_NAME = "hotswap-controller"
+
+Publish = Callable[[Deployment], None]
+
+
+class Superseded(Exception):
+    """The rollout record changed under us (an operator's promote/rollback): stop this rollout."""
+
+
+def _routes_of(raw: dict) -> dict[str, int]:
+    return {v: int(w) for v, w in raw.items() if int(w) > 0}
+
+
+class Deployer:
+    def __init__(self, settings: ControllerSettings, redis: Redis, admin: AdapterAdmin, publish: Publish,
+                 metrics: MetricsSource | None = None, policy: Policy | None = None):
+        self.settings = settings
+        self.redis = redis  # decode_responses=True
+        self.admin = admin
+        self.publish = publish
+        self.metrics = metrics
+        self.policy = policy or settings.policy()
+
+    # --- reading state -----------------------------------------------------------------------------
+
+    async def routes(self, alias: str) -> dict[str, int]:
+        return _routes_of(await self.redis.hgetall(ROUTES_KEY.format(alias=alias)))
+
+    async def current_version(self, alias: str) -> str:
+        """The version serving most of the alias's traffic; the base model when nothing is routed."""
+        routes = await self.routes(alias)
+        if not routes:
+            return self.settings.served_model_name
+        return max(sorted(routes), key=lambda v: routes[v])
+
+    async def record(self, alias: str) -> dict[str, str]:
+        return await self.redis.hgetall(ROLLOUT_KEY.format(alias=alias))
+
+    def is_adapter(self, version: str) -> bool:
+        return version != self.settings.served_model_name
+
+    # --- transitions ---------------------------------------------------------------------------------
+
+    async def _transition(self, alias: str, expect_id: str | None, routes: dict[str, int] | None,
+                          record: dict[str, str] | None, event: Deployment | None) -> None:
+        """Atomically: check the rollout id, replace the routes and the record; then publish `event`."""
+        rkey = ROLLOUT_KEY.format(alias=alias)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(rkey)
+                if expect_id is not None and await pipe.hget(rkey, "id") != expect_id:
+                    raise Superseded(f"rollout {expect_id} of {alias} was superseded")
+                pipe.multi()
+                if routes is not None:
+                    pipe.delete(ROUTES_KEY.format(alias=alias))
+                    pipe.hset(ROUTES_KEY.format(alias=alias), mapping=routes)
+                if record is not None:
+                    pipe.delete(rkey)
+                    fields = dict(record)
+                    if event is not None:
+                        fields["pending"] = event.model_dump_json()
+                    pipe.hset(rkey, mapping=fields)
+                await pipe.execute()
+            except WatchError:
+                raise Superseded(f"rollout {expect_id} of {alias} was superseded") from None
+        if event is not None:
+            await self.announce(alias, event)
+
+    async def announce(self, alias: str, event: Deployment) -> None:
+        """Publish a transition's event, then forget it (control path: a failed publish raises)."""
+        await asyncio.to_thread(self.publish, event)
+        rkey = ROLLOUT_KEY.format(alias=alias)
+        pending = await self.redis.hget(rkey, "pending")
+        if pending and json.loads(pending).get("event_id") == str(event.event_id):
+            await self.redis.hdel(rkey, "pending")
+        log.info("deployment %s", event.action, extra={"alias": alias, "version": event.version,
+                                                        "weight": event.weight, "reason": event.reason,
+                                                        "event_id": str(event.event_id)})
+
+    def _event(self, alias: str, action: str, version: str, previous: str | None, weight: int | None,
+               reason: str, rec: dict[str, str] | None = None) -> Deployment:
+        rec = rec or {}
+        return Deployment(alias=alias, action=action, version=version, previous_version=previous, weight=weight,
+                          reason=reason, adapter_path=rec.get("path") or None, job_id=rec.get("job_id") or None,
+                          producer=PRODUCER_NAME)
+
+    async def begin(self, ready: Deployment) -> dict[str, str] | None:
+        """Record a new rollout for an adapter_ready event; None when it is a redelivery."""
+        alias, version = ready.alias, ready.version
+        if await self.redis.hexists(DONE_KEY.format(alias=alias), version):
+            log.info("adapter already rolled out; skipped", extra={"alias": alias, "version": version})
+            return None
+        current = await self.current_version(alias)
+        if current == version:
+            log.info("adapter already serving; skipped", extra={"alias": alias, "version": version})
+            return None
+        rec = {"id": uuid.uuid4().hex, "phase": "loading", "current": current, "canary": version,
+               "path": ready.adapter_path or "", "job_id": ready.job_id or "", "weight": "0", "retire": "[]"}
+        await self._transition(alias, None, None, rec, None)
+        if ready.adapter_path:
+            await self.redis.hset(PATHS_KEY.format(alias=alias), version, ready.adapter_path)
+        return rec
+
+    async def load(self, alias: str, rec: dict[str, str]) -> bool:
+        """Register, load and verify the canary everywhere, then route its first weight. False: rolled back."""
+        version, path = rec["canary"], rec["path"]
+        # Registered first: a worker that restarts from now on loads it before it says ready.
+        await self.redis.hset(ADAPTERS_KEY, version, path)
+        try:
+            await self.admin.load(version, path, await ready_workers(self.redis))
+        except AdapterLoadError as exc:
+            await self.rollback(alias, rec, f"adapter failed to load: {exc}")
+            return False
+        weight = self.policy.plan[0]
+        rec = {**rec, "phase": "canary", "weight": str(weight)}
+        event = self._event(alias, "canary_started", version, rec["current"], weight,
+                            f"loaded and verified on every ready worker; canary at {weight}%", rec)
+        await self._transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
+        await self._catch_up(version, path)
+        return True
+
+    async def _catch_up(self, version: str, path: str) -> None:
+        """Load on workers that became ready since (they load routed adapters themselves too)."""
+        try:
+            workers = await ready_workers(self.redis)
+            missing = [w for w in workers if version not in await self.admin.loaded(w)]
+            if missing:
+                await self.admin.load(version, path, missing)
+        except Exception as exc:  # the worker's own heartbeat loads it; not a reason to stop
+            log.warning("catch-up load failed: %s", exc, extra={"version": version})
+
+    async def run_canary(self, alias: str, rec: dict[str, str]) -> Outcome:
+        """Step through the plan from the recorded weight until promotion or rollback."""
+        assert self.metrics is not None, "a canary needs a metrics source"
+        current, canary = rec["current"], rec["canary"]
+        weight = int(rec["weight"])
+        while True:
+            started, t0 = datetime.now(UTC), time.monotonic()
+            while True:
+                await asyncio.sleep(self.settings.canary_poll_s)
+                if (await self.redis.hget(ROLLOUT_KEY.format(alias=alias), "id")) != rec["id"]:
+                    raise Superseded(f"rollout {rec['id']} of {alias} was superseded")
+                figures = await asyncio.to_thread(self.metrics, alias, [canary, current], started)
+                d = decide(figures[canary], figures[current], self.policy, time.monotonic() - t0)
+                if d.outcome is not Outcome.HOLD:
+                    break
+                log.info("canary hold: %s", d.reason, extra={"alias": alias, "version": canary, "weight": weight})
+            if d.outcome is Outcome.ROLLBACK:
+                await self.rollback(alias, rec, f"at {weight}%: {d.reason}")
+                return Outcome.ROLLBACK
+            weight = next_weight(self.policy.plan, weight)
+            if weight >= 100:
+                await self.promote(alias, rec, d.reason)
+                return Outcome.ADVANCE
+            rec = {**rec, "weight": str(weight)}
+            event = self._event(alias, "step", canary, current, weight, d.reason, rec)
+            await self._transition(alias, rec["id"], step_routes(current, canary, weight), rec, event)
+
+    async def promote(self, alias: str, rec: dict[str, str], reason: str) -> None:
+        """Route everything to the canary; retire the other routed adapters once drained."""
+        canary = rec["canary"]
+        routed = await self.routes(alias)
+        retire = sorted(v for v in routed if v != canary and self.is_adapter(v))
+        done = {**rec, "phase": "finishing", "weight": "100", "outcome": "promoted", "retire": json.dumps(retire)}
+        event = self._event(alias, "promoted", canary, rec["current"], 100, reason, rec)
+        await self._transition(alias, rec["id"], {canary: 100}, done, event)
+        await self.redis.lpush(RELEASES_KEY.format(alias=alias), json.dumps({"version": canary, "path": rec["path"]}))
+        await self.finish(alias, done)
+
+    async def rollback(self, alias: str, rec: dict[str, str], reason: str) -> None:
+        """Route everything back to the current version; retire the canary once drained."""
+        canary, current = rec["canary"], rec["current"]
+        retire = [canary] if self.is_adapter(canary) else []
+        done = {**rec, "phase": "finishing", "weight": "0", "outcome": "rolled_back", "retire": json.dumps(retire)}
+        event = self._event(alias, "rolled_back", canary, current, 0, reason, rec)
+        await self._transition(alias, rec["id"], {current: 100}, done, event)
+        await self.finish(alias, done)
+
+    async def finish(self, alias: str, rec: dict[str, str]) -> None:
+        """After the final route change: wait for the gateways to see it, drain, unload, forget."""
+        if rec.get("pending"):
+            await self.announce(alias, Deployment.model_validate_json(rec["pending"]))
+        retire = json.loads(rec.get("retire") or "[]")
+        if retire:
+            # No gateway routes a new request to a retired version after its next refresh.
+            await asyncio.sleep(self.settings.route_propagation_s)
+            workers = await ready_workers(self.redis)
+            for version in retire:
+                if version in await self.routes(alias):
+                    continue  # routed again meanwhile (an operator's promote): keep it
+                drained = await self.admin.wait_drained(version, workers, self.settings.drain_timeout_s)
+                if not drained:
+                    log.warning("unloading undrained adapter", extra={"alias": alias, "version": version})
+                await self.admin.unload(version, workers)
+                await self.redis.hdel(ADAPTERS_KEY, version)
+        rkey = ROLLOUT_KEY.format(alias=alias)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if rec.get("outcome"):
+                pipe.hset(DONE_KEY.format(alias=alias), rec["canary"], rec["outcome"])
+            await pipe.execute()
+        # Forget the record only if it is still ours (an operator may have started another).
+        if await self.redis.hget(rkey, "id") == rec["id"]:
+            await self.redis.delete(rkey)
+        log.info("rollout finished", extra={"alias": alias, "version": rec.get("canary"),
+                                            "outcome": rec.get("outcome"), "retired": retire})
+
+    # --- the service's entry points ------------------------------------------------------------------
+
+    async def run(self, alias: str, rec: dict[str, str]) -> None:
+        """Carry a recorded rollout to its end from whatever phase it is in (a fresh one or a resumed one)."""
+        if rec.get("pending"):
+            await self.announce(alias, Deployment.model_validate_json(rec["pending"]))
+            rec = {k: v for k, v in rec.items() if k != "pending"}
+        if rec["phase"] == "finishing":
+            await self.finish(alias, rec)
+            return
+        if rec["phase"] == "loading":
+            if not await self.load(alias, rec):
+                return
+            rec = await self.record(alias)
+        await self.run_canary(alias, rec)
+
+    async def resume(self, alias: str) -> None:
+        """Pick up the alias's recorded rollout after a restart (see rollout.resume_action)."""
+        rec = await self.record(alias)
+        if not rec:
+            return
+        action = resume_action(rec["phase"], await self.routes(alias), rec["current"], rec["canary"])
+        log.warning("resuming rollout: %s", action.reason, extra={"alias": alias, "version": rec["canary"],
+                                                                   "action": action.action})
+        if action.action == "rollback":
+            await self.rollback(alias, rec, f"controller restart: {action.reason}")
+            return
+        if action.action == "continue":
+            try:  # the canary must still be loaded everywhere before it keeps its traffic
+                await self.admin.verify(rec["canary"], await ready_workers(self.redis))
+            except AdapterLoadError as exc:
+                await self.rollback(alias, rec, f"controller restart: canary failed verification: {exc}")
+                return
+        await self.run(alias, rec)
+
+    # --- operators (inference/controller_cli.py) -----------------------------------------------------
+
+    async def _path_of(self, alias: str, version: str) -> str:
+        path = await self.redis.hget(ADAPTERS_KEY, version)
+        if path:
+            return path
+        path = await self.redis.hget(PATHS_KEY.format(alias=alias), version)
+        if path:
+            return path
+        raise AdapterLoadError(version, "-", f"no path known (not in {ADAPTERS_KEY} nor rolled out on {alias})")
+
+    async def operator_promote(self, alias: str, version: str, reason: str = "operator") -> None:
+        """Route all of `alias` to `version` now (loading it first if needed); supersedes a running rollout."""
+        active = await self.record(alias)
+        current = active.get("current") or await self.current_version(alias)
+        rec = {"id": uuid.uuid4().hex, "phase": "loading", "current": current, "canary": version,
+               "path": "", "job_id": "", "weight": "0", "retire": "[]"}
+        if self.is_adapter(version):
+            rec["path"] = await self._path_of(alias, version)
+            await self.redis.hset(ADAPTERS_KEY, version, rec["path"])
+            await self.admin.load(version, rec["path"], await ready_workers(self.redis))
+        await self._transition(alias, None, None, rec, None)  # supersedes the running rollout, if any
+        await self.promote(alias, rec, f"{reason}: promoted by hand")
+
+    async def operator_rollback(self, alias: str, reason: str = "operator") -> str:
+        """Roll back now: a running canary to its current version, else to the previous release.
+
+        Returns the version now serving."""
+        active = await self.record(alias)
+        if active and active.get("phase") in ("loading", "canary"):
+            rec = {**active, "id": uuid.uuid4().hex}
+            await self._transition(alias, None, None, rec, None)
+            await self.rollback(alias, rec, f"{reason}: rolled back by hand")
+            return rec["current"]
+        serving = await self.current_version(alias)
+        raw_releases = await self.redis.lrange(RELEASES_KEY.format(alias=alias), 0, -1)
+        releases = [json.loads(r) for r in raw_releases]
+        older = [r for r in releases if r["version"] != serving]
+        target = older[0] if older else {"version": self.settings.served_model_name, "path": ""}
+        if self.is_adapter(target["version"]):
+            await self.redis.hset(ADAPTERS_KEY, target["version"], target["path"])
+            await self.admin.load(target["version"], target["path"], await ready_workers(self.redis))
+        # The serving version is the "canary" being rolled back; the target becomes current.
+        rec = {"id": uuid.uuid4().hex, "phase": "canary", "current": target["version"], "canary": serving,
+               "path": "", "job_id": "", "weight": "100", "retire": "[]"}
+        await self._transition(alias, None, None, rec, None)
+        await self.rollback(alias, rec, f"{reason}: rolled back by hand to {target['version']}")
+        # The rolled-back release leaves the list so that a second rollback goes one further back.
+        for raw, release in zip(raw_releases, releases, strict=True):
+            if release["version"] == serving:
+                await self.redis.lrem(RELEASES_KEY.format(alias=alias), 0, raw)
+        return target["version"]

@@ -1,0 +1,149 @@
+"""DPO pairs -> `datasets.Dataset`: read exactly a job's pairs, split off a held-out set, format for TRL.
+
+Sources: the analytics store (`flywheel.dpo_pairs`, read with FINAL: the table is a
+ReplacingMergeTree and the sink may have written a pair twice) or a JSONL file of DPOPair
+events (or plain {pair_id, prompt, chosen, rejected} objects) for `flywheel train dpo --pairs`.
+
+The held-out split depends only on each pair id (sha256 bucket), so it is the same in every run,
+in the worker and by hand, and a pair never moves between train and held-out when others are added.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PAIR_COLUMNS = "pair_id, base_model, prompt, chosen, rejected, source"
+
+
+class PairsError(RuntimeError):
+    """The job's pairs cannot be read or used."""
+
+
+class PairsMissing(PairsError):
+    """Some of the job's pairs never arrived in the store."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    pair_id: str
+    prompt: tuple[dict, ...]  # chat messages {"role", "content"}
+    chosen: str
+    rejected: str
+
+    def swapped(self) -> Pair:
+        return Pair(self.pair_id, self.prompt, self.rejected, self.chosen)
+
+    def to_row(self) -> dict:
+        """TRL's conversational preference format."""
+        return {
+            "pair_id": self.pair_id,
+            "prompt": [dict(m) for m in self.prompt],
+            "chosen": [{"role": "assistant", "content": self.chosen}],
+            "rejected": [{"role": "assistant", "content": self.rejected}],
+        }
+
+
+def _pair(pair_id: str, prompt, chosen: str | None, rejected: str) -> Pair | None:
+    if isinstance(prompt, str):
+        prompt = json.loads(prompt)
+    if not chosen:  # `needs_chosen` pairs have no chosen answer yet: nothing to learn from
+        return None
+    messages = tuple({"role": m["role"], "content": m["content"]} for m in prompt)
+    return Pair(pair_id, messages, chosen, rejected)
+
+
+def pairs_from_records(records: Iterable[dict]) -> list[Pair]:
+    out = []
+    for rec in records:
+        pair = _pair(rec["pair_id"], rec["prompt"], rec.get("chosen"), rec["rejected"])
+        if pair is not None:
+            out.append(pair)
+    return out
+
+
+def read_pairs_file(path: str | Path) -> list[Pair]:
+    """Pairs from a JSONL file (one DPOPair event or {pair_id, prompt, chosen, rejected} per line)."""
+    lines = Path(path).read_text().splitlines()
+    return pairs_from_records(json.loads(line) for line in lines if line.strip())
+
+
+def query_pairs(client, pair_ids: Sequence[str]) -> dict[str, Pair | None]:
+    """The pairs of `pair_ids` present in the store now (None for a pair without a chosen answer)."""
+    if not pair_ids:
+        return {}
+    result = client.query(
+        f"SELECT {PAIR_COLUMNS} FROM flywheel.dpo_pairs FINAL WHERE pair_id IN %(ids)s",
+        parameters={"ids": list(pair_ids)},
+    )
+    found: dict[str, Pair | None] = {}
+    for pair_id, _base, prompt, chosen, rejected, _source in result.result_rows:
+        found[pair_id] = _pair(pair_id, prompt, chosen, rejected)
+    return found
+
+
+def fetch_pairs(client, pair_ids: Sequence[str], wait_s: float = 30.0, poll_s: float = 1.0,
+                job_id: str = "") -> list[Pair]:  # fmt: skip
+    """Exactly the pairs named, in the job's order; waits up to `wait_s` for the sink to catch up.
+
+    Raises PairsMissing naming how many (and which, first few) never arrived.
+    """
+    wanted = list(dict.fromkeys(pair_ids))
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = query_pairs(client, wanted)
+        missing = [p for p in wanted if p not in found]
+        if not missing:
+            break
+        if time.monotonic() >= deadline:
+            raise PairsMissing(f"{len(missing)} of {len(wanted)} pairs not in the store after {wait_s:.0f} s: "
+                               f"{missing[:5]}")  # fmt: skip
+        log.info("waiting for pairs", extra={"job_id": job_id, "missing": len(missing), "wanted": len(wanted)})
+        time.sleep(poll_s)
+    pairs = [found[p] for p in wanted if found[p] is not None]
+    if len(pairs) < len(wanted):
+        skipped = len(wanted) - len(pairs)
+        log.warning("pairs without a chosen answer skipped", extra={"job_id": job_id, "skipped": skipped})
+    return pairs
+
+
+def heldout_bucket(pair_id: str) -> float:
+    """A pair's position in [0, 1), from its id alone."""
+    return int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:8], "big") / 2**64
+
+
+def split_pairs(pairs: Sequence[Pair], eval_fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """(train, held-out): a pair is held out when its id's bucket < eval_fraction.
+
+    With two pairs or more and eval_fraction > 0, both sides are non-empty: if the hash puts every
+    pair on one side, the pair with the lowest (resp. highest) bucket moves, which is still a function
+    of the ids only.
+    """
+    train = [p for p in pairs if heldout_bucket(p.pair_id) >= eval_fraction]
+    heldout = [p for p in pairs if heldout_bucket(p.pair_id) < eval_fraction]
+    if eval_fraction > 0 and len(pairs) >= 2:
+        if not heldout:
+            first = min(train, key=lambda p: heldout_bucket(p.pair_id))
+            train.remove(first)
+            heldout.append(first)
+        elif not train:
+            last = max(heldout, key=lambda p: heldout_bucket(p.pair_id))
+            heldout.remove(last)
+            train.append(last)
+    return train, heldout
+
+
+def to_dataset(pairs: Sequence[Pair]):
+    """A `datasets.Dataset` in TRL's conversational preference format."""
+    from datasets import Dataset
+
+    if not pairs:
+        raise PairsError("no usable pairs to build a dataset from")
+    return Dataset.from_list([p.to_row() for p in pairs])
