@@ -23,6 +23,7 @@ from inference.settings import GatewaySettings
 from inference.workers import WorkerSettings, worker_key, worker_programs
 from retrain.settings import RETRAIN_GROUP_ID
 from schemas.settings import CommonSettings, child_env
+from streams.settings import StreamSettings
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BIND_HOST = "127.0.0.1"
@@ -198,6 +199,12 @@ def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, p
     )
 
 
+def streams(settings: CommonSettings) -> Service:
+    """The faust worker: metric windows, feedback -> DPO pairs, the retrain trigger."""
+    # faust's consumer group is its app id.
+    return _consumer(settings, "streams", "streams.app", StreamSettings().streams_app_id, priority=55)
+
+
 def retrain_worker(settings: CommonSettings) -> Service:
     return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP_ID, priority=60)
 
@@ -207,7 +214,7 @@ def controller(settings: CommonSettings) -> Service:
 
 
 Builder = Callable[[CommonSettings], "Service | list[Service] | None"]
-BUILDERS: tuple[Builder, ...] = (kafka, redis, store, sink, workers, gateway, retrain_worker, controller)
+BUILDERS: tuple[Builder, ...] = (kafka, redis, store, sink, workers, gateway, streams, retrain_worker, controller)
 
 
 def services(settings: CommonSettings) -> list[Service]:

@@ -1,0 +1,341 @@
+"""Flywheel stream processors: one faust app, one agent per concern.
+
+Reads  chat.requests, chat.responses, chat.feedback, dpo.pairs, retrain.jobs
+Writes metrics.windows, dpo.pairs, retrain.jobs, chat.feedback.dlq
+
+    python -m streams.app worker --without-web -l info      # or: python -m streams.app  (main())
+
+Topology (internal topics and tables below are named by constants; renaming one is a migration):
+
+    chat.responses + streams.feedback-joined --[metric_windows]--> (table metric-checkpoints)
+                                         [close_windows timer] --> metrics.windows
+    chat.requests + chat.responses + chat.feedback + streams.pair-ticks
+                                         --[join_feedback]-----> streams.feedback-joined, chat.feedback.dlq
+                                            (tables pair-context, pair-pending)
+    streams.feedback-joined --[build_pairs]--> dpo.pairs, chat.feedback.dlq   (table pair-answers)
+    dpo.pairs + retrain.jobs --[forward_to_trigger]--> streams.trigger-input (1 partition)
+    streams.trigger-input --[retrain_trigger]--> retrain.jobs   (tables trigger-state, trigger-covered)
+    [tick timer] --> streams.pair-ticks (every partition), streams.trigger-input
+
+Delivery is at-least-once (Tansu gives faust no producer id): every output carries a deterministic
+event_id (windows, pairs, jobs, dead letters) so that idempotent sinks keep it once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import defaultdict
+
+import faust
+import httpx
+import orjson
+
+from schemas.codec import decode, encode
+from schemas.errors import EventError
+from schemas.events import ChatRequest, ChatResponse, DPOPair, Feedback, RetrainJob
+from schemas.topics import (
+    CHAT_FEEDBACK,
+    CHAT_REQUESTS,
+    CHAT_RESPONSES,
+    DPO_PAIRS,
+    METRICS_WINDOWS,
+    RETRAIN_JOBS,
+    create_topics,
+)
+from streams.pairing import NearDuplicateFilter
+from streams.pairs import FeedbackJoiner, PairBuilder, invalid_event, question_partition
+from streams.settings import StreamSettings
+from streams.teacher import ask_teacher
+from streams.trigger import TriggerState
+from streams.windows import WindowBook
+
+log = logging.getLogger(__name__)
+settings = StreamSettings()
+
+# -- names: the consumer group is the app id; changelog topics are "<app id>-<table>-changelog" --------
+APP_ID = settings.streams_app_id
+PARTITIONS = CHAT_RESPONSES.partitions  # every session-keyed source topic has this many (registry)
+TABLE_METRIC_CHECKPOINTS = "metric-checkpoints"
+TABLE_PAIR_CONTEXT = "pair-context"
+TABLE_PAIR_PENDING = "pair-pending"
+TABLE_PAIR_ANSWERS = "pair-answers"
+TABLE_TRIGGER_STATE = "trigger-state"
+TABLE_TRIGGER_COVERED = "trigger-covered"
+TOPIC_FEEDBACK_JOINED = "streams.feedback-joined"
+TOPIC_PAIR_TICKS = "streams.pair-ticks"
+TOPIC_TRIGGER_INPUT = "streams.trigger-input"
+INTERNAL_TOPICS = {TOPIC_FEEDBACK_JOINED: PARTITIONS, TOPIC_PAIR_TICKS: PARTITIONS, TOPIC_TRIGGER_INPUT: 1}
+AGENT_METRIC_WINDOWS = "streams.metric-windows"
+AGENT_JOIN_FEEDBACK = "streams.join-feedback"
+AGENT_BUILD_PAIRS = "streams.build-pairs"
+AGENT_FORWARD_TO_TRIGGER = "streams.forward-to-trigger"
+AGENT_RETRAIN_TRIGGER = "streams.retrain-trigger"
+
+app = faust.App(
+    APP_ID,
+    broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
+    store="rocksdb://",
+    datadir=str(settings.state_dir),
+    processing_guarantee="at_least_once",
+    topic_partitions=PARTITIONS,
+    topic_replication_factor=1,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=settings.streams_session_timeout_s,
+    broker_heartbeat_interval=1.0,
+    broker_commit_interval=settings.streams_commit_interval_s,
+    # Tansu's "latest" offset is the base offset of the newest batch + 1: with one record per batch that is
+    # the true highwater, so rocksdb changelog recovery after a restart works (ENVIRONMENT.md). Slower
+    # producing, hence only against the embedded broker.
+    producer_max_batch_size=1 if settings.streams_embedded_broker else 16384,
+    web_enabled=False,
+    table_standby_replicas=0,
+)
+
+
+def _topic(*names: str, partitions: int = PARTITIONS, internal: bool = False) -> faust.TopicT:
+    return app.topic(*names, partitions=partitions, internal=internal, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw")  # fmt: skip
+
+
+# -- topics ---------------------------------------------------------------------------------------------
+metric_source = _topic(CHAT_RESPONSES.name, TOPIC_FEEDBACK_JOINED)
+join_source = _topic(CHAT_REQUESTS.name, CHAT_RESPONSES.name, CHAT_FEEDBACK.name, TOPIC_PAIR_TICKS)
+feedback_joined = _topic(TOPIC_FEEDBACK_JOINED, internal=True)
+pair_ticks = _topic(TOPIC_PAIR_TICKS, internal=True)
+trigger_source = _topic(DPO_PAIRS.name, RETRAIN_JOBS.name)
+trigger_input = _topic(TOPIC_TRIGGER_INPUT, partitions=1, internal=True)
+metrics_windows = _topic(METRICS_WINDOWS.name)
+dpo_pairs = _topic(DPO_PAIRS.name)
+retrain_jobs = _topic(RETRAIN_JOBS.name)
+feedback_dlq = _topic(CHAT_FEEDBACK.dlq, partitions=1)
+
+# -- tables (rocksdb, changelog-backed) -----------------------------------------------------------------
+metric_checkpoints = app.Table(TABLE_METRIC_CHECKPOINTS, partitions=PARTITIONS)  # source partition -> state
+pair_context = app.Table(TABLE_PAIR_CONTEXT, partitions=PARTITIONS)  # message id -> prompt, answer
+pair_pending = app.Table(TABLE_PAIR_PENDING, partitions=PARTITIONS)  # message id -> waiting feedback
+pair_answers = app.Table(TABLE_PAIR_ANSWERS, partitions=PARTITIONS)  # normalized question -> thumbs-up answers
+trigger_state = app.Table(TABLE_TRIGGER_STATE, partitions=1)  # base model -> TriggerState
+trigger_covered = app.Table(TABLE_TRIGGER_COVERED, partitions=1)  # pair id -> job id
+
+# -- the logic the agents drive (pure, see the modules) -------------------------------------------------
+book = WindowBook(settings.streams_window_seconds, settings.streams_window_grace_s, settings.streams_window_idle_s,
+                  settings.streams_quantile_accuracy, now=time.time())  # fmt: skip
+joiner = FeedbackJoiner(pair_context, pair_pending, settings.streams_context_ttl_s, settings.streams_pending_timeout_s)
+_teacher_client: httpx.AsyncClient | None = None
+
+
+async def _teacher(messages: list[dict]) -> str | None:
+    global _teacher_client
+    if _teacher_client is None:
+        _teacher_client = httpx.AsyncClient()
+    return await ask_teacher(_teacher_client, settings.streams_teacher_url, settings.streams_teacher_model,
+                             messages, settings.streams_teacher_timeout_s)  # fmt: skip
+
+
+builder = PairBuilder(
+    pair_answers, settings.served_model_name,
+    NearDuplicateFilter(settings.streams_dedup_threshold, settings.streams_dedup_recent),
+    settings.streams_pair_min_chars, settings.streams_pair_max_chars,
+    teacher=_teacher if settings.streams_teacher_url else None,
+)  # fmt: skip
+_recovered: set[str] = set()
+
+
+@metric_checkpoints.on_recover
+async def _restore_windows() -> None:
+    for key, value in metric_checkpoints.items():
+        book.restore(int(key), value)
+    # The start-up hold on wall-clock closing counts from here, not from import: group join and recovery
+    # can outlast it, and a window closed before the replay begins would be emitted short.
+    book.started_wall = time.time()
+    _recovered.add(TABLE_METRIC_CHECKPOINTS)
+    log.info("metric windows restored", extra={"partitions": sorted(book.partitions), "horizon": book.horizon})
+
+
+@pair_pending.on_recover
+async def _index_pairs() -> None:
+    joiner.index()
+
+
+# -- metric windows -------------------------------------------------------------------------------------
+@app.agent(metric_source, name=AGENT_METRIC_WINDOWS)
+async def metric_windows(stream: faust.StreamT) -> None:
+    """Aggregate in memory; checkpoint a partition's partials to the table, then ack its events."""
+    unacked: dict[int, list[faust.EventT]] = defaultdict(list)
+    manual = stream.noack()
+    async for event in manual.events():
+        message = event.message
+        partition, now = message.partition, time.time()
+        _apply_metric(message.topic, partition, message.offset, event.value, now)
+        unacked[partition].append(event)
+        if book.checkpoint_due(partition, now, settings.streams_checkpoint_interval_s,
+                               settings.streams_checkpoint_max_events):  # fmt: skip
+            metric_checkpoints[str(partition)] = book.checkpoint(partition, now)
+            for done in unacked.pop(partition):
+                await manual.ack(done)
+
+
+def _apply_metric(topic: str, partition: int, offset: int, value: bytes, now: float) -> None:
+    if topic == CHAT_RESPONSES.name:
+        try:
+            r = decode(value, ChatResponse)
+        except EventError as exc:  # the sink dead-letters chat.responses; here it is only skipped
+            log.warning("invalid response skipped", extra={"partition": partition, "offset": offset, "error": str(exc)})
+            return
+        book.add_response(
+            topic, partition, offset, now, model_version=r.model_version, route=r.route,
+            event_time=r.occurred_at.timestamp(), status=r.status, latency_ms=r.latency_ms, ttft_ms=r.ttft_ms,
+            completion_tokens=r.completion_tokens,
+        )  # fmt: skip
+    else:
+        rec = orjson.loads(value)
+        book.add_feedback(
+            topic, partition, offset, now, model_version=rec["model_version"], route=rec["route"],
+            event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
+        )  # fmt: skip
+
+
+@app.timer(interval=settings.streams_tick_interval_s)
+async def close_windows() -> None:
+    if TABLE_METRIC_CHECKPOINTS not in _recovered:  # before recovery a window could be emitted half-full
+        return
+    for window in book.close(time.time()):
+        await metrics_windows.send(key=window.model_version.encode(), value=encode(window))
+        log.info("window emitted", extra={"event_id": str(window.event_id), "model_version": window.model_version,
+                                          "route": window.route, "window_start": window.window_start.isoformat(),
+                                          "window_seconds": window.window_seconds, "requests": window.requests,
+                                          "late_events": book.late_events})
+
+
+# -- feedback -> DPO pairs ------------------------------------------------------------------------------
+@app.agent(join_source, name=AGENT_JOIN_FEEDBACK)
+async def join_feedback(stream: faust.StreamT) -> None:
+    """Join feedback with its prompt and answer (same session, same partition); re-key by question."""
+    async for event in stream.events():
+        message = event.message
+        topic, partition, offset, now = message.topic, message.partition, message.offset, time.time()
+        if topic == TOPIC_PAIR_TICKS:
+            out = joiner.sweep(partition, now)
+        else:
+            try:
+                parsed = decode(event.value, {CHAT_REQUESTS.name: ChatRequest, CHAT_RESPONSES.name: ChatResponse,
+                                              CHAT_FEEDBACK.name: Feedback}[topic])  # fmt: skip
+            except EventError as exc:
+                if topic == CHAT_FEEDBACK.name:  # our input: dead-letter it with the reason
+                    dead = invalid_event(topic, partition, offset, message.key, event.value, exc)
+                    await feedback_dlq.send(key=message.key, value=encode(dead))
+                    log.warning("invalid feedback dead-lettered", extra={"offset": offset, "error": str(exc)})
+                continue
+            if isinstance(parsed, ChatRequest):
+                out = joiner.on_request(parsed, partition, now)
+            elif isinstance(parsed, ChatResponse):
+                out = joiner.on_response(parsed, partition, now)
+            else:
+                out = joiner.on_feedback(parsed, partition, offset, now)
+        for rec in out.joined:
+            await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
+                                       partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
+        for dead in out.dead:
+            await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
+            log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset})
+
+
+@app.agent(feedback_joined, name=AGENT_BUILD_PAIRS)
+async def build_pairs(stream: faust.StreamT) -> None:
+    """One question's thumbs-up answers and thumbs-downs meet in this partition: build DPO pairs."""
+    async for value in stream:
+        rec = orjson.loads(value)
+        outcome = await builder.on_joined(rec)
+        if outcome.pair is not None:
+            pair = outcome.pair
+            await dpo_pairs.send(key=pair.base_model.encode(), value=encode(pair))
+            log.info("pair emitted", extra={"pair_id": pair.pair_id, "source": pair.source,
+                                            "message_id": pair.message_id})  # fmt: skip
+        elif outcome.dead is not None:
+            await feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
+        elif outcome.dropped:
+            log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec["message_id"]})
+
+
+# -- retrain trigger ------------------------------------------------------------------------------------
+@app.agent(trigger_source, name=AGENT_FORWARD_TO_TRIGGER)
+async def forward_to_trigger(stream: faust.StreamT) -> None:
+    """dpo.pairs and retrain.jobs are keyed by base model but partitioned by different producers:
+    funnel both into one single-partition topic so one state machine per model sees both in order."""
+    async for event in stream.events():
+        try:
+            parsed = decode(event.value)
+        except EventError:
+            continue  # the sink dead-letters bad events of these topics
+        if isinstance(parsed, DPOPair):
+            rec = {"kind": "pair", "base_model": parsed.base_model, "pair_id": parsed.pair_id,
+                   "usable": parsed.source != "needs_chosen" and parsed.chosen is not None}  # fmt: skip
+        elif isinstance(parsed, RetrainJob):
+            rec = {"kind": "job", "base_model": parsed.base_model, "job_id": parsed.job_id, "status": parsed.status,
+                   "pair_ids": parsed.pair_ids, "at": parsed.occurred_at.timestamp()}  # fmt: skip
+        else:
+            continue
+        await trigger_input.send(value=orjson.dumps(rec), partition=0)
+
+
+@app.agent(trigger_input, name=AGENT_RETRAIN_TRIGGER)
+async def retrain_trigger(stream: faust.StreamT) -> None:
+    async for value in stream:
+        rec, now = orjson.loads(value), time.time()
+        models = [rec["base_model"]] if "base_model" in rec else list(trigger_state.keys())
+        for base_model in models:
+            state = TriggerState.from_json(trigger_state[base_model]) if base_model in trigger_state \
+                else TriggerState(base_model)  # fmt: skip
+            if rec["kind"] == "pair":
+                state.on_pair(rec["pair_id"], rec["usable"], trigger_covered)
+            elif rec["kind"] == "job":
+                state.on_job(rec["job_id"], rec["status"], rec["pair_ids"], rec["at"],
+                             settings.streams_retrain_cooldown_s, trigger_covered)  # fmt: skip
+            job = state.decide(now, settings.streams_retrain_threshold, trigger_covered)
+            if job is not None:  # send before saving: a crash in between re-decides the same job id
+                await retrain_jobs.send(key=base_model.encode(), value=encode(job))
+                log.info("retrain job requested", extra={"job_id": job.job_id, "pairs": len(job.pair_ids)})
+            trigger_state[base_model] = state.to_json()
+
+
+# -- ticks: time passes even when no event does ----------------------------------------------------------
+@app.timer(interval=settings.streams_tick_interval_s)
+async def tick() -> None:
+    if TABLE_METRIC_CHECKPOINTS not in _recovered:
+        return
+    for partition in range(PARTITIONS):
+        await pair_ticks.send(value=b"tick", partition=partition)
+    await trigger_input.send(value=b'{"kind": "tick"}', partition=0)
+
+
+def create_internal_topics(bootstrap: str, timeout: float = 30.0) -> None:
+    """Create the registry's topics and ours before anything produces: Tansu would auto-create them with
+    4 partitions and faust then refuses a table whose changelog has 3."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    create_topics(bootstrap, timeout)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [NewTopic(name, num_partitions=n) for name, n in INTERNAL_TOPICS.items() if name not in existing]
+    for _name, future in (admin.create_topics(wanted, operation_timeout=timeout) if wanted else {}).items():
+        try:
+            future.result(timeout=timeout)
+        except Exception as exc:  # another worker may have created it meanwhile
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the worker: `python -m streams.app [faust worker arguments]`, web server off by default."""
+    create_internal_topics(settings.kafka_bootstrap)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        args = ["worker", "--without-web", "-l", settings.log_level.lower()]
+    sys.argv = [sys.argv[0], *args]
+    app.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Settings of the faust stream processors (metric windows, feedback -> DPO pairs, retrain trigger).
+
+Every field reads `FLYWHEEL_<NAME>` (e.g. `FLYWHEEL_STREAMS_WINDOW_SECONDS=[2]`) or `.env`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from schemas.settings import CommonSettings
+
+
+class StreamSettings(CommonSettings):
+    # The base model's served name (CommonSettings.served_model_name) names the model the DPO pairs
+    # and retrain jobs belong to; model_version equal to it is the base, "<alias>@vN" its adapters.
+    # faust app id: names the consumer group and prefixes every changelog topic (renaming = migration).
+    streams_app_id: str = Field("flywheel-streams", description="faust app id")
+    # Where faust keeps its rocksdb table stores; default <data_dir>/streams.
+    streams_state_dir: Path | None = Field(None, description="faust table store directory")
+    # Tansu reports a wrong highwater ("base offset of the newest batch + 1"): with one record per
+    # producer batch that number is the true highwater and changelog recovery after a restart works.
+    # Costs producer throughput, so only for the embedded broker.
+    streams_embedded_broker: bool = Field(True, description="apply the Tansu work-arounds (one record per batch)")
+    # Group join waits session_timeout/2 on Tansu: keep it low for fast starts and restarts.
+    streams_session_timeout_s: float = Field(6.0, gt=0, description="broker session timeout")
+    streams_commit_interval_s: float = Field(1.0, gt=0, description="offset commit interval")
+
+    # -- metric windows -----------------------------------------------------------------------
+    streams_window_seconds: list[int] = Field([10, 60], description="tumbling window sizes (s)")
+    # Event-time lateness: a window closes when the stream's event time passes end + grace.
+    streams_window_grace_s: float = Field(2.0, ge=0, description="allowed lateness (event time)")
+    # With no event for this long, event time advances with the wall clock so idle windows close.
+    streams_window_idle_s: float = Field(2.0, gt=0, description="idle time before wall clock closes windows")
+    # Relative accuracy of the latency / ttft quantiles (log-bucket sketch, mergeable).
+    streams_quantile_accuracy: float = Field(0.01, gt=0, lt=0.5, description="relative accuracy of quantiles")
+    # The in-memory partial aggregates are written to the checkpoint table (one record per partition)
+    # at most this often; acks (and so offset commits) wait for that write.
+    streams_checkpoint_interval_s: float = Field(0.5, gt=0, description="checkpoint interval per partition")
+    streams_checkpoint_max_events: int = Field(20_000, ge=1, description="checkpoint at least every N events")
+
+    # -- feedback -> DPO pairs -----------------------------------------------------------------
+    streams_context_ttl_s: float = Field(3600.0, gt=0, description="how long a response stays joinable")
+    streams_pending_timeout_s: float = Field(30.0, gt=0, description="wait for a feedback's response, then DLQ")
+    streams_tick_interval_s: float = Field(1.0, gt=0, description="timer ticks that sweep TTLs and timeouts")
+    streams_teacher_url: str = Field("", description="OpenAI-compatible base URL of a teacher model ('' = none)")
+    streams_teacher_model: str = Field("teacher", description="model name sent to the teacher")
+    streams_teacher_timeout_s: float = Field(10.0, gt=0, description="teacher request timeout")
+    streams_pair_min_chars: int = Field(1, ge=1, description="shortest chosen/rejected kept")
+    streams_pair_max_chars: int = Field(8000, ge=1, description="longest chosen/rejected kept")
+    streams_dedup_threshold: float = Field(0.9, gt=0, le=1, description="MinHash Jaccard threshold of a near-duplicate")
+    streams_dedup_recent: int = Field(10_000, ge=1, description="recent pairs the near-duplicate filter remembers")
+
+    # -- retrain trigger ----------------------------------------------------------------------
+    streams_retrain_threshold: int = Field(8, ge=1, description="usable pairs that trigger a retrain job")
+    streams_retrain_cooldown_s: float = Field(60.0, ge=0, description="quiet time after a job ends")
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.streams_state_dir or self.data_dir / "streams").resolve()
