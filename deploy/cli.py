@@ -131,6 +131,7 @@ def down(settings: CommonSettings, timeout: float) -> None:
 
 def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
+    from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics
     from inference.controller_cli import deploy_group
     from producers.cli import produce_command
@@ -141,7 +142,8 @@ def _register() -> None:
     for name in ("promote", "rollback"):
         models_group.add_command(deploy_group.commands[name])
     train_group.add_command(launch_command)
-    commands = (topics, db, schemas, produce_command, sql_command, report_command, model, models_group, train_group)
+    commands = (topics, db, schemas, produce_command, sql_command, report_command, model, models_group, train_group,
+                config_command)
     for command in commands:
         main.add_command(command)
 
