@@ -8,11 +8,12 @@ and forbid unknown fields, like the events.
 from __future__ import annotations
 
 import random
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+M = TypeVar("M", bound=BaseModel)
 Temperature = Annotated[float, Field(ge=0, le=2)]
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
 
@@ -169,6 +170,15 @@ def error_body(status: int, message: str, code: str | None = None, param: str | 
             }
         }
     )
+
+
+def parse_request(model: type[M], raw: bytes) -> M:
+    """The request body as `model` (JSON parsed and validated in one pass); GatewayError 422 when invalid."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        message, field = describe_validation_errors(list(exc.errors(include_url=False)))
+        raise GatewayError(422, message, "invalid_request", param=field) from None
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:

@@ -218,6 +218,21 @@ def test_history_keeps_last_ten_turns(client):
     assert r.json()["content"].startswith("echo model=tiny messages=22 ")
 
 
+def test_session_of_another_user_is_refused(client):
+    r = client.post("/chat", json={"message": "mine"}, headers={"X-User-Id": "alice"})
+    assert r.status_code == 200, r.text
+    sid = r.json()["session_id"]
+    for method, path, body in (("POST", "/chat", {"session_id": sid, "message": "let me in"}),
+                               ("POST", "/chat/stream", {"session_id": sid, "message": "let me in"}),
+                               ("DELETE", f"/session/{sid}", None)):
+        other = client.request(method, path, json=body, headers={"X-User-Id": "mallory"})
+        assert other.status_code == 403, other.text
+        assert other.json()["error"]["code"] == "not_session_owner"
+    again = client.post("/chat", json={"session_id": sid, "message": "still mine"}, headers={"X-User-Id": "alice"})
+    assert again.json()["content"] == "echo model=tiny messages=4 last=still mine"  # mallory wrote nothing
+    assert client.delete(f"/session/{sid}", headers={"X-User-Id": "alice"}).status_code == 200
+
+
 # -- feedback ---------------------------------------------------------------------------------------------
 
 

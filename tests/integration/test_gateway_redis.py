@@ -13,7 +13,15 @@ from redis.asyncio import Redis
 
 from inference.auth import APIKEYS_KEY, DEV_KEY_NAME, ApiKeyStore, ensure_dev_key, hash_key
 from inference.ratelimit import RATELIMIT_KEY, Decision, RateLimiter
-from inference.sessions import ACTIVE_KEY, HISTORY_KEY, InvalidId, SessionStore, parse_history
+from inference.sessions import (
+    ACTIVE_KEY,
+    HISTORY_KEY,
+    InvalidId,
+    SessionNotOwned,
+    SessionStore,
+    parse_history,
+    parse_session,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -220,6 +228,29 @@ async def test_delete_and_active_count(redis):
     assert await sessions.message_owner("m-s2") == ("u1", "s2")  # feedback on a deleted session still checks
     await redis.zadd(ACTIVE_KEY, {"stale": 0})  # a session last seen long ago
     assert await sessions.active_count() == 2
+
+
+async def test_session_owner_is_recorded_with_the_turn_and_checked(redis):
+    sessions = SessionStore(redis)
+    await sessions.record_turn("s1", "alice", "m1", "q", "a")
+    pipe = redis.pipeline(transaction=False)
+    sessions.queue_session(pipe, "s1")
+    sessions.queue_session(pipe, "new")
+    history, owner, new_history, new_owner = await pipe.execute()
+    assert parse_session(history, owner, "s1", "alice") == [{"role": "user", "content": "q"},
+                                                            {"role": "assistant", "content": "a"}]
+    assert parse_session(new_history, new_owner, "new", "bob") == []  # a new session is anyone's
+    with pytest.raises(SessionNotOwned):
+        parse_session(history, owner, "s1", "bob")
+    with pytest.raises(SessionNotOwned):  # the write checks again, atomically, and writes nothing
+        await sessions.record_turn("s1", "bob", "m2", "q2", "a2")
+    assert len(await sessions.history("s1")) == 2
+    assert await sessions.message_owner("m2") is None
+    with pytest.raises(SessionNotOwned):
+        await sessions.delete("s1", "bob")
+    assert await sessions.delete("s1", "alice") is True
+    await sessions.record_turn("s1", "bob", "m3", "q", "a")  # deleted: the id is free again
+    assert await sessions.delete("s1") is True  # no user: an operator's delete
 
 
 async def test_bad_session_ids_never_reach_redis(redis):

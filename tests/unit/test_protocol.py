@@ -14,6 +14,7 @@ from inference.protocol import (
     describe_validation_errors,
     error_body,
     new_message_id,
+    parse_request,
 )
 
 
@@ -115,3 +116,23 @@ def test_message_ids_are_unique_and_key_safe():
     ids = {new_message_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(i.startswith("chatcmpl-") and len(i) == 41 and i.replace("-", "").isalnum() for i in ids)
+
+
+@pytest.mark.parametrize(("raw", "field", "words"), [
+    (b"", "<body>", "Invalid JSON"),
+    (b'{"message": "hi"', "<body>", "Invalid JSON"),
+    (b"[1, 2]", "<body>", "should be an object"),
+    (b'{"session_id": "s"}', "message", "Field required"),
+    (b'{"message": "hi", "temperature": "hot"}', "temperature", "valid number"),
+    (b'{"message": "hi", "extra": 1}', "extra", "Extra inputs"),
+])
+def test_parse_request_answers_422_naming_the_field(raw, field, words):
+    with pytest.raises(GatewayError) as err:
+        parse_request(SessionChatRequest, raw)
+    assert err.value.status == 422 and err.value.code == "invalid_request"
+    assert err.value.param == field and words in err.value.message
+
+
+def test_parse_request_parses_and_validates_in_one_pass():
+    req = parse_request(ChatCompletionRequest, b'{"messages": [{"role": "user", "content": "hi"}], "top_k": 3}')
+    assert req.messages[0].text() == "hi" and req.model_extra == {"top_k": 3}
