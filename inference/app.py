@@ -98,7 +98,7 @@ class Gateway:
         sessions = SessionStore(redis, max_turns=settings.gateway_history_turns)
         gate = Gate(redis, keys, RateLimiter(redis), sessions)
         pool = WorkerPool(settings.gateway_eject_failures, settings.gateway_eject_cooldown_s)
-        routes = RouteTable((settings.gateway_model_alias,), settings.gateway_base_model)
+        routes = RouteTable((settings.model_alias,), settings.served_model_name)
         refresher = Refresher(settings, redis, pool, routes)
         upstream = Upstream(settings, pool, make_client(settings))
         publisher = EventPublisher(settings, hook=metrics.event)
@@ -114,7 +114,7 @@ class Gateway:
             log.error("first worker/routes refresh failed", extra={"error": repr(exc)})
         tasks = [asyncio.create_task(refresher.run(), name="flywheel-refresh")]
         log.info("gateway started", extra={"workers": [w.url for w in pool.workers.values()],
-                                           "alias": settings.gateway_model_alias})
+                                           "alias": settings.model_alias})
         return cls(settings, metrics, redis, keys, gate, sessions, pool, routes, refresher, publisher, serving,
                    upstream, tasks)
 

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from inference.routing import Route, choose
@@ -30,9 +30,15 @@ class Worker:
     ejected_until: float = 0.0
     requests: int = 0
     static: bool = False  # from settings, kept when discovery forgets it
+    # Model versions the worker has loaded (base + adapters, from its readiness record);
+    # None for a static upstream, which is trusted to serve whatever it is asked for.
+    versions: frozenset[str] | None = None
 
     def available(self, now: float) -> bool:
         return self.ejected_until <= now
+
+    def serves(self, version: str | None) -> bool:
+        return version is None or self.versions is None or version in self.versions
 
 
 @dataclass
@@ -43,22 +49,37 @@ class WorkerPool:
     workers: dict[str, Worker] = field(default_factory=dict)
     _rr: int = 0  # tie-breaker rotation, so equal loads spread over workers
 
-    def set_workers(self, discovered: Iterable[str], static: Iterable[str] = ()) -> None:
-        """Replace the worker list, keeping the counters of workers still present."""
+    def set_workers(
+        self, discovered: Iterable[str] | Mapping[str, frozenset[str]], static: Iterable[str] = ()
+    ) -> None:
+        """Replace the worker list, keeping the counters of workers still present.
+
+        `discovered` maps each worker's URL to the versions it has loaded (a plain list of URLs:
+        versions unknown, the worker gets any request).
+        """
+        loaded = discovered if isinstance(discovered, Mapping) else dict.fromkeys(discovered)
         wanted: dict[str, bool] = {u.rstrip("/"): True for u in static}
-        for u in discovered:
+        for u in loaded:
             wanted.setdefault(u.rstrip("/"), False)
         current = self.workers
-        self.workers = {
-            url: current.get(url) or Worker(url, static=is_static) for url, is_static in wanted.items()
-        }
+        self.workers = {}
+        for url, is_static in wanted.items():
+            worker = current.get(url) or Worker(url, static=is_static)
+            worker.versions = None if is_static else loaded.get(url)
+            self.workers[url] = worker
 
-    def pick(self, exclude: Iterable[str] = ()) -> Worker:
-        """The available worker with the fewest outstanding requests; marks it busy (call release)."""
+    def pick(self, exclude: Iterable[str] = (), version: str | None = None) -> Worker:
+        """The available worker with the fewest outstanding requests that has `version` loaded;
+        marks it busy (call release). A canary's adapter reaches each worker within a heartbeat
+        of the route change, so until then only the workers that have it get its requests."""
         now = self.clock()
         excluded = set(exclude)
-        candidates = [w for w in self.workers.values() if w.url not in excluded and w.available(now)]
+        candidates = [
+            w for w in self.workers.values() if w.url not in excluded and w.available(now) and w.serves(version)
+        ]
         if not candidates:
+            if any(w.url not in excluded and w.available(now) for w in self.workers.values()):
+                raise NoWorkerAvailable(f"no ready worker has model version {version!r} loaded yet")
             raise NoWorkerAvailable(self._why_none(excluded, now))
         self._rr = (self._rr + 1) % len(candidates)
         best = min(

@@ -33,10 +33,8 @@ class GatewaySettings(ProducerSettings):
     gateway_discover_workers: bool = Field(True, description="discover workers from Redis")
     # How often the worker list and the routing tables are re-read from Redis (background task).
     gateway_refresh_s: float = Field(1.0, gt=0, description="worker/routes refresh interval")
-    # The public model name clients ask for; its versions come from `flywheel:routes:<alias>`.
-    gateway_model_alias: str = Field("support", description="model alias served")
-    # What the alias maps to while its routing table is empty: the base model's served name.
-    gateway_base_model: str = Field("tiny", description="base model served name")
+    # The alias clients ask for is CommonSettings.model_alias (versions from `flywheel:routes:<alias>`);
+    # while its routing table is empty it maps to the base model's served_model_name.
     # Prepended to the session API's history (one per deployment).
     gateway_system_prompt: str = Field(
         "You are a helpful customer service assistant. Answer product questions, guide returns, "

@@ -104,9 +104,9 @@ class Upstream:
         self.client = client
         self.max_attempts = settings.gateway_max_attempts
 
-    def _pick(self, tried: list[str]) -> Worker:
+    def _pick(self, tried: list[str], version: str | None) -> Worker:
         try:
-            return self.pool.pick(exclude=tried)
+            return self.pool.pick(exclude=tried, version=version)
         except NoWorkerAvailable as exc:
             if tried:
                 raise UpstreamUnavailable(f"{exc} (tried {', '.join(tried)})", tried[-1]) from None
@@ -128,7 +128,7 @@ class Upstream:
         attempt = 0
         while True:
             attempt += 1
-            worker = self._pick(tried)
+            worker = self._pick(tried, body.get("model"))
             tried.append(worker.url)
             try:
                 async with asyncio.timeout(self.settings.gateway_request_timeout_s):
@@ -160,7 +160,7 @@ class Upstream:
         attempt = 0
         while True:
             attempt += 1
-            worker = self._pick(tried)
+            worker = self._pick(tried, body.get("model"))
             tried.append(worker.url)
             response = None
             try:
@@ -223,14 +223,14 @@ class Refresher:
         self.routes = routes
         self.last_ok: float | None = None
         self.last_error: str | None = None
-        self.discovered: list[str] = []
+        self.discovered: dict[str, frozenset[str]] = {}
         self.pool.set_workers([], settings.gateway_upstreams)
 
     async def refresh_once(self) -> None:
         if self.settings.gateway_discover_workers:
             keys = [k async for k in self.redis.scan_iter(match=WORKERS_PATTERN, count=100)]
             records = await self.redis.mget(keys) if keys else []
-            ready = []
+            ready: dict[str, frozenset[str]] = {}
             for raw in records:
                 if raw is None:
                     continue
@@ -239,8 +239,8 @@ class Refresher:
                 except orjson.JSONDecodeError:
                     continue
                 if rec.get("ready") and rec.get("url"):
-                    ready.append(rec["url"])
-            self.discovered = sorted(ready)
+                    ready[rec["url"]] = frozenset([*(rec.get("adapters") or []), rec.get("model")])
+            self.discovered = ready
         self.pool.set_workers(self.discovered, self.settings.gateway_upstreams)
         pipe = self.redis.pipeline(transaction=False)
         for alias in self.routes.aliases:

@@ -144,3 +144,23 @@ def test_unknown_model():
     table = RouteTable(("support",), "tiny")
     with pytest.raises(LookupError, match="does not exist"):
         table.resolve("gpt-4", "u1")
+
+
+def test_pick_only_workers_with_the_version_loaded():
+    pool = WorkerPool()
+    pool.set_workers({"http://a": frozenset({"tiny", "support@v2"}), "http://b": frozenset({"tiny"})})
+    def pick(version):
+        worker = pool.pick(version=version)
+        pool.release(worker)
+        return worker.url
+
+    assert {pick("support@v2") for _ in range(4)} == {"http://a"}
+    assert {pick("tiny") for _ in range(4)} == {"http://a", "http://b"}
+    with pytest.raises(NoWorkerAvailable, match="support@v3"):
+        pool.pick(version="support@v3")
+
+
+def test_static_upstreams_serve_any_version():
+    pool = WorkerPool()
+    pool.set_workers({}, static=["http://stub"])
+    assert pool.pick(version="anything@v9").url == "http://stub"
