@@ -154,15 +154,22 @@ def _status_of(service: Service, info, check: bool) -> ServiceStatus:
 
 
 def status(settings: CommonSettings) -> list[ServiceStatus]:
-    """One row per service; managed ones are checked only while supervisord runs them."""
+    """One row per service; managed ones are checked only while supervisord runs them.
+
+    While a stack runs, its programs are those supervisord was started with (an `up --infra-only`
+    stack has no workers to report); with none running, every service shows as not running.
+    """
     supervisor = Supervisor(layout_for(settings))
-    processes = supervisor.processes() if supervisor.alive() else {}
+    alive = supervisor.alive()
+    processes = supervisor.processes() if alive else {}
     rows = []
     for service in services(settings):
         if not service.managed:
             rows.append(_status_of(service, None, check=True))
             continue
         info = processes.get(service.name)
+        if info is None and alive:
+            continue  # not part of the running stack (e.g. `up --infra-only`)
         if info is None:
             rows.append(
                 ServiceStatus(service.name, None, "NOT RUNNING", service.address, False, "not started")

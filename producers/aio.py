@@ -55,6 +55,7 @@ class AsyncChatEventProducer(ProducerCore):
     ):
         super().__init__(settings, on_error=on_error, config=config)
         self._producer = Producer(self._config)
+        self._acked = 0  # counted in the delivery callback, before the awaiting send() resumes
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_loop, name="flywheel-producer-poll", daemon=True)
         self._poller.start()
@@ -73,6 +74,8 @@ class AsyncChatEventProducer(ProducerCore):
         def on_delivery(err: KafkaError | None, msg: Message) -> None:  # runs in the poll thread
             if err is None:
                 outcome: Delivery | BaseException = Delivery(msg.topic(), msg.partition(), msg.offset())
+                with self._lock:
+                    self._acked += 1
             else:
                 failure = self._tracker.failure(err, msg)
                 outcome = DeliveryError(str(failure), code=failure.code, retriable=failure.retriable)
@@ -137,7 +140,10 @@ class AsyncChatEventProducer(ProducerCore):
         return stats
 
     def _pending(self) -> int:
-        return len(self._producer)
+        # Not len(producer): a message still counts there while its callback runs, after its
+        # send() may already have resumed. Every report reaches this producer, so count exactly.
+        with self._lock:
+            return self._tracker.sent - self._tracker.failed - self._acked
 
     async def __aenter__(self) -> AsyncChatEventProducer:
         return self

@@ -50,7 +50,8 @@ REDIS_DB = 6  # a database of its own: the controller scans every worker record 
 def ch(tmp_path_factory):
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('chdb')}")
     migrate(client)
-    return client
+    yield client
+    client.close()  # one chDB path per process: free it for the next module
 
 
 def insert_traffic(ch, alias: str, version: str, n: int, down_every: int | None, latency_ms: float = 100.0,

@@ -107,7 +107,10 @@ def test_jobs_accepted_then_swapped_rejected(stack, env, producer, events, tmp_p
         assert done.verdict == "accepted", done.error
         assert done.adapter_version == "support@v1" and done.parent_version is None
         assert done.metrics["preference_accuracy"] >= done.metrics["current_preference_accuracy"]
-        ready = events.wait(lambda e: isinstance(e, Deployment) and e.action == "adapter_ready", what="adapter_ready")
+        ready = events.wait(
+            lambda e: isinstance(e, Deployment) and e.action == "adapter_ready" and e.job_id == good.job_id,
+            what="adapter_ready",
+        )
         v1 = registry.show("support@v1")
         assert (ready.version, ready.job_id, ready.previous_version) == ("support@v1", good.job_id, "tiny")
         assert ready.adapter_path == str(v1.path) and os.path.isabs(ready.adapter_path)
