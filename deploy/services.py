@@ -183,7 +183,8 @@ def gateway(settings: CommonSettings) -> Service:
     )
 
 
-def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, priority: int) -> Service:
+def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, priority: int,
+              dirs: tuple[Path, ...] = ()) -> Service:
     """A Kafka consumer service without a port: healthy while its consumer group is stable."""
     bootstrap = settings.kafka_bootstrap
     return Service(
@@ -196,13 +197,17 @@ def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, p
         priority=priority,
         stopwaitsecs=30,
         after_infra=True,
+        dirs=dirs,
     )
 
 
 def streams(settings: CommonSettings) -> Service:
     """The faust worker: metric windows, feedback -> DPO pairs, the retrain trigger."""
-    # faust's consumer group is its app id.
-    return _consumer(settings, "streams", "streams.app", StreamSettings().streams_app_id, priority=55)
+    # faust's consumer group is its app id. faust creates its table directory under the state directory but
+    # not the state directory itself: without it, the worker crashes at start (FileNotFoundError) in a loop.
+    stream_settings = StreamSettings()
+    return _consumer(settings, "streams", "streams.app", stream_settings.streams_app_id, priority=55,
+                     dirs=(stream_settings.state_dir,))
 
 
 def retrain_worker(settings: CommonSettings) -> Service:

@@ -31,7 +31,7 @@ import orjson
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -92,8 +92,12 @@ class Gateway:
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
         metrics = GatewayMetrics()
-        redis = Redis.from_url(settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0,
-                               health_check_interval=30)
+        redis_pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.gateway_redis_max_connections,
+            timeout=settings.gateway_redis_pool_timeout_s, socket_timeout=2.0, socket_connect_timeout=2.0,
+            health_check_interval=30,
+        )
+        redis = Redis(connection_pool=redis_pool)
         keys = ApiKeyStore(redis, cache_ttl_s=settings.gateway_key_cache_s)
         sessions = SessionStore(redis, max_turns=settings.gateway_history_turns)
         gate = Gate(redis, keys, RateLimiter(redis), sessions)

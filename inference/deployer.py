@@ -39,7 +39,7 @@ from inference.adapters import AdapterAdmin, AdapterLoadError, ready_workers
 from inference.canary_metrics import MetricsSource
 from inference.controller_settings import ControllerSettings
 from inference.rollout import Outcome, Policy, decide, next_weight, resume_action, step_routes
-from inference.routing import ADAPTERS_KEY, ROUTES_KEY
+from inference.routing import ADAPTERS_KEY, ROUTES_KEY, WORKERS_PATTERN
 from schemas.events import Deployment
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ DONE_KEY = "flywheel:rollout:{alias}:done"
 RELEASES_KEY = "flywheel:releases:{alias}"
 PATHS_KEY = "flywheel:releases:{alias}:paths"
 PRODUCER_NAME = "hotswap-controller"
+# Longest wait for the workers' readiness records to list a freshly loaded adapter (a few heartbeats).
+ADVERTISE_TIMEOUT_S = 15.0
 
 Publish = Callable[[Deployment], None]
 
@@ -158,7 +160,9 @@ class Deployer:
         # Registered first: a worker that restarts from now on loads it before it says ready.
         await self.redis.hset(ADAPTERS_KEY, version, path)
         try:
-            await self.admin.load(version, path, await ready_workers(self.redis))
+            workers = await ready_workers(self.redis)
+            await self.admin.load(version, path, workers)
+            await self._wait_advertised(version, workers)
         except AdapterLoadError as exc:
             await self.rollback(alias, rec, f"adapter failed to load: {exc}")
             return False
@@ -169,6 +173,35 @@ class Deployer:
         await self._transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
         await self._catch_up(version, path)
         return True
+
+    async def _wait_advertised(self, version: str, workers: list[str]) -> None:
+        """Wait until every worker's readiness record lists `version`, then for the gateways to re-read them.
+
+        The gateway sends a version's requests only to workers whose record lists it (inference/router.py), and
+        records are rewritten once per worker heartbeat: routing the canary as soon as vLLM has loaded it made
+        the canary's first requests fail ("no ready worker has model version ... loaded yet"), and those errors
+        rolled good canaries back."""
+        deadline = time.monotonic() + ADVERTISE_TIMEOUT_S
+        pending = set(workers)
+        while pending:
+            keys = [k async for k in self.redis.scan_iter(match=WORKERS_PATTERN, count=100)]
+            for raw in (await self.redis.mget(keys)) if keys else []:
+                try:
+                    record = json.loads(raw) if raw else {}
+                except ValueError:
+                    continue
+                # Only records kept by a worker's heartbeat (inference/worker.py) are rewritten with `adapters`.
+                if record.get("url") in pending and (version in (record.get("adapters") or [])
+                                                     or "heartbeat_at" not in record):
+                    pending.discard(record["url"])
+            if not pending:
+                break
+            if time.monotonic() > deadline:  # the adapter answers on every worker (verified): route it anyway
+                log.warning("workers do not advertise the adapter yet", extra={"version": version,
+                                                                               "workers": sorted(pending)})
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(self.settings.route_propagation_s)
 
     async def _catch_up(self, version: str, path: str) -> None:
         """Load on workers that became ready since (they load routed adapters themselves too)."""

@@ -68,14 +68,17 @@ class WorkerPool:
             worker.versions = None if is_static else loaded.get(url)
             self.workers[url] = worker
 
-    def pick(self, exclude: Iterable[str] = (), version: str | None = None) -> Worker:
+    def pick(self, exclude: Iterable[str] = (), version: str | None = None, include_ejected: bool = False) -> Worker:
         """The available worker with the fewest outstanding requests that has `version` loaded;
         marks it busy (call release). A canary's adapter reaches each worker within a heartbeat
-        of the route change, so until then only the workers that have it get its requests."""
+        of the route change, so until then only the workers that have it get its requests.
+        `include_ejected`: the last resort, when no worker is left, is any worker that serves the version."""
         now = self.clock()
         excluded = set(exclude)
         candidates = [
-            w for w in self.workers.values() if w.url not in excluded and w.available(now) and w.serves(version)
+            w
+            for w in self.workers.values()
+            if w.url not in excluded and (include_ejected or w.available(now)) and w.serves(version)
         ]
         if not candidates:
             if any(w.url not in excluded and w.available(now) for w in self.workers.values()):

@@ -55,6 +55,13 @@ class GatewaySettings(ProducerSettings):
     gateway_eject_cooldown_s: float = Field(5.0, ge=0, description="ejection cool-down")
     # Shared HTTP/1.1 keep-alive pool to the upstreams.
     gateway_max_connections: int = Field(512, ge=1, description="upstream connection pool size")
+    # Idle upstream connections are dropped before the worker drops them: vLLM (uvicorn) closes idle
+    # keep-alive connections after 5 s, and a request written into a just-closed one fails.
+    gateway_upstream_keepalive_s: float = Field(4.0, gt=0, description="idle upstream connection lifetime")
+    # Redis connections: a burst (requests piling up while vLLM loads an adapter) waits for one
+    # up to the timeout instead of failing at once.
+    gateway_redis_max_connections: int = Field(512, ge=1, description="Redis connection pool size")
+    gateway_redis_pool_timeout_s: float = Field(2.0, gt=0, description="wait for a free Redis connection")
     # Verified API keys are cached this long (a revoked key works at most this much longer).
     gateway_key_cache_s: float = Field(5.0, ge=0, description="API key verification cache")
     # Spool: events the broker did not take, as JSON lines; fsync'd in batches at this interval.

@@ -63,7 +63,7 @@ class UpstreamHTTPError(UpstreamFailure):
 
 def make_client(settings: GatewaySettings) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=settings.gateway_max_connections, limit_per_host=0,
-                                     keepalive_timeout=30.0, ttl_dns_cache=300)
+                                     keepalive_timeout=settings.gateway_upstream_keepalive_s, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.gateway_connect_timeout_s,
                                     sock_read=settings.gateway_read_timeout_s)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
@@ -106,7 +106,13 @@ class Upstream:
 
     def _pick(self, tried: list[str], version: str | None) -> Worker:
         try:
-            return self.pool.pick(exclude=tried, version=version)
+            try:
+                return self.pool.pick(exclude=tried, version=version)
+            except NoWorkerAvailable:
+                # Every worker for this version is ejected or already tried: try one again rather than
+                # fail. The usual cause is a keep-alive connection the worker had just closed, which
+                # a fresh connection fixes; a dead worker refuses at once, and attempts are bounded.
+                return self.pool.pick(version=version, include_ejected=True)
         except NoWorkerAvailable as exc:
             if tried:
                 raise UpstreamUnavailable(f"{exc} (tried {', '.join(tried)})", tried[-1]) from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas.views import view_statements
+from schemas.views import loop_stages_statements, view_statements
 
 DATABASE = "flywheel"
 DEDUP_WINDOW = 1000  # inserts remembered per table for insert_deduplication_token
@@ -137,6 +137,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "tables per topic", (f"CREATE DATABASE IF NOT EXISTS {DATABASE}", *TABLES.values())),
     Migration(2, "analyst views", view_statements()),  # schemas/views.py
     Migration(3, "training metrics", (TABLES["training_metrics"],)),
+    Migration(4, "loop stage times", loop_stages_statements()),  # schemas/views.py: v_loop_stages
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (

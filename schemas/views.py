@@ -188,3 +188,85 @@ WHERE f.feedback = 'thumbs_down' AND (coalesce(f.comment, '') != '' OR f.correct
 def view_statements() -> tuple[str, ...]:
     """`CREATE OR REPLACE VIEW` for every view, in dependency order (idempotent)."""
     return tuple(f"CREATE OR REPLACE VIEW {DB}.{name} AS\n{select.strip()}" for name, select in VIEWS.items())
+
+
+# The loop's stage times, one row per retrain job (migration 4 of schemas.ddl). The stages:
+#   threshold pair (the newest of the job's pairs: the one whose arrival crossed the trigger's threshold)
+#   -> job requested -> started -> succeeded (retrain_jobs) -> adapter_ready -> canary_started
+#   -> promoted or rolled_back (model_deployments of the job's adapter version; a version name is never reused).
+# Times are the events' `occurred_at` (set by the process that made the transition); durations in seconds,
+# NULL while a stage has not happened. `total_s` is threshold pair -> promoted (the loop's goal).
+LOOP_STAGES_SQL = f"""
+SELECT
+    j.job_id AS job_id,
+    j.base_model AS base_model,
+    j.adapter_version AS adapter_version,
+    j.verdict AS verdict,
+    j.error AS error,
+    j.pairs AS pairs,
+    p.threshold_pair_at AS threshold_pair_at,
+    j.requested_at AS requested_at,
+    j.started_at AS started_at,
+    j.succeeded_at AS succeeded_at,
+    j.failed_at AS failed_at,
+    d.adapter_ready_at AS adapter_ready_at,
+    d.canary_started_at AS canary_started_at,
+    d.promoted_at AS promoted_at,
+    d.rolled_back_at AS rolled_back_at,
+    multiIf(d.promoted_at IS NOT NULL, 'promoted', d.rolled_back_at IS NOT NULL, 'rolled_back',
+            d.canary_started_at IS NOT NULL, 'canary', d.adapter_ready_at IS NOT NULL, 'adapter_ready',
+            j.failed_at IS NOT NULL, 'failed', j.succeeded_at IS NOT NULL, 'succeeded',
+            j.started_at IS NOT NULL, 'started', 'requested') AS stage,
+    dateDiff('millisecond', p.threshold_pair_at, j.requested_at) / 1000 AS pair_to_requested_s,
+    dateDiff('millisecond', j.requested_at, j.started_at) / 1000 AS requested_to_started_s,
+    dateDiff('millisecond', j.started_at, j.succeeded_at) / 1000 AS started_to_succeeded_s,
+    dateDiff('millisecond', j.succeeded_at, d.adapter_ready_at) / 1000 AS succeeded_to_ready_s,
+    dateDiff('millisecond', d.adapter_ready_at, d.canary_started_at) / 1000 AS ready_to_canary_s,
+    dateDiff('millisecond', d.canary_started_at, d.promoted_at) / 1000 AS canary_to_promoted_s,
+    dateDiff('millisecond', d.canary_started_at, d.rolled_back_at) / 1000 AS canary_to_rolled_back_s,
+    dateDiff('millisecond', p.threshold_pair_at, d.promoted_at) / 1000 AS total_s
+FROM (
+    SELECT
+        job_id,
+        any(base_model) AS base_model,
+        anyIf(pair_ids, status = 'requested') AS requested_pair_ids,
+        length(requested_pair_ids) AS pairs,
+        anyIf(adapter_version, status = 'succeeded') AS adapter_version,
+        anyIf(verdict, status = 'succeeded') AS verdict,
+        anyIf(error, status IN ('succeeded', 'failed')) AS error,
+        minIfOrNull(occurred_at, status = 'requested') AS requested_at,
+        minIfOrNull(occurred_at, status = 'started') AS started_at,
+        minIfOrNull(occurred_at, status = 'succeeded') AS succeeded_at,
+        minIfOrNull(occurred_at, status = 'failed') AS failed_at
+    FROM {DB}.retrain_jobs FINAL
+    GROUP BY job_id
+) AS j
+LEFT JOIN (
+    SELECT jp.job_id AS job_id, maxOrNull(pp.created_at) AS threshold_pair_at
+    FROM (
+        SELECT job_id, arrayJoin(pair_ids) AS pair_id
+        FROM {DB}.retrain_jobs FINAL
+        WHERE status = 'requested'
+    ) AS jp
+    INNER JOIN (
+        SELECT pair_id, min(occurred_at) AS created_at
+        FROM {DB}.dpo_pairs FINAL
+        GROUP BY pair_id
+    ) AS pp ON pp.pair_id = jp.pair_id
+    GROUP BY jp.job_id
+) AS p ON p.job_id = j.job_id
+LEFT JOIN (
+    SELECT
+        version,
+        minIfOrNull(occurred_at, action = 'adapter_ready') AS adapter_ready_at,
+        minIfOrNull(occurred_at, action = 'canary_started') AS canary_started_at,
+        minIfOrNull(occurred_at, action = 'promoted') AS promoted_at,
+        minIfOrNull(occurred_at, action = 'rolled_back') AS rolled_back_at
+    FROM {DB}.model_deployments FINAL
+    GROUP BY version
+) AS d ON d.version = j.adapter_version"""
+
+
+def loop_stages_statements() -> tuple[str, ...]:
+    """`CREATE OR REPLACE VIEW flywheel.v_loop_stages` (migration 4)."""
+    return (f"CREATE OR REPLACE VIEW {DB}.v_loop_stages AS\n{LOOP_STAGES_SQL.strip()}",)

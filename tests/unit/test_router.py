@@ -164,3 +164,12 @@ def test_static_upstreams_serve_any_version():
     pool = WorkerPool()
     pool.set_workers({}, static=["http://stub"])
     assert pool.pick(version="anything@v9").url == "http://stub"
+
+
+def test_last_resort_includes_ejected_and_tried_workers():
+    p, _ = pool("http://a")
+    a = p.workers["http://a"]
+    p.failed(a)  # ejected after a stale keep-alive connection, say
+    with pytest.raises(NoWorkerAvailable):
+        p.pick(exclude=["http://a"])
+    assert p.pick(version=None, include_ejected=True).url == "http://a"

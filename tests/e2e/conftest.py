@@ -1,0 +1,64 @@
+"""The whole local stack for the end-to-end tests, once per module, on free ports in a temporary data dir.
+
+Everything runs as `flywheel up` runs it (`deploy.stack.up(settings, infra_only=False)`: broker, Redis, store, a
+vLLM CPU worker, gateway, streams, retrain worker, hot-swap controller), configured only through FLYWHEEL_*
+environment variables: `bench.loop.LocalLoop` puts the local loop settings (`bench.loop.LOOP_SETTINGS`: retrain
+threshold 8, canary steps of 5 s with 10 samples per arm) into this process's environment, which the services
+inherit, and restores it afterwards. FLYWHEEL_E2E_* variables of the caller override durations, e.g.
+`FLYWHEEL_E2E_RATE=25` (steady traffic, requests/s).
+
+Collected events: `loop_events` consumes retrain.jobs, model.deployments and chat.responses from the beginning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from bench.loop import Events, LocalLoop, RouteLog
+from deploy.supervision import pid_alive
+
+E2E_RATE = float(os.environ.get("FLYWHEEL_E2E_RATE", "22"))  # steady traffic through the gateway, requests/s
+E2E_USERS = int(os.environ.get("FLYWHEEL_E2E_USERS", "200"))  # simulated users of the steady traffic
+E2E_LOOP_TIMEOUT_S = float(os.environ.get("FLYWHEEL_E2E_LOOP_TIMEOUT_S", "600"))  # longest wait for one stage
+
+
+# Set per stack by LocalLoop; a caller's values would point the services at another stack.
+_PER_STACK = frozenset({
+    "FLYWHEEL_DATA_DIR", "FLYWHEEL_KAFKA_BOOTSTRAP", "FLYWHEEL_REDIS_URL", "FLYWHEEL_CLICKHOUSE_DSN",
+    "FLYWHEEL_CLICKHOUSE_HTTP_PORT", "FLYWHEEL_GATEWAY_PORT", "FLYWHEEL_WORKER_BASE_PORT",
+})
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory) -> LocalLoop:
+    logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)  # probes of a store still starting
+    # The caller's FLYWHEEL_* settings (e.g. FLYWHEEL_CANARY_STEP_S) override the local loop's.
+    overrides = {k: v for k, v in os.environ.items()
+                 if k.startswith("FLYWHEEL_") and not k.startswith("FLYWHEEL_E2E_") and k not in _PER_STACK}
+    local = LocalLoop(tmp_path_factory.mktemp("loop"), overrides=overrides)
+    with local:
+        from deploy import stack as local_stack
+
+        pids = [row.pid for row in local_stack.status(local.settings) if row.pid]
+        yield local
+    left = [pid for pid in pids if pid_alive(pid)]
+    assert not left, f"processes left running after down: {left}"
+
+
+@pytest.fixture(scope="module")
+def loop_events(loop: LocalLoop) -> Events:
+    from schemas.topics import CHAT_RESPONSES, MODEL_DEPLOYMENTS, RETRAIN_JOBS
+
+    events = Events(loop.settings.kafka_bootstrap, [RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name, CHAT_RESPONSES.name])
+    yield events
+    events.close()
+
+
+@pytest.fixture(scope="module")
+def routes(loop: LocalLoop) -> RouteLog:
+    log = RouteLog(loop.redis())
+    yield log
+    log.close()
