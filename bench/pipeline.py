@@ -6,6 +6,7 @@ of the registry on that broker and the tables of that chDB; removes the director
 
     python bench/pipeline.py                       # every section
     python bench/pipeline.py --sections sink --events 200000 --repeats 3
+    python bench/pipeline.py --sections metrics feedback --stream-events 100000 --feedbacks 200
 
 Sections (each a function returning table rows; add one to SECTIONS):
   sink   the ClickHouse sink's code path (consumers.sink.Sink: consume -> codec.decode -> ledger +
@@ -13,13 +14,24 @@ Sections (each a function returning table rows; add one to SECTIONS):
          hand conversion, one batch insert of 10,000 rows into a copy table, commit), both reading
          the same preloaded ChatResponse events; repeats interleaved (raw, sink, raw, ...), medians.
          The clock starts at the first message (group join excluded) and stops at the last commit.
+  metrics  the faust metric agent (python -m streams.app): N ChatResponse events (--stream-events, 1 ms of
+         event time apart, 1 s windows) preloaded on a fresh broker; per repeat, interleaved: a decode
+         baseline (plain consumer + pydantic), a worker running only the metric agent
+         (FLYWHEEL_STREAMS_AGENTS=metrics) and one running every agent. events/s = events accounted in
+         emitted windows at 95% / time since the worker logged "Worker ready". Goal >= 10,000/s.
+  feedback feedback -> DPO pair latency: F conversations (--feedbacks) produced up front, then one
+         thumbs-down with a correction each at --feedback-rate per second, after a warm-up pair came out;
+         latency = pair read off dpo.pairs - feedback delivered. Workers: pairs,trigger and all agents,
+         each on a fresh broker. Goal p99 < 1 s.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,12 +39,14 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import clickhouse_connect  # noqa: E402
 from confluent_kafka import Consumer, Producer  # noqa: E402
@@ -42,9 +56,17 @@ from rich.table import Table  # noqa: E402
 from consumers.settings import SinkSettings  # noqa: E402
 from consumers.sink import Sink  # noqa: E402
 from schemas import ddl  # noqa: E402
-from schemas.events import ChatResponse  # noqa: E402
+from schemas.codec import decode, encode  # noqa: E402
+from schemas.events import ChatMessage, ChatRequest, ChatResponse, DPOPair, Feedback, MetricsWindow  # noqa: E402
 from schemas.rows import columns  # noqa: E402
-from schemas.topics import CHAT_RESPONSES, create_topics  # noqa: E402
+from schemas.topics import (  # noqa: E402
+    CHAT_FEEDBACK,
+    CHAT_REQUESTS,
+    CHAT_RESPONSES,
+    DPO_PAIRS,
+    METRICS_WINDOWS,
+    create_topics,
+)
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,10 @@ class Env:
     client: object  # clickhouse-connect client on the bench's own chDB
     events: int
     repeats: int
+    stream_events: int = 100_000
+    feedbacks: int = 200
+    feedback_rate: float = 20.0
+    external_broker: bool = False
 
 
 # -- shared set-up ---------------------------------------------------------------------------
@@ -98,29 +124,31 @@ def start_tansu() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("tansu did not start listening within 20 s")
 
 
-def chat_response_dicts(n: int, tag: str) -> list[dict]:
-    """ChatResponse-sized events (about 600 bytes of JSON each) with a full envelope."""
-    now = datetime.now(UTC).isoformat()
+def chat_response_dicts(n: int, tag: str, model_version: str = "support-v7", start: float | None = None,
+                        step_s: float = 0.0) -> list[dict]:  # fmt: skip
+    """ChatResponse-sized events (about 600 bytes of JSON each) with a full envelope; event i occurred at
+    start + i * step_s (default: all now)."""
+    start = time.time() if start is None else start
     text = "Your order ships in 3-5 business days; returns are free within 30 days of delivery. " * 2
     return [
         {
             "event_id": str(uuid.uuid4()),
             "event_type": "chat_response",
             "schema_version": 1,
-            "occurred_at": now,
+            "occurred_at": datetime.fromtimestamp(start + i * step_s, UTC).isoformat(),
             "producer": tag,
             "session_id": f"session-{i % 1000:05d}",
             "message_id": f"msg-{i:08d}",
             "user_id": f"user-{i % 97}",
             "model_alias": "support",
-            "model_version": "support-v7",
+            "model_version": model_version,
             "worker": "worker-0",
             "content": f"{text} #{i}",
             "finish_reason": "stop",
             "prompt_tokens": 120,
             "completion_tokens": 48,
             "ttft_ms": 31.5,
-            "latency_ms": 412.25,
+            "latency_ms": 400.0 + i % 50,
             "status": "ok",
             "error": None,
             "route": "openai",
@@ -217,7 +245,232 @@ def sink_section(env: Env) -> list[Row]:
     ]
 
 
-SECTIONS: dict[str, Callable[[Env], list[Row]]] = {"sink": sink_section}
+# -- sections: the faust stream worker (streams.app) ------------------------------------------------
+STREAM_WINDOW_ENV = {  # 1 s windows closing fast: output flows while the preloaded backlog is read
+    "FLYWHEEL_STREAMS_WINDOW_SECONDS": "[1]", "FLYWHEEL_STREAMS_WINDOW_GRACE_S": "1",
+    "FLYWHEEL_STREAMS_WINDOW_IDLE_S": "30", "FLYWHEEL_STREAMS_TICK_INTERVAL_S": "0.2",
+}  # fmt: skip
+
+
+@contextmanager
+def stream_worker(bootstrap: str, data_dir: Path, agents: str, **env: str) -> Iterator[subprocess.Popen]:
+    """`python -m streams.app` with FLYWHEEL_STREAMS_AGENTS=agents and a fresh app id (group, state)."""
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    log_path = data_dir / f"{app_id}.log"
+    environ = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap, "FLYWHEEL_DATA_DIR": str(data_dir),
+               "FLYWHEEL_STREAMS_APP_ID": app_id, "FLYWHEEL_STREAMS_STATE_DIR": str(data_dir / app_id),
+               "FLYWHEEL_STREAMS_AGENTS": agents, **env}  # fmt: skip
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.app", "worker", "--without-web", "-l", "info"],
+                                cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc.log_path = log_path  # type: ignore[attr-defined]  # "Worker ready" marks the end of start-up
+    try:
+        yield proc
+    finally:  # the bench keeps no state: no graceful shutdown to wait for
+        proc.kill()
+        proc.wait(10)
+        if proc.returncode not in (0, -signal.SIGKILL):
+            tail = log_path.read_text(errors="replace")[-3000:]
+            Console(stderr=True).print(f"  worker exited {proc.returncode}; log {log_path}:\n{tail}")
+
+
+def _alive(proc: subprocess.Popen) -> bool:
+    if proc.poll() is not None:
+        raise RuntimeError(f"stream worker exited with {proc.returncode}")
+    return True
+
+
+@contextmanager
+def own_broker(env: Env) -> Iterator[str]:
+    """A fresh Tansu per streams run, so that one section's topics (and a worker's replay) do not weigh on
+    the next; with --bootstrap the given broker (its topics may hold other sections' events)."""
+    if env.external_broker:
+        yield env.bootstrap
+        return
+    proc, bootstrap = start_tansu()
+    try:
+        create_topics(bootstrap)
+        yield bootstrap
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _consumer(bootstrap: str, topic: str) -> Consumer:
+    consumer = Consumer(consumer_config(bootstrap, f"bench-{uuid.uuid4().hex[:8]}"))
+    consumer.subscribe([topic])
+    return consumer
+
+
+def run_decode_baseline(bootstrap: str, n: int) -> float:
+    """Plain consumer + pydantic decode of the same ChatResponse events: one Python process's reading pace."""
+    consumer = _consumer(bootstrap, CHAT_RESPONSES.name)
+    seen, started = 0, None
+    try:
+        while seen < n:
+            messages = consumer.consume(BATCH, timeout=0.5)
+            if messages and started is None:
+                started = time.perf_counter()
+            for msg in messages:
+                if msg.error() is None:
+                    decode(msg.value(), ChatResponse)
+                    seen += 1
+        return n / (time.perf_counter() - started)
+    finally:
+        consumer.close()
+
+
+def run_metric_agent(bootstrap: str, data_dir: Path, n: int, model_version: str, agents: str) -> tuple[float, int]:
+    """A fresh worker works through the backlog; events/s = events accounted in closed windows of
+    `model_version` when 95% are / time since the worker logged "Worker ready" (group joined, tables
+    recovered). 95%: the last windows close only after the idle wait, which is not processing time."""
+    consumer = _consumer(bootstrap, METRICS_WINDOWS.name)
+    total, ready_at, done_at, deadline = 0, None, None, time.monotonic() + max(120.0, n / 500)
+    try:
+        with stream_worker(bootstrap, data_dir, agents, **STREAM_WINDOW_ENV) as proc:
+            while total < n and time.monotonic() < deadline and _alive(proc):
+                if ready_at is None and b"Worker ready" in proc.log_path.read_bytes():
+                    ready_at = time.perf_counter()
+                for msg in consumer.consume(1000, timeout=0.1):
+                    if msg.error() is None:
+                        window = decode(msg.value(), MetricsWindow)
+                        if window.model_version == model_version:
+                            total += window.requests
+                            if done_at is None and total >= 0.95 * n:
+                                done_at = time.perf_counter(), total
+    finally:
+        consumer.close()
+    if ready_at is None or done_at is None:
+        return 0.0, total
+    return done_at[1] / (done_at[0] - ready_at), total
+
+
+def metric_section(env: Env) -> list[Row]:
+    """Per repeat, interleaved, each on a fresh broker with the same N ChatResponse events preloaded (1 ms
+    of event time apart): the decode baseline, the metric agent alone (FLYWHEEL_STREAMS_AGENTS=metrics), all
+    agents in one worker. A fresh broker per run: metrics.windows then holds only this run's windows."""
+    n = env.stream_events
+    runs: dict[str, list[float]] = {"baseline": [], "metrics": [], "metrics,pairs,trigger": []}
+    accounted: dict[str, list[int]] = {"metrics": [], "metrics,pairs,trigger": []}
+    model_version = f"bench-{uuid.uuid4().hex[:6]}"
+    events = chat_response_dicts(n, "bench", model_version, start=time.time() - n / 1000 - 120, step_s=0.001)
+    for _ in range(env.repeats):
+        for kind in runs:
+            with own_broker(env) as bootstrap:
+                preload(bootstrap, CHAT_RESPONSES.name, events, "session_id")
+                if kind == "baseline":
+                    runs[kind].append(run_decode_baseline(bootstrap, n))
+                    continue
+                rate, total = run_metric_agent(bootstrap, env.data_dir, n, model_version, kind)
+                runs[kind].append(rate)
+                accounted[kind].append(total)
+        Console(stderr=True).print("  " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in runs.items()))
+    base, alone, shared = (statistics.median(runs[k]) for k in runs)
+    complete = all(t == n for totals in accounted.values() for t in totals)
+    return [
+        Row("decode baseline (consume + pydantic, one process)", base, "events/s"),
+        Row("metric agent alone (AGENTS=metrics)", alone, "events/s", ">= 10,000", alone >= 10_000),
+        Row("metric agent, all agents in one worker", shared, "events/s"),
+        Row("metric agent alone / decode baseline", 100 * alone / base, "%"),
+        Row("events accounted in windows (every run)", min(t for v in accounted.values() for t in v), "events",
+            f"= {n:,}", complete),
+    ]  # fmt: skip
+
+
+def _conversation(i: int) -> tuple[ChatRequest, ChatResponse, Feedback]:
+    sid, mid = f"fs{i}", f"f{i}-{uuid.uuid4().hex[:6]}"
+    question = f"Question number {i} about order {uuid.uuid4().hex[:8]}?"
+    return (
+        ChatRequest(session_id=sid, message_id=mid, model_alias="support",
+                    messages=[ChatMessage(role="user", content=question)]),
+        ChatResponse(session_id=sid, message_id=mid, model_alias="support", model_version="tiny",
+                     content=f"Wrong answer {i}.", latency_ms=5),
+        Feedback(session_id=sid, message_id=mid, feedback="thumbs_down",
+                 correction=f"Right answer {i} {uuid.uuid4().hex[:8]}."),
+    )  # fmt: skip
+
+
+def run_feedback_latency(bootstrap: str, data_dir: Path, count: int, rate: float, agents: str) -> list[float]:
+    """Conversations produced up front; thumbs-downs with a correction at a steady rate after a warm-up pair
+    came out; latency = pair read off dpo.pairs - feedback delivered to the broker (seconds, sorted)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
+    conversations = [_conversation(i) for i in range(count + 1)]
+    for request, response, _ in conversations:
+        producer.produce(CHAT_REQUESTS.name, key=request.session_id.encode(), value=encode(request))
+        producer.produce(CHAT_RESPONSES.name, key=response.session_id.encode(), value=encode(response))
+    producer.flush(30)
+    consumer = _consumer(bootstrap, DPO_PAIRS.name)
+    sent: dict[uuid.UUID, float] = {}
+    received: dict[uuid.UUID, float] = {}
+
+    def drain(timeout: float) -> None:
+        for msg in consumer.consume(100, timeout=timeout):
+            if msg.error() is None:
+                received.setdefault(decode(msg.value(), DPOPair).feedback_event_id, time.perf_counter())
+
+    def send(feedback: Feedback) -> None:
+        producer.produce(CHAT_FEEDBACK.name, key=feedback.session_id.encode(), value=encode(feedback))
+        producer.flush(5)
+        sent[feedback.event_id] = time.perf_counter()
+
+    try:
+        with stream_worker(bootstrap, data_dir, agents) as proc:
+            warm_up = conversations[0][2]  # the clock starts once the worker is in the group and recovered
+            send(warm_up)
+            deadline = time.monotonic() + 120
+            while warm_up.event_id not in received and time.monotonic() < deadline and _alive(proc):
+                drain(0.1)
+            next_at = time.perf_counter()
+            for _, _, feedback in conversations[1:]:
+                while (wait := next_at - time.perf_counter()) > 0:
+                    drain(min(wait, 0.01))
+                send(feedback)
+                next_at += 1 / rate
+            deadline = time.monotonic() + 30
+            while not set(sent) <= set(received) and time.monotonic() < deadline:
+                drain(0.1)
+    finally:
+        consumer.close()
+    del sent[conversations[0][2].event_id]
+    return sorted(received[k] - sent[k] for k in sent if k in received)
+
+
+def feedback_section(env: Env) -> list[Row]:
+    """Feedback -> DPO pair latency at a steady rate, worker running pairs+trigger agents (the split
+    deployment) and all agents; repeats interleaved, percentiles over all runs of a kind."""
+    kinds = {"pairs,trigger": [], "metrics,pairs,trigger": []}
+    got = {k: 0 for k in kinds}
+    for _ in range(env.repeats):
+        for agents, latencies in kinds.items():
+            with own_broker(env) as bootstrap:
+                lat = run_feedback_latency(bootstrap, env.data_dir, env.feedbacks, env.feedback_rate, agents)
+            latencies.extend(lat)
+            got[agents] += len(lat)
+            Console(stderr=True).print(f"  {agents}: {len(lat)} pairs, p99 {1000 * _pct(lat, 0.99):,.0f} ms")
+    rows = []
+    for agents, lat in kinds.items():
+        lat.sort()
+        label = f"AGENTS={agents}"
+        p99 = _pct(lat, 0.99)
+        rows += [
+            Row(f"feedback -> pair p50 ({label})", 1000 * _pct(lat, 0.5), "ms"),
+            Row(f"feedback -> pair p99 ({label})", 1000 * p99, "ms", "< 1,000", p99 < 1.0),
+            Row(f"pairs received ({label}, {env.feedback_rate:g}/s)", got[agents], "pairs",
+                f"= {env.repeats * env.feedbacks}", got[agents] == env.repeats * env.feedbacks),
+        ]  # fmt: skip
+    return rows
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+SECTIONS: dict[str, Callable[[Env], list[Row]]] = {
+    "sink": sink_section,
+    "metrics": metric_section,
+    "feedback": feedback_section,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", help="use this Kafka instead of starting a Tansu broker")
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stream-events", type=int, default=100_000, help="events preloaded for the metric agent")
+    parser.add_argument("--feedbacks", type=int, default=200, help="feedbacks per feedback -> pair run")
+    parser.add_argument("--feedback-rate", type=float, default=20.0, help="feedbacks per second")
     parser.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
     args = parser.parse_args(argv)
 
@@ -237,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         create_topics(bootstrap)
         client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}")
         ddl.migrate(client)
-        env = Env(bootstrap, data_dir, client, args.events, args.repeats)
+        env = Env(bootstrap, data_dir, client, args.events, args.repeats, args.stream_events, args.feedbacks,
+                  args.feedback_rate, external_broker=bool(args.bootstrap))  # fmt: skip
         table = Table(title=f"pipeline bench: {args.events:,} events, median of {args.repeats} interleaved repeats")
         for column in ("section", "metric", "value", "unit", "goal", "ok"):
             table.add_column(column, justify="right" if column == "value" else "left")

@@ -15,7 +15,16 @@ Topology (internal topics and tables below are named by constants; renaming one 
     streams.feedback-joined --[build_pairs]--> dpo.pairs, chat.feedback.dlq   (table pair-answers)
     dpo.pairs + retrain.jobs --[forward_to_trigger]--> streams.trigger-input (1 partition)
     streams.trigger-input --[retrain_trigger]--> retrain.jobs   (tables trigger-state, trigger-covered)
-    [tick timer] --> streams.pair-ticks (every partition), streams.trigger-input
+    [pair_tick timer] --> streams.pair-ticks (every partition);  [trigger_tick timer] --> streams.trigger-input
+
+Agent groups (FLYWHEEL_STREAMS_AGENTS, default all: one process, app id flywheel-streams):
+    metrics = metric_windows + close_windows;  pairs = join_feedback + build_pairs + pair_tick;
+    trigger = forward_to_trigger + retrain_trigger + trigger_tick.
+A subset runs as its own faust app "<app id>-<groups>" (e.g. `FLYWHEEL_STREAMS_AGENTS=metrics` ->
+flywheel-streams-metrics, `pairs,trigger` -> flywheel-streams-pairs-trigger): its own consumer group and
+changelog topics, so the metric agent's throughput does not share a process with the join agent's table writes.
+Undecodable input is skipped, logged and counted (the ClickHouse sink dead-letters it); the DLQ gets only
+what these agents cannot process: feedback for an unknown message or too late, thumbs-down on an error.
 
 Delivery is at-least-once (Tansu gives faust no producer id): every output carries a deterministic
 event_id (windows, pairs, jobs, dead letters) so that idempotent sinks keep it once.
@@ -26,11 +35,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import faust
 import httpx
 import orjson
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from schemas.codec import decode, encode
 from schemas.errors import EventError
@@ -45,7 +55,7 @@ from schemas.topics import (
     create_topics,
 )
 from streams.pairing import NearDuplicateFilter
-from streams.pairs import FeedbackJoiner, PairBuilder, invalid_event, question_partition
+from streams.pairs import FeedbackJoiner, PairBuilder, question_partition
 from streams.settings import StreamSettings
 from streams.teacher import ask_teacher
 from streams.trigger import TriggerState
@@ -55,7 +65,11 @@ log = logging.getLogger(__name__)
 settings = StreamSettings()
 
 # -- names: the consumer group is the app id; changelog topics are "<app id>-<table>-changelog" --------
-APP_ID = settings.streams_app_id
+# FLYWHEEL_STREAMS_AGENTS picks the agent groups of this process. All three (default, `flywheel up`): app id
+# "flywheel-streams". A subset runs as its own app "flywheel-streams-<groups>" (StreamSettings.app_id), e.g.
+# "flywheel-streams-metrics" beside "flywheel-streams-pairs-trigger": own group, own changelogs.
+AGENTS = settings.agents
+APP_ID = settings.app_id
 PARTITIONS = CHAT_RESPONSES.partitions  # every session-keyed source topic has this many (registry)
 TABLE_METRIC_CHECKPOINTS = "metric-checkpoints"
 TABLE_PAIR_CONTEXT = "pair-context"
@@ -73,11 +87,28 @@ AGENT_BUILD_PAIRS = "streams.build-pairs"
 AGENT_FORWARD_TO_TRIGGER = "streams.forward-to-trigger"
 AGENT_RETRAIN_TRIGGER = "streams.retrain-trigger"
 
+
+class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = settings.streams_fetch_max_wait_ms  # read by aiokafka's Fetcher at start
+        return consumer
+
+
+class _FetchWaitConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer with our fetch wait instead of its hard-coded 1500 ms (see the setting)."""
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+faust_aiokafka.Transport.Consumer = _FetchWaitConsumer  # this process's faust apps only
+
 app = faust.App(
     APP_ID,
     broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
     store="rocksdb://",
-    datadir=str(settings.state_dir),
+    datadir=str(settings.state_dir / APP_ID),
     processing_guarantee="at_least_once",
     topic_partitions=PARTITIONS,
     topic_replication_factor=1,
@@ -111,203 +142,221 @@ dpo_pairs = _topic(DPO_PAIRS.name)
 retrain_jobs = _topic(RETRAIN_JOBS.name)
 feedback_dlq = _topic(CHAT_FEEDBACK.dlq, partitions=1)
 
-# -- tables (rocksdb, changelog-backed) -----------------------------------------------------------------
-metric_checkpoints = app.Table(TABLE_METRIC_CHECKPOINTS, partitions=PARTITIONS)  # source partition -> state
-pair_context = app.Table(TABLE_PAIR_CONTEXT, partitions=PARTITIONS)  # message id -> prompt, answer
-pair_pending = app.Table(TABLE_PAIR_PENDING, partitions=PARTITIONS)  # message id -> waiting feedback
-pair_answers = app.Table(TABLE_PAIR_ANSWERS, partitions=PARTITIONS)  # normalized question -> thumbs-up answers
-trigger_state = app.Table(TABLE_TRIGGER_STATE, partitions=1)  # base model -> TriggerState
-trigger_covered = app.Table(TABLE_TRIGGER_COVERED, partitions=1)  # pair id -> job id
-
-# -- the logic the agents drive (pure, see the modules) -------------------------------------------------
-book = WindowBook(settings.streams_window_seconds, settings.streams_window_grace_s, settings.streams_window_idle_s,
-                  settings.streams_quantile_accuracy, now=time.time())  # fmt: skip
-joiner = FeedbackJoiner(pair_context, pair_pending, settings.streams_context_ttl_s, settings.streams_pending_timeout_s)
-_teacher_client: httpx.AsyncClient | None = None
+_recovered: set[str] = set()  # tables whose recovery finished: timers wait for their agent's state
+skipped_undecodable: Counter[str] = Counter()  # topic -> undecodable events skipped (the sink dead-letters them)
 
 
-async def _teacher(messages: list[dict]) -> str | None:
-    global _teacher_client
-    if _teacher_client is None:
-        _teacher_client = httpx.AsyncClient()
-    return await ask_teacher(_teacher_client, settings.streams_teacher_url, settings.streams_teacher_model,
-                             messages, settings.streams_teacher_timeout_s)  # fmt: skip
-
-
-builder = PairBuilder(
-    pair_answers, settings.served_model_name,
-    NearDuplicateFilter(settings.streams_dedup_threshold, settings.streams_dedup_recent),
-    settings.streams_pair_min_chars, settings.streams_pair_max_chars,
-    teacher=_teacher if settings.streams_teacher_url else None,
-)  # fmt: skip
-_recovered: set[str] = set()
-
-
-@metric_checkpoints.on_recover
-async def _restore_windows() -> None:
-    for key, value in metric_checkpoints.items():
-        book.restore(int(key), value)
-    # The start-up hold on wall-clock closing counts from here, not from import: group join and recovery
-    # can outlast it, and a window closed before the replay begins would be emitted short.
-    book.started_wall = time.time()
-    _recovered.add(TABLE_METRIC_CHECKPOINTS)
-    log.info("metric windows restored", extra={"partitions": sorted(book.partitions), "horizon": book.horizon})
-
-
-@pair_pending.on_recover
-async def _index_pairs() -> None:
-    joiner.index()
+def _skip_undecodable(topic: str, partition: int, offset: int, exc: EventError) -> None:
+    """Undecodable input is skipped, logged and counted here, never dead-lettered: the ClickHouse sink
+    reads every topic and owns that DLQ (one letter per bad message, id from its position)."""
+    skipped_undecodable[topic] += 1
+    log.warning("undecodable event skipped", extra={"topic": topic, "partition": partition, "offset": offset,
+                                                    "error_type": exc.kind, "error": str(exc),
+                                                    "skipped": skipped_undecodable[topic]})  # fmt: skip
 
 
 # -- metric windows -------------------------------------------------------------------------------------
-@app.agent(metric_source, name=AGENT_METRIC_WINDOWS)
-async def metric_windows(stream: faust.StreamT) -> None:
-    """Aggregate in memory; checkpoint a partition's partials to the table, then ack its events."""
-    unacked: dict[int, list[faust.EventT]] = defaultdict(list)
-    manual = stream.noack()
-    async for event in manual.events():
-        message = event.message
-        partition, now = message.partition, time.time()
-        _apply_metric(message.topic, partition, message.offset, event.value, now)
-        unacked[partition].append(event)
-        if book.checkpoint_due(partition, now, settings.streams_checkpoint_interval_s,
-                               settings.streams_checkpoint_max_events):  # fmt: skip
-            metric_checkpoints[str(partition)] = book.checkpoint(partition, now)
-            for done in unacked.pop(partition):
-                await manual.ack(done)
+if "metrics" in AGENTS:
+    metric_checkpoints = app.Table(TABLE_METRIC_CHECKPOINTS, partitions=PARTITIONS)  # source partition -> state
+    book = WindowBook(settings.streams_window_seconds, settings.streams_window_grace_s,
+                      settings.streams_window_idle_s, settings.streams_quantile_accuracy, now=time.time())  # fmt: skip
 
+    @metric_checkpoints.on_recover
+    async def _restore_windows() -> None:
+        for key, value in metric_checkpoints.items():
+            book.restore(int(key), value)
+        # The start-up hold on wall-clock closing counts from here, not from import: group join and recovery
+        # can outlast it, and a window closed before the replay begins would be emitted short.
+        book.started_wall = time.time()
+        _recovered.add(TABLE_METRIC_CHECKPOINTS)
+        log.info("metric windows restored", extra={"partitions": sorted(book.partitions), "horizon": book.horizon})
 
-def _apply_metric(topic: str, partition: int, offset: int, value: bytes, now: float) -> None:
-    if topic == CHAT_RESPONSES.name:
-        try:
-            r = decode(value, ChatResponse)
-        except EventError as exc:  # the sink dead-letters chat.responses; here it is only skipped
-            log.warning("invalid response skipped", extra={"partition": partition, "offset": offset, "error": str(exc)})
+    @app.agent(metric_source, name=AGENT_METRIC_WINDOWS)
+    async def metric_windows(stream: faust.StreamT) -> None:
+        """Aggregate in memory; checkpoint a partition's partials to the table, then ack its events."""
+        unacked: dict[int, list[faust.EventT]] = defaultdict(list)
+        manual = stream.noack()
+        async for event in manual.events():
+            message = event.message
+            partition, now = message.partition, time.time()
+            _apply_metric(message.topic, partition, message.offset, event.value, now)
+            unacked[partition].append(event)
+            if book.checkpoint_due(partition, now, settings.streams_checkpoint_interval_s,
+                                   settings.streams_checkpoint_max_events):  # fmt: skip
+                metric_checkpoints[str(partition)] = book.checkpoint(partition, now)
+                for done in unacked.pop(partition):
+                    await manual.ack(done)
+
+    def _apply_metric(topic: str, partition: int, offset: int, value: bytes, now: float) -> None:
+        if topic == CHAT_RESPONSES.name:
+            try:
+                r = decode(value, ChatResponse)
+            except EventError as exc:
+                _skip_undecodable(topic, partition, offset, exc)
+                return
+            book.add_response(
+                topic, partition, offset, now, model_version=r.model_version, route=r.route,
+                event_time=r.occurred_at.timestamp(), status=r.status, latency_ms=r.latency_ms, ttft_ms=r.ttft_ms,
+                completion_tokens=r.completion_tokens,
+            )  # fmt: skip
+        else:
+            rec = orjson.loads(value)
+            book.add_feedback(
+                topic, partition, offset, now, model_version=rec["model_version"], route=rec["route"],
+                event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
+            )  # fmt: skip
+
+    @app.timer(interval=settings.streams_tick_interval_s)
+    async def close_windows() -> None:
+        if TABLE_METRIC_CHECKPOINTS not in _recovered:  # before recovery a window could be emitted half-full
             return
-        book.add_response(
-            topic, partition, offset, now, model_version=r.model_version, route=r.route,
-            event_time=r.occurred_at.timestamp(), status=r.status, latency_ms=r.latency_ms, ttft_ms=r.ttft_ms,
-            completion_tokens=r.completion_tokens,
-        )  # fmt: skip
-    else:
-        rec = orjson.loads(value)
-        book.add_feedback(
-            topic, partition, offset, now, model_version=rec["model_version"], route=rec["route"],
-            event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
-        )  # fmt: skip
-
-
-@app.timer(interval=settings.streams_tick_interval_s)
-async def close_windows() -> None:
-    if TABLE_METRIC_CHECKPOINTS not in _recovered:  # before recovery a window could be emitted half-full
-        return
-    for window in book.close(time.time()):
-        await metrics_windows.send(key=window.model_version.encode(), value=encode(window))
-        log.info("window emitted", extra={"event_id": str(window.event_id), "model_version": window.model_version,
-                                          "route": window.route, "window_start": window.window_start.isoformat(),
-                                          "window_seconds": window.window_seconds, "requests": window.requests,
-                                          "late_events": book.late_events})
+        for window in book.close(time.time()):
+            await metrics_windows.send(key=window.model_version.encode(), value=encode(window))
+            log.info("window emitted", extra={"event_id": str(window.event_id), "model_version": window.model_version,
+                                              "route": window.route, "window_start": window.window_start.isoformat(),
+                                              "window_seconds": window.window_seconds, "requests": window.requests,
+                                              "late_events": book.late_events})  # fmt: skip
 
 
 # -- feedback -> DPO pairs ------------------------------------------------------------------------------
-@app.agent(join_source, name=AGENT_JOIN_FEEDBACK)
-async def join_feedback(stream: faust.StreamT) -> None:
-    """Join feedback with its prompt and answer (same session, same partition); re-key by question."""
-    async for event in stream.events():
-        message = event.message
-        topic, partition, offset, now = message.topic, message.partition, message.offset, time.time()
-        if topic == TOPIC_PAIR_TICKS:
-            out = joiner.sweep(partition, now)
-        else:
-            try:
-                parsed = decode(event.value, {CHAT_REQUESTS.name: ChatRequest, CHAT_RESPONSES.name: ChatResponse,
-                                              CHAT_FEEDBACK.name: Feedback}[topic])  # fmt: skip
-            except EventError as exc:
-                if topic == CHAT_FEEDBACK.name:  # our input: dead-letter it with the reason
-                    dead = invalid_event(topic, partition, offset, message.key, event.value, exc)
-                    await feedback_dlq.send(key=message.key, value=encode(dead))
-                    log.warning("invalid feedback dead-lettered", extra={"offset": offset, "error": str(exc)})
-                continue
-            if isinstance(parsed, ChatRequest):
-                out = joiner.on_request(parsed, partition, now)
-            elif isinstance(parsed, ChatResponse):
-                out = joiner.on_response(parsed, partition, now)
+if "pairs" in AGENTS:
+    pair_context = app.Table(TABLE_PAIR_CONTEXT, partitions=PARTITIONS)  # message id -> prompt, answer
+    pair_pending = app.Table(TABLE_PAIR_PENDING, partitions=PARTITIONS)  # message id -> waiting feedback
+    pair_answers = app.Table(TABLE_PAIR_ANSWERS, partitions=PARTITIONS)  # normalized question -> thumbs-up answers
+    joiner = FeedbackJoiner(pair_context, pair_pending, settings.streams_context_ttl_s,
+                            settings.streams_pending_timeout_s)  # fmt: skip
+    _teacher_client: httpx.AsyncClient | None = None
+
+    async def _teacher(messages: list[dict]) -> str | None:
+        global _teacher_client
+        if _teacher_client is None:
+            _teacher_client = httpx.AsyncClient()
+        return await ask_teacher(_teacher_client, settings.streams_teacher_url, settings.streams_teacher_model,
+                                 messages, settings.streams_teacher_timeout_s)  # fmt: skip
+
+    builder = PairBuilder(
+        pair_answers, settings.served_model_name,
+        NearDuplicateFilter(settings.streams_dedup_threshold, settings.streams_dedup_recent),
+        settings.streams_pair_min_chars, settings.streams_pair_max_chars,
+        teacher=_teacher if settings.streams_teacher_url else None,
+    )  # fmt: skip
+
+    @pair_pending.on_recover
+    async def _index_pairs() -> None:
+        joiner.index()
+        _recovered.add(TABLE_PAIR_PENDING)
+
+    @app.agent(join_source, name=AGENT_JOIN_FEEDBACK)
+    async def join_feedback(stream: faust.StreamT) -> None:
+        """Join feedback with its prompt and answer (same session, same partition); re-key by question."""
+        decoders = {CHAT_REQUESTS.name: ChatRequest, CHAT_RESPONSES.name: ChatResponse, CHAT_FEEDBACK.name: Feedback}
+        async for event in stream.events():
+            message = event.message
+            topic, partition, offset, now = message.topic, message.partition, message.offset, time.time()
+            if topic == TOPIC_PAIR_TICKS:
+                out = joiner.sweep(partition, now)
             else:
-                out = joiner.on_feedback(parsed, partition, offset, now)
-        for rec in out.joined:
-            await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
-                                       partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
-        for dead in out.dead:
-            await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
-            log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset})
+                try:
+                    parsed = decode(event.value, decoders[topic])
+                except EventError as exc:
+                    _skip_undecodable(topic, partition, offset, exc)
+                    continue
+                if isinstance(parsed, ChatRequest):
+                    out = joiner.on_request(parsed, partition, now)
+                elif isinstance(parsed, ChatResponse):
+                    out = joiner.on_response(parsed, partition, now)
+                else:
+                    out = joiner.on_feedback(parsed, partition, offset, now)
+            for rec in out.joined:
+                await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
+                                           partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
+            for dead in out.dead:
+                await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
+                log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset,
+                                                             "event_id": str(dead.event_id)})  # fmt: skip
 
+    @app.agent(feedback_joined, name=AGENT_BUILD_PAIRS)
+    async def build_pairs(stream: faust.StreamT) -> None:
+        """One question's thumbs-up answers and thumbs-downs meet in this partition: build DPO pairs."""
+        async for value in stream:
+            rec = orjson.loads(value)
+            outcome = await builder.on_joined(rec)
+            if outcome.pair is not None:
+                pair = outcome.pair
+                await dpo_pairs.send(key=pair.base_model.encode(), value=encode(pair))
+                log.info("pair emitted", extra={"pair_id": pair.pair_id, "source": pair.source,
+                                                "message_id": pair.message_id})  # fmt: skip
+            elif outcome.dead is not None:
+                await feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
+                log.warning("feedback dead-lettered", extra={"error_type": outcome.dead.error_type,
+                                                             "message_id": rec["message_id"]})  # fmt: skip
+            elif outcome.dropped:
+                log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec["message_id"]})
 
-@app.agent(feedback_joined, name=AGENT_BUILD_PAIRS)
-async def build_pairs(stream: faust.StreamT) -> None:
-    """One question's thumbs-up answers and thumbs-downs meet in this partition: build DPO pairs."""
-    async for value in stream:
-        rec = orjson.loads(value)
-        outcome = await builder.on_joined(rec)
-        if outcome.pair is not None:
-            pair = outcome.pair
-            await dpo_pairs.send(key=pair.base_model.encode(), value=encode(pair))
-            log.info("pair emitted", extra={"pair_id": pair.pair_id, "source": pair.source,
-                                            "message_id": pair.message_id})  # fmt: skip
-        elif outcome.dead is not None:
-            await feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
-        elif outcome.dropped:
-            log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec["message_id"]})
+    @app.timer(interval=settings.streams_tick_interval_s)
+    async def pair_tick() -> None:
+        """Time passes even when no event does: every partition's joiner sweeps its TTLs and timeouts."""
+        if TABLE_PAIR_PENDING not in _recovered:
+            return
+        for partition in range(PARTITIONS):
+            await pair_ticks.send(value=b"tick", partition=partition)
 
 
 # -- retrain trigger ------------------------------------------------------------------------------------
-@app.agent(trigger_source, name=AGENT_FORWARD_TO_TRIGGER)
-async def forward_to_trigger(stream: faust.StreamT) -> None:
-    """dpo.pairs and retrain.jobs are keyed by base model but partitioned by different producers:
-    funnel both into one single-partition topic so one state machine per model sees both in order."""
-    async for event in stream.events():
-        try:
-            parsed = decode(event.value)
-        except EventError:
-            continue  # the sink dead-letters bad events of these topics
-        if isinstance(parsed, DPOPair):
-            rec = {"kind": "pair", "base_model": parsed.base_model, "pair_id": parsed.pair_id,
-                   "usable": parsed.source != "needs_chosen" and parsed.chosen is not None}  # fmt: skip
-        elif isinstance(parsed, RetrainJob):
-            rec = {"kind": "job", "base_model": parsed.base_model, "job_id": parsed.job_id, "status": parsed.status,
-                   "pair_ids": parsed.pair_ids, "at": parsed.occurred_at.timestamp()}  # fmt: skip
-        else:
-            continue
-        await trigger_input.send(value=orjson.dumps(rec), partition=0)
+if "trigger" in AGENTS:
+    trigger_state = app.Table(TABLE_TRIGGER_STATE, partitions=1)  # base model -> TriggerState
+    trigger_covered = app.Table(TABLE_TRIGGER_COVERED, partitions=1)  # pair id -> job id
 
+    @trigger_state.on_recover
+    async def _trigger_recovered() -> None:
+        _recovered.add(TABLE_TRIGGER_STATE)
 
-@app.agent(trigger_input, name=AGENT_RETRAIN_TRIGGER)
-async def retrain_trigger(stream: faust.StreamT) -> None:
-    async for value in stream:
-        rec, now = orjson.loads(value), time.time()
-        models = [rec["base_model"]] if "base_model" in rec else list(trigger_state.keys())
-        for base_model in models:
-            state = TriggerState.from_json(trigger_state[base_model]) if base_model in trigger_state \
-                else TriggerState(base_model)  # fmt: skip
-            if rec["kind"] == "pair":
-                state.on_pair(rec["pair_id"], rec["usable"], trigger_covered)
-            elif rec["kind"] == "job":
-                state.on_job(rec["job_id"], rec["status"], rec["pair_ids"], rec["at"],
-                             settings.streams_retrain_cooldown_s, trigger_covered)  # fmt: skip
-            job = state.decide(now, settings.streams_retrain_threshold, trigger_covered)
-            if job is not None:  # send before saving: a crash in between re-decides the same job id
-                await retrain_jobs.send(key=base_model.encode(), value=encode(job))
-                log.info("retrain job requested", extra={"job_id": job.job_id, "pairs": len(job.pair_ids)})
-            trigger_state[base_model] = state.to_json()
+    @app.agent(trigger_source, name=AGENT_FORWARD_TO_TRIGGER)
+    async def forward_to_trigger(stream: faust.StreamT) -> None:
+        """dpo.pairs and retrain.jobs are keyed by base model but partitioned by different producers:
+        funnel both into one single-partition topic so one state machine per model sees both in order."""
+        async for event in stream.events():
+            message = event.message
+            try:
+                parsed = decode(event.value)
+            except EventError as exc:
+                _skip_undecodable(message.topic, message.partition, message.offset, exc)
+                continue
+            if isinstance(parsed, DPOPair):
+                rec = {"kind": "pair", "base_model": parsed.base_model, "pair_id": parsed.pair_id,
+                       "usable": parsed.source != "needs_chosen" and parsed.chosen is not None}  # fmt: skip
+            elif isinstance(parsed, RetrainJob):
+                rec = {"kind": "job", "base_model": parsed.base_model, "job_id": parsed.job_id, "status": parsed.status,
+                       "pair_ids": parsed.pair_ids, "at": parsed.occurred_at.timestamp()}  # fmt: skip
+            else:
+                continue
+            await trigger_input.send(value=orjson.dumps(rec), partition=0)
 
+    @app.agent(trigger_input, name=AGENT_RETRAIN_TRIGGER)
+    async def retrain_trigger(stream: faust.StreamT) -> None:
+        async for value in stream:
+            rec, now = orjson.loads(value), time.time()
+            models = [rec["base_model"]] if "base_model" in rec else list(trigger_state.keys())
+            for base_model in models:
+                state = TriggerState.from_json(trigger_state[base_model]) if base_model in trigger_state \
+                    else TriggerState(base_model)  # fmt: skip
+                if rec["kind"] == "pair":
+                    state.on_pair(rec["pair_id"], rec["usable"], trigger_covered)
+                elif rec["kind"] == "job":
+                    state.on_job(rec["job_id"], rec["status"], rec["pair_ids"], rec["at"],
+                                 settings.streams_retrain_cooldown_s, trigger_covered)  # fmt: skip
+                job = state.decide(now, settings.streams_retrain_threshold, trigger_covered)
+                if job is not None:  # send before saving: a crash in between re-decides the same job id
+                    await retrain_jobs.send(key=base_model.encode(), value=encode(job))
+                    log.info("retrain job requested", extra={"job_id": job.job_id, "pairs": len(job.pair_ids)})
+                trigger_state[base_model] = state.to_json()
 
-# -- ticks: time passes even when no event does ----------------------------------------------------------
-@app.timer(interval=settings.streams_tick_interval_s)
-async def tick() -> None:
-    if TABLE_METRIC_CHECKPOINTS not in _recovered:
-        return
-    for partition in range(PARTITIONS):
-        await pair_ticks.send(value=b"tick", partition=partition)
-    await trigger_input.send(value=b'{"kind": "tick"}', partition=0)
+    @app.timer(interval=settings.streams_tick_interval_s)
+    async def trigger_tick() -> None:
+        """Cool-downs end without an event: a tick makes every model's state machine decide again."""
+        if TABLE_TRIGGER_STATE not in _recovered:
+            return
+        await trigger_input.send(value=b'{"kind": "tick"}', partition=0)
 
 
 def create_internal_topics(bootstrap: str, timeout: float = 30.0) -> None:
@@ -330,6 +379,7 @@ def create_internal_topics(bootstrap: str, timeout: float = 30.0) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the worker: `python -m streams.app [faust worker arguments]`, web server off by default."""
     create_internal_topics(settings.kafka_bootstrap)
+    (settings.state_dir / APP_ID).mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         args = ["worker", "--without-web", "-l", settings.log_level.lower()]

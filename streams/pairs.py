@@ -22,14 +22,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.errors import EventError
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, DeadLetter, DPOPair, Feedback
 from schemas.topics import CHAT_FEEDBACK
 from streams import pairing
 
 log = logging.getLogger(__name__)
 
-DLQ_NAMESPACE = uuid.UUID("9c2b6e7d-1f3a-4b5c-8d9e-0a1b2c3d4e04")
+# The ClickHouse sink's namespace (consumers.sink.DEAD_LETTER_NAMESPACE, pinned by a unit test) and its
+# "topic/partition/offset" name: one position has one dead-letter id whoever writes the letter. The sink
+# dead-letters undecodable input; the streams only what they cannot process (unmatched, no answer).
+DLQ_NAMESPACE = uuid.UUID("6f1c1d2e-6a47-4f7e-9d1b-5a0c2b7e9f10")
 PRODUCER = "flywheel-streams"
 
 Teacher = Callable[[list[dict]], Awaitable[str | None]]
@@ -41,16 +43,10 @@ def dead_letter(topic: str, partition: int, offset: int, key: str | None, payloa
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8", errors="replace")
     return DeadLetter(
-        event_id=uuid.uuid5(DLQ_NAMESPACE, f"{topic}:{partition}:{offset}"),
+        event_id=uuid.uuid5(DLQ_NAMESPACE, f"{topic}/{partition}/{offset}"),
         producer=PRODUCER, source_topic=topic, partition=partition, offset=offset, key=key,
         payload=payload, error_type=error_type, error=error,
     )  # fmt: skip
-
-
-def invalid_event(topic: str, partition: int, offset: int, key: bytes | None, payload: bytes,
-                  exc: EventError) -> DeadLetter:  # fmt: skip
-    return dead_letter(topic, partition, offset, key.decode("utf-8", "replace") if key else None,
-                       payload, exc.kind, str(exc))  # fmt: skip
 
 
 def question_of(messages: list[dict]) -> str:

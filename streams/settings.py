@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas.settings import CommonSettings
+
+# The agent groups one worker process can run (FLYWHEEL_STREAMS_AGENTS), in their canonical order.
+AGENT_GROUPS = ("metrics", "pairs", "trigger")
 
 
 class StreamSettings(CommonSettings):
@@ -17,6 +20,12 @@ class StreamSettings(CommonSettings):
     # and retrain jobs belong to; model_version equal to it is the base, "<alias>@vN" its adapters.
     # faust app id: names the consumer group and prefixes every changelog topic (renaming = migration).
     streams_app_id: str = Field("flywheel-streams", description="faust app id")
+    # Which agent groups this process runs, comma-separated: metrics (metric windows), pairs (feedback
+    # join + pair building), trigger (retrain trigger). All three (the default, what `flywheel up` runs)
+    # use the app id as it is; a subset runs as its own faust app "<app id>-<groups joined by '-'>"
+    # (own consumer group and changelog topics), e.g. flywheel-streams-metrics and
+    # flywheel-streams-pairs-trigger: the metric agent then does not share a process with the join agent.
+    streams_agents: str = Field(",".join(AGENT_GROUPS), description="agent groups this worker runs")
     # Where faust keeps its rocksdb table stores; default <data_dir>/streams.
     streams_state_dir: Path | None = Field(None, description="faust table store directory")
     # Tansu reports a wrong highwater ("base offset of the newest batch + 1"): with one record per
@@ -26,6 +35,9 @@ class StreamSettings(CommonSettings):
     # Group join waits session_timeout/2 on Tansu: keep it low for fast starts and restarts.
     streams_session_timeout_s: float = Field(6.0, gt=0, description="broker session timeout")
     streams_commit_interval_s: float = Field(1.0, gt=0, description="offset commit interval")
+    # faust hard-codes aiokafka's fetch_max_wait_ms=1500, and Tansu answers a fetch only when that wait is
+    # over (measured: produce -> consume p50 ~700 ms), a delay paid at every hop (feedback -> join -> pair).
+    streams_fetch_max_wait_ms: int = Field(50, ge=0, description="broker fetch long-poll wait (ms)")
 
     # -- metric windows -----------------------------------------------------------------------
     streams_window_seconds: list[int] = Field([10, 60], description="tumbling window sizes (s)")
@@ -55,6 +67,26 @@ class StreamSettings(CommonSettings):
     # -- retrain trigger ----------------------------------------------------------------------
     streams_retrain_threshold: int = Field(8, ge=1, description="usable pairs that trigger a retrain job")
     streams_retrain_cooldown_s: float = Field(60.0, ge=0, description="quiet time after a job ends")
+
+    @field_validator("streams_agents")
+    @classmethod
+    def _known_agents(cls, value: str) -> str:
+        wanted = {name.strip() for name in value.split(",") if name.strip()}
+        unknown = wanted - set(AGENT_GROUPS)
+        if unknown or not wanted:
+            raise ValueError(f"streams_agents: {sorted(unknown) or 'none'} not among {', '.join(AGENT_GROUPS)}")
+        return ",".join(name for name in AGENT_GROUPS if name in wanted)
+
+    @property
+    def agents(self) -> tuple[str, ...]:
+        return tuple(self.streams_agents.split(","))
+
+    @property
+    def app_id(self) -> str:
+        """The faust app id (= consumer group, changelog topic prefix) of this selection of agents."""
+        if self.agents == AGENT_GROUPS:
+            return self.streams_app_id
+        return "-".join((self.streams_app_id, *self.agents))
 
     @property
     def state_dir(self) -> Path:

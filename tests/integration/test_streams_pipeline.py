@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from consumers.sink import DEAD_LETTER_NAMESPACE
 from schemas.events import (
     ChatMessage,
     ChatRequest,
@@ -230,23 +231,24 @@ def test_pairs_from_each_chosen_source_with_masking(worker, stack):
 
 
 def _dlq_case(case: str, bootstrap: str):
+    """Produce the case; return (error type, predicate on the letter, session of the bad message)."""
     session = f"s-{uuid.uuid4().hex[:6]}"
     req, resp = _chat(session, "tiny", f"question {uuid.uuid4().hex[:6]}", "an answer")
     if case == "unknown message":
         fb = Feedback(session_id=session, message_id="m-does-not-exist", feedback="thumbs_down")
         produce(bootstrap, [fb])
-        return "unmatched_feedback", lambda d: fb.message_id in d.payload and str(fb.event_id) in d.payload
+        return "unmatched_feedback", lambda d: fb.message_id in d.payload and str(fb.event_id) in d.payload, session
     if case == "response arrives too late":
         fb = Feedback(session_id=session, message_id=resp.message_id, feedback="thumbs_down")
         produce(bootstrap, [fb])
         time.sleep(5.0)  # past the 3 s pending timeout
         produce(bootstrap, [req, resp])
-        return "unmatched_feedback", lambda d: str(fb.event_id) in d.payload
+        return "unmatched_feedback", lambda d: str(fb.event_id) in d.payload, session
     if case == "thumbs down on an error response":
         req, resp = _chat(session, "tiny", "q", "", status="error")
         fb = Feedback(session_id=session, message_id=resp.message_id, feedback="thumbs_down")
         produce(bootstrap, [req, resp, fb])
-        return "no_answer", lambda d: resp.message_id in d.payload
+        return "no_answer", lambda d: resp.message_id in d.payload, session
     marker = uuid.uuid4().hex
     payload = {
         "not JSON": f"{{not json {marker}".encode(),
@@ -256,24 +258,47 @@ def _dlq_case(case: str, bootstrap: str):
     }[case]
     produce(bootstrap, [], raw=[(CHAT_FEEDBACK.name, session.encode(), payload)])
     kind = {"not JSON": "not_json", "invalid field": "invalid_field", "wrong event type": "unknown_event_type"}[case]
-    return kind, lambda d: marker in d.payload
+    return kind, lambda d: marker in d.payload, session
 
 
-@pytest.mark.parametrize("case", ["unknown message", "response arrives too late", "thumbs down on an error response",
-                                  "not JSON", "invalid field", "wrong event type"])  # fmt: skip
+PROCESSING_CASES = ["unknown message", "response arrives too late", "thumbs down on an error response"]
+UNDECODABLE_CASES = ["not JSON", "invalid field", "wrong event type"]
+
+
+@pytest.mark.parametrize("case", PROCESSING_CASES + UNDECODABLE_CASES)
 def test_feedback_dead_letters(worker, stack, case):
-    error_type, matches = _dlq_case(case, stack.kafka_bootstrap)
+    """What the streams cannot process: one letter from flywheel-streams. Undecodable bytes: one letter from
+    the ClickHouse sink (it reads every topic, id = uuid5 of the position), none from the streams."""
+    error_type, matches, session = _dlq_case(case, stack.kafka_bootstrap)
+    producer = "flywheel-streams" if case in PROCESSING_CASES else "flywheel-sink"
+    sentinel = None
+    if case in UNDECODABLE_CASES:
+        # A feedback for an unknown message right behind the bad bytes (same key, same partition): once the
+        # streams dead-letter it, they have read past the bad bytes, so "no letter from the streams" is final.
+        sentinel = Feedback(session_id=session, message_id=f"m-{uuid.uuid4().hex}", feedback="thumbs_down")
+        produce(stack.kafka_bootstrap, [sentinel])
+
+    def ours(d, who):
+        return isinstance(d, DeadLetter) and d.producer == who
+
+    def done(events):
+        seen = any(ours(d, producer) and matches(d) for d in events)
+        past = sentinel is None or any(ours(d, "flywheel-streams") and sentinel.message_id in d.payload
+                                       for d in events)  # fmt: skip
+        return seen and past
+
     collector = Collector(stack.kafka_bootstrap, CHAT_FEEDBACK.dlq)
-    events = collector.poll_until(
-        lambda ev: any(isinstance(d, DeadLetter) and matches(d) and d.producer == "flywheel-streams" for d in ev), 30
-    )
+    events = collector.poll_until(done, 60)
     collector.close()
-    # Only ours: the ClickHouse sink dead-letters undecodable chat.feedback too, under its own producer name.
-    found = [d for d in events if isinstance(d, DeadLetter) and matches(d) and d.producer == "flywheel-streams"]
-    assert found, f"no dead letter for {case}"
+    assert done(events), f"no dead letter from {producer} for {case} (or the sentinel's) within 60 s"
+    found = [d for d in events if isinstance(d, DeadLetter) and matches(d)]
+    assert {d.producer for d in found} == {producer}, "one writer per bad message"
     assert {d.error_type for d in found} == {error_type}
     assert all(d.source_topic == CHAT_FEEDBACK.name for d in found)
     assert len({d.event_id for d in found}) == 1
+    [letter] = {d.event_id: d for d in found}.values()
+    position = f"{CHAT_FEEDBACK.name}/{letter.partition}/{letter.offset}"
+    assert letter.event_id == uuid.uuid5(DEAD_LETTER_NAMESPACE, position), "the sink's position-derived id"
 
 
 # -- retrain trigger ------------------------------------------------------------------------------------

@@ -282,3 +282,41 @@ def test_jobs_requested_elsewhere_cover_their_pairs():
         state.on_pair(f"p{i}", True, covered)
     state.on_job("other", "requested", ["p0", "p1"], 0, 0, covered)
     assert state.in_flight == "other" and state.pending == ["p2", "p3"]
+
+
+# -- dead-letter ids and agent selection ------------------------------------------------------------------
+def test_dead_letter_id_is_the_sinks_for_the_same_position():
+    """One position, one dead-letter id, whoever writes it (the sink owns undecodable input)."""
+    from consumers.sink import DEAD_LETTER_NAMESPACE
+    from consumers.sink import dead_letter as sink_dead_letter
+    from schemas.errors import NotJSON
+    from streams.pairs import DLQ_NAMESPACE, dead_letter
+
+    assert DLQ_NAMESPACE == DEAD_LETTER_NAMESPACE
+    ours = dead_letter("chat.feedback", 2, 41, "s", b"{}", "unmatched_feedback", "no response")
+    assert ours.event_id == sink_dead_letter("chat.feedback", 2, 41, b"s", b"{", NotJSON("x")).event_id
+
+
+@pytest.mark.parametrize(
+    ("agents", "app_id"),
+    [
+        ("metrics,pairs,trigger", "flywheel-streams"),
+        ("trigger, pairs ,metrics", "flywheel-streams"),
+        ("metrics", "flywheel-streams-metrics"),
+        ("trigger,pairs", "flywheel-streams-pairs-trigger"),
+    ],
+)
+def test_agent_selection_names_its_own_app(agents, app_id):
+    from streams.settings import StreamSettings
+
+    assert StreamSettings(streams_app_id="flywheel-streams", streams_agents=agents).app_id == app_id
+
+
+@pytest.mark.parametrize("agents", ["", "metrics,windows", " , "])
+def test_agent_selection_rejects_unknown_groups(agents):
+    from pydantic import ValidationError
+
+    from streams.settings import StreamSettings
+
+    with pytest.raises(ValidationError):
+        StreamSettings(streams_agents=agents)
