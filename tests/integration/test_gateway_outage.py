@@ -51,6 +51,9 @@ def wait_broker(bootstrap: str, timeout: float = 30.0) -> None:
             time.sleep(0.3)
 
 
+OUTAGE_S = 30.0  # the figure: the broker stays down for 30 s under steady traffic
+
+
 def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F811
     kafka_port, gw_port = free_ports(2)
     bootstrap = f"127.0.0.1:{kafka_port}"
@@ -83,7 +86,7 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
 
         traffic(2.0)
         _stop(broker)
-        down_ids = traffic(8.0)
+        down_ids = traffic(OUTAGE_S)
         assert len(down_ids) > 50
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["checks"]["kafka"]["spooling"]
