@@ -27,7 +27,8 @@ def flag(cmd: list[str], name: str) -> str | None:
 
 def test_cpu_command():
     cmd = vllm_command(settings(device="cpu"), 2, python="py")
-    assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
+    # Lower priority on CPU: the gateway and Redis share the cores and must not be starved.
+    assert cmd[:6] == ["nice", "-n", "10", "py", "-m", "vllm.entrypoints.openai.api_server"]
     assert flag(cmd, "--model") == "/models/tiny"
     assert flag(cmd, "--served-model-name") == "tiny"
     assert flag(cmd, "--port") == "8002"
@@ -40,8 +41,12 @@ def test_cpu_command():
     assert "--gpu-memory-utilization" not in cmd
 
 
+def test_cpu_nice_zero_keeps_the_priority():
+    assert vllm_command(settings(device="cpu", cpu_nice=0), 0, python="py")[0] == "py"
+
+
 def test_gpu_command_differs_only_in_dtype_and_memory():
-    s_cpu = settings(device="cpu")
+    s_cpu = settings(device="cpu", cpu_nice=0)
     s_gpu = settings(device="gpu", gpu_memory_utilization=0.45)
     cpu, gpu = vllm_command(s_cpu, 0, python="py"), vllm_command(s_gpu, 0, python="py")
     assert flag(gpu, "--dtype") == "auto"
