@@ -122,6 +122,11 @@ def test_good_loop_promotes_the_adapter(loop: LocalLoop, loop_events, routes, tr
     state["promoted_at"] = promoted.occurred_at.timestamp()
     steps = [e.weight for e in deployments(loop_events, version) if e.action in ("canary_started", "step", "promoted")]
     assert steps == [5, 20, 50, 100], steps
+    # The routing table is sampled every 0.2 s by a thread that a loaded machine can delay: wait for
+    # the sample that follows the promotion rather than racing it.
+    deadline = time.monotonic() + 15
+    while routes.max_weight(version) != 100 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert routes.max_weight(version) == 100
 
     # /v1/models lists the promoted version for the alias (the gateway re-reads the routes every second).
