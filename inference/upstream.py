@@ -123,6 +123,17 @@ class Upstream:
         log.warning("upstream connection failure", extra={"worker": worker.url, "error": repr(exc),
                                                           "ejected": ejected})
 
+    def _retry_or_raise(self, worker: Worker, exc: Exception, attempt: int, starting: bool) -> None:
+        """Return when the request may be retried on another worker; raise the gateway's error otherwise."""
+        if is_connection_failure(exc):
+            self._failed(worker, exc)
+            if may_retry(True, False, attempt, self.max_attempts):
+                return
+            raise UpstreamUnavailable(f"inference worker unreachable: {exc!r}", worker.url) from None
+        if isinstance(exc, asyncio.TimeoutError):
+            raise self._timeout(worker, starting) from None
+        raise exc
+
     def _timeout(self, worker: Worker, starting: bool) -> UpstreamTimeout:
         what = "start answering" if starting else "answer"
         return UpstreamTimeout(f"the model did not {what} within the gateway's timeout ({worker.url})", worker.url)
@@ -142,14 +153,8 @@ class Upstream:
                         status = r.status
                         content = await r.read()
             except Exception as exc:
-                if is_connection_failure(exc):
-                    self._failed(worker, exc)
-                    if may_retry(True, False, attempt, self.max_attempts):
-                        continue
-                    raise UpstreamUnavailable(f"inference worker unreachable: {exc!r}", worker.url) from None
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise self._timeout(worker, False) from None
-                raise
+                self._retry_or_raise(worker, exc, attempt, starting=False)
+                continue
             finally:
                 self.pool.release(worker)
             self.pool.succeeded(worker)
@@ -188,14 +193,8 @@ class Upstream:
                 self.pool.release(worker)
                 if isinstance(exc, UpstreamFailure) or not isinstance(exc, Exception):
                     raise
-                if is_connection_failure(exc):
-                    self._failed(worker, exc)
-                    if may_retry(True, False, attempt, self.max_attempts):
-                        continue
-                    raise UpstreamUnavailable(f"inference worker unreachable: {exc!r}", worker.url) from None
-                if isinstance(exc, asyncio.TimeoutError):
-                    raise self._timeout(worker, True) from None
-                raise
+                self._retry_or_raise(worker, exc, attempt, starting=True)
+                continue
 
     async def close_stream(self, stream: UpstreamStream) -> None:
         if stream._closed:
