@@ -206,11 +206,23 @@ if "metrics" in AGENTS:
                 event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
             )  # fmt: skip
 
+    def _backlog() -> dict[tuple[str, int], int]:
+        """Per source this worker's windows wait for: events between the last one applied and the highwater
+        (aiokafka's from the latest fetch; unknown before the first fetch or the first event since start)."""
+        watched = {CHAT_RESPONSES.name, TOPIC_FEEDBACK_JOINED} | ({CHAT_FEEDBACK.name} if "pairs" in AGENTS else set())
+        behind = {}
+        for tp in app.consumer.assignment():
+            if tp.topic in watched:
+                highwater, applied = app.consumer.highwater(tp), book.applied_offset(tp.topic, tp.partition)
+                if highwater is not None and applied is not None:
+                    behind[(tp.topic, tp.partition)] = highwater - 1 - applied
+        return behind
+
     @app.timer(interval=settings.streams_tick_interval_s)
     async def close_windows() -> None:
         if TABLE_METRIC_CHECKPOINTS not in _recovered:  # before recovery a window could be emitted half-full
             return
-        for window in book.close(time.time()):
+        for window in book.close(time.time(), _backlog()):
             await metrics_windows.send(key=window.model_version.encode(), value=encode(window))
             log.info("window emitted", extra={"event_id": str(window.event_id), "model_version": window.model_version,
                                               "route": window.route, "window_start": window.window_start.isoformat(),
@@ -260,6 +272,8 @@ if "pairs" in AGENTS:
                     parsed = decode(event.value, decoders[topic])
                 except EventError as exc:
                     _skip_undecodable(topic, partition, offset, exc)
+                    if topic == CHAT_FEEDBACK.name and "metrics" in AGENTS:
+                        book.observe(topic, partition, offset, None, now)
                     continue
                 if isinstance(parsed, ChatRequest):
                     out = joiner.on_request(parsed, partition, now)
@@ -270,6 +284,8 @@ if "pairs" in AGENTS:
             for rec in out.joined:
                 await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
                                            partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
+            if topic == CHAT_FEEDBACK.name and "metrics" in AGENTS:  # windows wait for what is still to join
+                book.observe(topic, partition, offset, parsed.occurred_at.timestamp(), now)
             for dead in out.dead:
                 await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
                 log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset,

@@ -6,10 +6,17 @@ Design (why it survives Tansu and at-least-once delivery):
   with the last offset it applied per topic; the agent checkpoints that record to a rocksdb table
   (changelog partition = source partition) and acks the events only after the write. A replay after
   a crash starts at or before the checkpoint and skips offsets already applied: no double counting.
-- Windows close on event time: the watermark is the slowest active (partition, topic)'s newest event time;
-  with no traffic for `idle_s` it follows the wall clock. A window closes when end + grace <= watermark
-  and is emitted once, merged over the partitions. The emission horizon is checkpointed too: after a
-  restart, windows at or below it are dropped and their replayed events are late.
+- Windows close on event time: the watermark is the slowest active source's newest event time, a source
+  being a (topic, partition) this worker reads. A source is active while it has a backlog (its highwater
+  is past the last offset applied) or had an event in the last `idle_s`; with no active source the
+  watermark follows the wall clock. So a partition that is behind during a catch-up holds the windows
+  open however long it waits for its turn, and an idle one does not hold them at all.
+- Feedback reaches this agent through the join agent (chat.feedback -> streams.feedback-joined), one hop
+  behind the responses. Run in the same process, the join agent reports its progress on chat.feedback
+  (`observe`), and that topic's backlog and recent events hold the watermark as well.
+- A window closes when end + grace <= watermark and is emitted once, merged over the partitions. The
+  emission horizon is checkpointed too: after a restart, windows at or below it are dropped and their
+  replayed events are late.
 - A window re-emitted after a crash carries the same figures and the same event_id (uuid5 of
   model_version, route, window size and start), so downstream (ReplacingMergeTree on event_id)
   keeps it once.
@@ -22,6 +29,7 @@ thumbs counted at the feedback's time under the answer's model_version and route
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -150,6 +158,15 @@ class PartitionWindows:
         )
 
 
+@dataclass
+class Progress:
+    """How far an upstream agent got on a source it reads for us (not checkpointed: restored = unknown)."""
+
+    offset: int
+    event_time: float = float("-inf")
+    wall: float = 0.0
+
+
 class WindowBook:
     """All partitions' partial windows of one worker; decides what is late, what closes, what to emit."""
 
@@ -159,6 +176,7 @@ class WindowBook:
         self.idle_s = idle_s
         self.accuracy = accuracy
         self.partitions: dict[int, PartitionWindows] = {}
+        self.observed: dict[tuple[str, int], Progress] = {}  # (topic, partition) read by an upstream agent
         self.horizon = 0.0  # every window with end + grace <= horizon has been emitted
         self.started_wall = now
         self.events_seen = 0
@@ -197,7 +215,25 @@ class WindowBook:
             state.events_since_checkpoint > 0 and now - state.last_checkpoint_wall >= interval_s
         )
 
+    def applied_offset(self, topic: str, partition: int) -> int | None:
+        """The last offset of (topic, partition) this worker applied or an upstream agent observed."""
+        observed = self.observed.get((topic, partition))
+        if observed is not None:
+            return observed.offset
+        state = self.partitions.get(partition)
+        return None if state is None else state.offsets.get(topic)
+
     # -- input --------------------------------------------------------------------------------
+
+    def observe(self, topic: str, partition: int, offset: int, event_time: float | None, now: float) -> None:
+        """An upstream agent (the feedback join) processed this event: hold the watermark behind it."""
+        progress = self.observed.get((topic, partition))
+        if progress is None:
+            progress = self.observed[(topic, partition)] = Progress(offset)
+        progress.offset = max(progress.offset, offset)
+        progress.wall = now
+        if event_time is not None and event_time > progress.event_time:
+            progress.event_time = event_time
 
     def _accept(
         self, topic: str, partition: int, offset: int, event_time: float, now: float
@@ -250,15 +286,24 @@ class WindowBook:
 
     # -- output -------------------------------------------------------------------------------
 
-    def watermark(self, now: float) -> float:
-        """Event time up to which the stream is complete, as far as this worker can tell."""
-        # Per partition and topic: joined feedback lags the responses it refers to; it holds the
-        # watermark back while it flows, and stops holding it when idle.
+    def watermark(self, now: float, backlog: Mapping[tuple[str, int], int] | None = None) -> float:
+        """Event time up to which the stream is complete, as far as this worker can tell.
+
+        `backlog`: (topic, partition) -> events between the last applied offset and the highwater."""
+        backlog = backlog or {}
+        sources: dict[tuple[str, int], tuple[float, float | None]] = {}  # -> newest event time, last event wall
+        for partition, state in self.partitions.items():
+            for topic, event_time in state.event_time.items():
+                sources[(topic, partition)] = (event_time, state.last_event_wall.get(topic))
+        for key, progress in self.observed.items():
+            sources[key] = (progress.event_time, progress.wall)
+        for key, behind in backlog.items():
+            if behind > 0:
+                sources.setdefault(key, (float("-inf"), None))
         active = [
-            s.event_time[topic]
-            for s in self.partitions.values()
-            for topic, wall in s.last_event_wall.items()
-            if now - wall < self.idle_s
+            event_time
+            for key, (event_time, wall) in sources.items()
+            if backlog.get(key, 0) > 0 or (wall is not None and now - wall < self.idle_s)
         ]
         if active:
             return min(active)
@@ -267,9 +312,9 @@ class WindowBook:
             return now
         return float("-inf")
 
-    def close(self, now: float) -> list[MetricsWindow]:
+    def close(self, now: float, backlog: Mapping[tuple[str, int], int] | None = None) -> list[MetricsWindow]:
         """Emit every window whose end + grace is at or below the watermark, merged over partitions."""
-        watermark = self.watermark(now)
+        watermark = self.watermark(now, backlog)
         if watermark <= self.horizon:
             return []
         merged: dict[WindowKey, Aggregate] = {}

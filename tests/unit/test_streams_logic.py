@@ -121,6 +121,41 @@ def test_restored_partition_holds_emission_until_replay_begins():
     assert restarted.close(1001.0) == []  # no event yet since the restart: the replay may not have begun
 
 
+def test_partition_with_a_backlog_holds_windows_however_long_it_waits():
+    book = _book(now=0.0)
+    _add(book, 0, 0, 100.0, 0.0)
+    _add(book, 1, 0, 100.2, 0.0)
+    _add(book, 0, 1, 110.0, 60.0)  # catch-up: partition 0 raced ahead; partition 1 waits its turn for 60 s
+    assert book.close(60.0, {("chat.responses", 0): 0, ("chat.responses", 1): 5000}) == []
+    _add(book, 1, 1, 101.5, 61.0)  # not late: its window was held open
+    windows = book.close(200.0, {("chat.responses", 0): 0, ("chat.responses", 1): 0})
+    assert {(w.window_seconds, w.window_start.timestamp()): w.requests for w in windows}[(2, 100)] == 3
+    assert book.late_events == 0
+
+
+def test_partition_caught_up_and_quiet_does_not_hold_windows():
+    book = _book(now=0.0)
+    _add(book, 0, 0, 100.0, 0.0)
+    _add(book, 1, 0, 200.0, 10.0)
+    assert book.close(10.0, {("chat.responses", 0): 0, ("chat.responses", 1): 0}) != []
+
+
+def test_feedback_still_to_join_holds_windows_until_joined():
+    book = _book(now=0.0)
+    _add(book, 0, 0, 100.0, 0.0)
+    book.observe("chat.feedback", 2, 7, 100.5, 0.0)  # the join agent saw feedback 7 of partition 2 ...
+    _add(book, 0, 1, 120.0, 30.0)  # ... and is still behind on that partition 30 s later
+    assert book.close(30.0, {("chat.feedback", 2): 40, ("chat.responses", 0): 0}) == []
+    book.add_feedback("streams.feedback-joined", 1, 0, 31.0, model_version="tiny", route="openai",
+                      event_time=100.6, feedback="thumbs_up", feedback_id="f-1")  # fmt: skip
+    book.observe("chat.feedback", 2, 47, 115.0, 31.0)  # caught up
+    assert book.close(31.0, {("chat.feedback", 2): 0, ("chat.responses", 0): 0}) == []  # the joined one is recent
+    windows = book.close(500.0, {("chat.feedback", 2): 0, ("chat.responses", 0): 0})  # all quiet: wall clock
+    by_key = {(w.window_seconds, w.window_start.timestamp()): w for w in windows}
+    assert by_key[(2, 100)].thumbs_up == 1 and book.late_events == 0
+    assert book.applied_offset("chat.feedback", 2) == 47 and book.applied_offset("chat.responses", 0) == 1
+
+
 # -- normalization, masking, filters --------------------------------------------------------------------
 @pytest.mark.parametrize("text, normalized", [
     ("Where is my ORDER?", "where is my order"),
