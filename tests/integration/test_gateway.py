@@ -1,58 +1,30 @@
 """The gateway against the real local stack (Tansu broker, Redis) and bench/upstream_stub.py as upstream.
 
 The gateway runs as its own process (`python -m inference.app`), as in production; its upstreams are a
-dead port (to exercise retry and ejection) and the stub. Later the same tests can target a real vLLM
-worker by changing FLYWHEEL_GATEWAY_UPSTREAMS.
+dead port (to exercise retry and ejection) and the stub. test_gateway_vllm.py runs the same kinds of checks
+against a real vLLM worker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
-import openai
 import orjson
 import pytest
-from confluent_kafka import Consumer
-from redis.asyncio import Redis
 
 from deploy.ports import free_ports
-from inference.auth import ApiKeyStore
-from schemas.codec import decode
 from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
 from tests.conftest import settings_env
+from tests.integration.gateway_helpers import ROOT, consume, create_keys, oai, run_gateway
+from tests.integration.gateway_helpers import stop as _stop  # also imported by test_gateway_outage.py
+from tests.integration.gateway_helpers import wait_http as _wait_http  # also imported by test_gateway_outage.py
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer in {timeout}s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -74,39 +46,20 @@ def gateway(stack, stub_url, tmp_path_factory):
     env = {
         **os.environ,
         **settings_env(stack),
-        "FLYWHEEL_GATEWAY_PORT": str(port),
         "FLYWHEEL_GATEWAY_UPSTREAMS": f"http://127.0.0.1:{dead},{stub_url}",
         "FLYWHEEL_GATEWAY_READ_TIMEOUT_S": "1.5",
         "FLYWHEEL_GATEWAY_EJECT_COOLDOWN_S": "0.5",
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
         "FLYWHEEL_LOG_LEVEL": "WARNING",
     }
-    log = open(tmp_path_factory.mktemp("gateway") / "gateway.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "inference.app"], cwd=ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_http(url + "/metrics", proc)
-        key = (Path(stack.data_dir) / "dev-api-key").read_text().strip()
-        yield {"url": url, "key": key, "dead": f"http://127.0.0.1:{dead}", "proc": proc}
-    finally:
-        _stop(proc)
-        log.close()
+    with run_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log", port) as gw:
+        yield {**gw, "dead": f"http://127.0.0.1:{dead}"}
 
 
 @pytest.fixture(scope="module")
 def keys(stack):
     """Extra API keys: chat-only rate 2/min, admin-only."""
-
-    async def make():
-        redis = Redis.from_url(stack.redis_url)
-        store = ApiKeyStore(redis)
-        limited, _ = await store.create("limited", {"chat"}, rate_per_minute=2)
-        admin_only, _ = await store.create("ops", {"admin"}, rate_per_minute=1000)
-        chat_only, _ = await store.create("app", {"chat"}, rate_per_minute=100_000)
-        await redis.aclose()
-        return {"limited": limited, "admin_only": admin_only, "chat_only": chat_only}
-
-    return asyncio.run(make())
+    return create_keys(stack.redis_url)
 
 
 @pytest.fixture
@@ -114,30 +67,6 @@ def client(gateway):
     with httpx.Client(base_url=gateway["url"], headers={"Authorization": f"Bearer {gateway['key']}"},
                       timeout=10.0) as c:
         yield c
-
-
-def oai(gateway, **headers) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway["url"] + "/v1", api_key=gateway["key"], default_headers=headers or None,
-                         max_retries=0)
-
-
-def consume(consumer_config: dict, topic: str, wanted: set[str], timeout: float = 30.0) -> dict[str, object]:
-    """Events on `topic` whose message_id is in `wanted`, decoded and validated with schemas.codec."""
-    consumer = Consumer(consumer_config)
-    consumer.subscribe([topic])
-    found: dict[str, object] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        while wanted - set(found) and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            event = decode(msg.value())
-            if getattr(event, "message_id", None) in wanted:
-                found[event.message_id] = event
-    finally:
-        consumer.close()
-    return found
 
 
 # -- OpenAI compatibility ------------------------------------------------------------------------------
