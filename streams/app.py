@@ -40,7 +40,6 @@ from collections import Counter, defaultdict
 import faust
 import httpx
 import orjson
-from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from schemas.codec import decode, encode
 from schemas.errors import EventError
@@ -54,6 +53,7 @@ from schemas.topics import (
     RETRAIN_JOBS,
     create_topics,
 )
+from streams import transport
 from streams.pairing import NearDuplicateFilter
 from streams.pairs import FeedbackJoiner, PairBuilder, question_partition
 from streams.settings import StreamSettings
@@ -88,21 +88,7 @@ AGENT_FORWARD_TO_TRIGGER = "streams.forward-to-trigger"
 AGENT_RETRAIN_TRIGGER = "streams.retrain-trigger"
 
 
-class _FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = settings.streams_fetch_max_wait_ms  # read by aiokafka's Fetcher at start
-        return consumer
-
-
-class _FetchWaitConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer with our fetch wait instead of its hard-coded 1500 ms (see the setting)."""
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-faust_aiokafka.Transport.Consumer = _FetchWaitConsumer  # this process's faust apps only
+transport.install(settings.streams_fetch_max_wait_ms)  # before the app: its consumer class
 
 app = faust.App(
     APP_ID,
