@@ -42,6 +42,7 @@ from consumers.batching import Accumulator, Batch, commit_positions
 from consumers.settings import SINK_GROUP_ID, SinkSettings
 from consumers.writer import StoreRejected, StoreUnavailable, StoreWriter
 from schemas.codec import decode, encode
+from schemas.epoch import broker_epoch
 from schemas.errors import EventError
 from schemas.events import DeadLetter, Event
 from schemas.rows import columns, row_builder
@@ -101,6 +102,7 @@ class Sink:
         self.group_id = group_id
         self.routes = routes()
         self.topics = topics or list(self.routes)
+        self.ledger_group = group_id  # + the broker epoch once subscribed
         self.writer = StoreWriter(client, group_id)
         self.acc = Accumulator(settings.sink_batch_rows, settings.sink_flush_interval_s)
         self.stop_event = threading.Event()
@@ -166,12 +168,16 @@ class Sink:
         logger.info("sink stopped", extra={"events": self.flushed_events})
 
     def subscribe(self) -> None:
+        # Ledger ranges and insert tokens are offsets of this broker log: keyed by its epoch (schemas.epoch).
+        self.ledger_group = f"{self.group_id}@{broker_epoch(self.settings.kafka_bootstrap)}"
+        self.writer = StoreWriter(self.writer.client, self.ledger_group)
         self._retry(self.writer.ensure_ledger, "create the ledger", consume=False)
         self._ensure_topics()
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        logger.info("sink started", extra={"group": self.group_id, "topics": len(self.topics)})
+        logger.info("sink started", extra={"group": self.group_id, "ledger_group": self.ledger_group,
+                                           "topics": len(self.topics)})  # fmt: skip
 
     def _ensure_topics(self) -> None:
         """Create the registry's topics first: subscribing to a missing one makes Tansu auto-create it
@@ -252,7 +258,7 @@ class Sink:
         if not batch.rows:
             return 0
         route = self.routes[batch.topic]
-        token = batch.token(self.group_id)
+        token = batch.token(self.ledger_group)
         try:
             self._retry(lambda: self.writer.insert(route.table, route.columns, batch.rows, token), "insert")
         except StoreRejected as exc:

@@ -33,15 +33,18 @@ event_id (windows, pairs, jobs, dead letters) so that idempotent sinks keep it o
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import faust
 import httpx
 import orjson
 
 from schemas.codec import decode, encode
+from schemas.epoch import broker_epoch
 from schemas.errors import EventError
 from schemas.events import ChatRequest, ChatResponse, DPOPair, Feedback, RetrainJob
 from schemas.topics import (
@@ -378,10 +381,21 @@ def create_internal_topics(bootstrap: str, timeout: float = 30.0) -> None:
                 raise
 
 
+def _state_for_epoch(state_dir: Path, epoch: str) -> None:
+    """The tables' local state mirrors changelogs of one broker log: kept for the same log only. After the
+    embedded broker restarted empty, faust would refuse it (persisted offsets above the new highwaters)."""
+    marker = state_dir / "broker-epoch"
+    if state_dir.exists() and (not marker.is_file() or marker.read_text() != epoch):
+        log.warning("table state of another broker log removed", extra={"state_dir": str(state_dir), "epoch": epoch})
+        shutil.rmtree(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    marker.write_text(epoch)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the worker: `python -m streams.app [faust worker arguments]`, web server off by default."""
     create_internal_topics(settings.kafka_bootstrap)
-    (settings.state_dir / APP_ID).mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+    _state_for_epoch(settings.state_dir / APP_ID, broker_epoch(settings.kafka_bootstrap))
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         args = ["worker", "--without-web", "-l", settings.log_level.lower()]

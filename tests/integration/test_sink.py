@@ -204,3 +204,49 @@ class _NeverAssigned(set):
 
     def add(self, item) -> None:
         pass
+
+
+def test_a_new_broker_log_is_not_taken_for_the_old_one(tmp_path_factory):
+    """`flywheel down` + `up`: the embedded broker starts empty and offsets start again at 0, while the store
+    keeps the ledger and the tokens of the old log's ranges. The new log's events must all land."""
+    from schemas.ddl import migrate
+
+    path = tmp_path_factory.mktemp("sink-epoch") / "chdb"
+    client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+    migrate(client)
+    group = f"sink-epoch-{uuid.uuid4().hex[:8]}"
+    try:
+        epochs = [_sink_through_a_fresh_broker(client, path, group, run) for run in ("before", "after")]
+    finally:
+        client.close()
+    assert epochs[0] != epochs[1]
+
+
+def _sink_through_a_fresh_broker(client, path, group: str, run: str, n: int = 1000) -> str:
+    from bench.broker import start_tansu
+    from schemas.epoch import broker_epoch
+
+    broker, bootstrap = start_tansu()
+    try:
+        epoch = broker_epoch(bootstrap)
+        assert broker_epoch(bootstrap) == epoch  # stable within one log
+        tag = f"epoch-{run}-{uuid.uuid4().hex[:6]}"
+        template = next(e for e in examples() if e.event_type == "chat_response")
+        producer = Producer({"bootstrap.servers": bootstrap})
+        for i in range(n):
+            event = template.model_copy(update={"event_id": uuid.uuid4(), "producer": tag, "session_id": f"s{i}"})
+            producer.produce(CHAT_RESPONSES.name, encode(event), event.session_id.encode())
+        assert producer.flush(20) == 0
+        settings = SinkSettings(kafka_bootstrap=bootstrap, clickhouse_dsn=f"chdb://{path}", sink_batch_rows=200)
+        sink = Sink(settings, client, group_id=group, topics=[CHAT_RESPONSES.name])
+        sink.subscribe()
+        try:
+            wait_for(lambda: sink.poll_once(0.5) >= 0 and _mine(client, tag) >= n, 90, 0)
+            sink.flush()
+        finally:
+            sink.close()
+        assert _mine(client, tag) == n, f"{run}: {_mine(client, tag)} of {n} rows"
+        return epoch
+    finally:
+        broker.terminate()
+        broker.wait(10)

@@ -355,3 +355,16 @@ def test_agent_selection_rejects_unknown_groups(agents):
 
     with pytest.raises(ValidationError):
         StreamSettings(streams_agents=agents)
+
+
+def test_table_state_is_kept_for_the_same_broker_log_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path))
+    from streams.app import _state_for_epoch
+
+    state = tmp_path / "app"
+    _state_for_epoch(state, "epoch-1")
+    (state / "table.db").write_text("rows")
+    _state_for_epoch(state, "epoch-1")
+    assert (state / "table.db").exists()
+    _state_for_epoch(state, "epoch-2")
+    assert not (state / "table.db").exists() and (state / "broker-epoch").read_text() == "epoch-2"

@@ -1,0 +1,57 @@
+"""The broker's epoch: an id of the log the offsets belong to.
+
+Offsets only mean something within one log. The embedded Tansu keeps its log in memory, so after
+`flywheel down` / `flywheel up` offset 0 of chat.responses is another event than before, while the store
+(chDB on disk) still holds the sink's ledger and deduplication tokens, which are built from offsets.
+Keyed by the epoch as well, the old ranges and tokens no longer match the new log's batches (which the
+store would otherwise drop as copies of old ones).
+
+The epoch is the first record of a one-partition topic; whoever finds the topic empty writes a fresh
+uuid, and everyone reads the record at offset 0, so concurrent writers agree. A broker that keeps its log
+(Kafka) keeps its epoch.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+EPOCH_TOPIC = "flywheel.broker-epoch"
+
+
+def broker_epoch(bootstrap: str, timeout: float = 30.0) -> str:
+    """This broker log's epoch (32 hex digits), created on first use."""
+    _ensure_topic(bootstrap, timeout)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "flywheel-epoch", "enable.auto.commit": False})
+    try:
+        tp = TopicPartition(EPOCH_TOPIC, 0)
+        _low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+        if high <= 0:
+            producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+            producer.produce(EPOCH_TOPIC, uuid.uuid4().hex.encode())
+            if producer.flush(timeout) != 0:
+                raise RuntimeError(f"could not write the broker epoch to {EPOCH_TOPIC} at {bootstrap}")
+        consumer.assign([TopicPartition(EPOCH_TOPIC, 0, OFFSET_BEGINNING)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                return msg.value().decode()
+        raise TimeoutError(f"no broker epoch in {EPOCH_TOPIC} at {bootstrap} after {timeout:g} s")
+    finally:
+        consumer.close()
+
+
+def _ensure_topic(bootstrap: str, timeout: float) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    if EPOCH_TOPIC in admin.list_topics(timeout=timeout).topics:
+        return
+    for future in admin.create_topics([NewTopic(EPOCH_TOPIC, num_partitions=1)], operation_timeout=timeout).values():
+        try:
+            future.result(timeout=timeout)
+        except Exception as exc:  # another process created it meanwhile
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
