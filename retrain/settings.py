@@ -30,6 +30,9 @@ class RetrainSettings(CommonSettings):
     # Scratch space of running jobs (checkpoints, the adapter before registration); default <data_dir>/retrain.
     retrain_work_dir: Path | None = Field(None, description="job scratch directory")
     retrain_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="training device")
+    # Training shares the cores with serving on one machine: it runs at the lowest CPU priority, so that vLLM
+    # (nice 10 on CPU), the gateway and Redis keep answering while a job runs; the job takes what is left.
+    retrain_nice: int = Field(19, ge=0, le=19, description="nice value of the training worker")
     # The sink may lag behind dpo.pairs: wait this long for all of a job's pairs before failing it.
     retrain_pairs_wait_s: float = Field(30.0, ge=0, description="wait for a job's pairs in the store")
     retrain_pairs_poll_s: float = Field(1.0, gt=0, description="poll interval while waiting for pairs")

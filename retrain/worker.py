@@ -253,6 +253,7 @@ class RetrainWorker:
 def main() -> None:
     settings = RetrainSettings()
     setup_logging(settings.log_level)
+    os.nice(max(0, settings.retrain_nice - os.nice(0)))  # to that value (a process cannot lower its nice)
     worker = RetrainWorker(settings)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

@@ -18,6 +18,7 @@ import sys
 import time
 
 import clickhouse_connect
+import psutil
 import pytest
 
 from producers.sdk import ChatEventProducer
@@ -101,6 +102,7 @@ def test_jobs_accepted_then_swapped_rejected(stack, env, producer, events, tmp_p
         t0 = time.monotonic()
         good = request(producer, "good", pairs(f"good-{os.getpid()}"))
         events.wait(status_of(good, "started"), what="started")
+        assert psutil.Process(worker.pid).nice() == 19  # training yields the cores to serving
         done = events.wait(status_of(good, "succeeded"), timeout=300, what="succeeded")
         print(f"\njob {good.job_id}: train {done.metrics['train_seconds']:.1f} s, "
               f"requested->succeeded {time.monotonic() - t0:.1f} s")
