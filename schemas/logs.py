@@ -34,3 +34,16 @@ def setup_logging(level: str = "INFO", json_lines: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def json_logging_config(level: str = "INFO") -> dict:
+    """`logging.config.dictConfig` form of the JSON-lines set-up, for frameworks that configure logging
+    themselves (faust's worker). It writes to the process's real stdout: faust redirects `sys.stdout`
+    into logging, which would feed every line back to this handler."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"json": {"class": "logging.StreamHandler", "formatter": "json", "stream": sys.__stdout__}},
+        "root": {"level": level.upper(), "handlers": ["json"]},
+    }

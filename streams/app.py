@@ -47,6 +47,7 @@ from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
 from schemas.errors import EventError
 from schemas.events import ChatRequest, ChatResponse, DPOPair, Feedback, RetrainJob
+from schemas.logs import json_logging_config
 from schemas.topics import (
     CHAT_FEEDBACK,
     CHAT_REQUESTS,
@@ -111,6 +112,7 @@ app = faust.App(
     producer_max_batch_size=1 if settings.streams_embedded_broker else 16384,
     web_enabled=False,
     table_standby_replicas=0,
+    logging_config=json_logging_config(settings.log_level),
 )
 
 
