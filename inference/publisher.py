@@ -105,8 +105,9 @@ class Spool:
         return sorted((p for p in self.dir.glob("spool-*.jsonl") if p != current),
                       key=lambda p: tuple(int(x) for x in p.stem.split("-")[1:]))
 
-    def has_pending(self) -> bool:
-        return bool(self._pending)
+    def has_records(self) -> bool:
+        """Anything not yet replayed: buffered, in the open segment, or in closed ones."""
+        return bool(self._pending) or self._current is not None or bool(self.segments())
 
     def backlog(self) -> int:
         """Records buffered or on disk, not yet replayed (counts lines; for health and metrics)."""
@@ -296,7 +297,7 @@ class EventPublisher:
                 if self.spooling:
                     if await asyncio.to_thread(self._probe, 2.0):
                         await asyncio.to_thread(self._recover)
-                if not self.spooling and (self.spool.segments() or self.spool.has_pending()):
+                if not self.spooling and self.spool.has_records():
                     await asyncio.to_thread(self._replay)
             except asyncio.CancelledError:
                 raise
