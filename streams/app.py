@@ -59,7 +59,7 @@ from schemas.topics import (
 )
 from streams import transport
 from streams.pairing import NearDuplicateFilter
-from streams.pairs import FeedbackJoiner, PairBuilder, question_partition
+from streams.pairs import FeedbackJoiner, JoinOutput, PairBuilder, question_partition
 from streams.settings import StreamSettings
 from streams.teacher import ask_teacher
 from streams.trigger import TriggerState
@@ -197,16 +197,18 @@ if "metrics" in AGENTS:
                 event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
             )  # fmt: skip
 
-    def _backlog() -> dict[tuple[str, int], int]:
+    def _backlog() -> dict[tuple[str, int], int | None]:
         """Per source this worker's windows wait for: events between the last one applied and the highwater
-        (aiokafka's from the latest fetch; unknown before the first fetch or the first event since start)."""
+        (aiokafka's, from the latest fetch); None: events there, none applied since the start."""
         watched = {CHAT_RESPONSES.name, TOPIC_FEEDBACK_JOINED} | ({CHAT_FEEDBACK.name} if "pairs" in AGENTS else set())
-        behind = {}
+        behind: dict[tuple[str, int], int | None] = {}
         for tp in app.consumer.assignment():
             if tp.topic in watched:
                 highwater, applied = app.consumer.highwater(tp), book.applied_offset(tp.topic, tp.partition)
-                if highwater is not None and applied is not None:
-                    behind[(tp.topic, tp.partition)] = highwater - 1 - applied
+                if highwater is not None:
+                    behind[(tp.topic, tp.partition)] = (
+                        highwater - 1 - applied if applied is not None else None if highwater > 0 else 0
+                    )
         return behind
 
     @app.timer(interval=settings.streams_tick_interval_s)
@@ -275,12 +277,22 @@ if "pairs" in AGENTS:
             for rec in out.joined:
                 await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
                                            partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
-            if topic == CHAT_FEEDBACK.name and "metrics" in AGENTS:  # windows wait for what is still to join
-                book.observe(topic, partition, offset, parsed.occurred_at.timestamp(), now)
+            if "metrics" in AGENTS:  # the windows wait for feedback still to join
+                _hold_windows(topic, partition, offset, parsed if topic == CHAT_FEEDBACK.name else None, out, now)
             for dead in out.dead:
                 await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
                 log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset,
                                                              "event_id": str(dead.event_id)})  # fmt: skip
+
+    def _hold_windows(topic: str, partition: int, offset: int, feedback: Feedback | None, out: JoinOutput,
+                      now: float) -> None:  # fmt: skip
+        for rec in out.joined:
+            book.release(rec["feedback_id"], CHAT_FEEDBACK.name, rec["partition"], now)
+        if feedback is not None:
+            book.observe(topic, partition, offset, feedback.occurred_at.timestamp(), now)
+            if not out.joined and not out.dead:  # waiting for its response
+                book.hold(str(feedback.event_id), feedback.occurred_at.timestamp(),
+                          now + settings.streams_pending_timeout_s + settings.streams_window_idle_s)  # fmt: skip
 
     @app.agent(feedback_joined, name=AGENT_BUILD_PAIRS)
     async def build_pairs(stream: faust.StreamT) -> None:

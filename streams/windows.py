@@ -13,7 +13,8 @@ Design (why it survives Tansu and at-least-once delivery):
   open however long it waits for its turn, and an idle one does not hold them at all.
 - Feedback reaches this agent through the join agent (chat.feedback -> streams.feedback-joined), one hop
   behind the responses. Run in the same process, the join agent reports its progress on chat.feedback
-  (`observe`), and that topic's backlog and recent events hold the watermark as well.
+  (`observe`), and that topic's backlog and recent events hold the watermark as well; feedback that waits
+  there for its response holds it at the feedback's time (`hold`) until joined or dead-lettered.
 - A window closes when end + grace <= watermark and is emitted once, merged over the partitions. The
   emission horizon is checkpointed too: after a restart, windows at or below it are dropped and their
   replayed events are late.
@@ -177,6 +178,7 @@ class WindowBook:
         self.accuracy = accuracy
         self.partitions: dict[int, PartitionWindows] = {}
         self.observed: dict[tuple[str, int], Progress] = {}  # (topic, partition) read by an upstream agent
+        self.holds: dict[str, tuple[float, float]] = {}  # feedback id -> (event time, wall deadline)
         self.horizon = 0.0  # every window with end + grace <= horizon has been emitted
         self.started_wall = now
         self.events_seen = 0
@@ -284,13 +286,25 @@ class WindowBook:
             (agg.thumbs_up if feedback == "thumbs_up" else agg.thumbs_down).add(feedback_id)
         return True
 
+    def hold(self, key: str, event_time: float, until: float) -> None:
+        """Feedback waiting upstream for its response: hold its windows open until released or `until`."""
+        self.holds[key] = (event_time, until)
+
+    def release(self, key: str, topic: str, partition: int, now: float) -> None:
+        """The held feedback went on its way: from here its source's recent activity covers the last hop."""
+        if self.holds.pop(key, None) is not None and (topic, partition) in self.observed:
+            self.observed[(topic, partition)].wall = now
+
     # -- output -------------------------------------------------------------------------------
 
-    def watermark(self, now: float, backlog: Mapping[tuple[str, int], int] | None = None) -> float:
+    def watermark(self, now: float, backlog: Mapping[tuple[str, int], int | None] | None = None) -> float:
         """Event time up to which the stream is complete, as far as this worker can tell.
 
-        `backlog`: (topic, partition) -> events between the last applied offset and the highwater."""
+        `backlog`: (topic, partition) -> events between the last applied offset and the highwater; None when
+        nothing was applied since the start while the partition holds events (a backlog, or only old events:
+        it holds the windows during the start-up wait, like an empty book)."""
         backlog = backlog or {}
+        starting = now - self.started_wall < 5 * self.idle_s
         sources: dict[tuple[str, int], tuple[float, float | None]] = {}  # -> newest event time, last event wall
         for partition, state in self.partitions.items():
             for topic, event_time in state.event_time.items():
@@ -298,13 +312,21 @@ class WindowBook:
         for key, progress in self.observed.items():
             sources[key] = (progress.event_time, progress.wall)
         for key, behind in backlog.items():
-            if behind > 0:
+            if behind is None or behind > 0:
                 sources.setdefault(key, (float("-inf"), None))
-        active = [
-            event_time
-            for key, (event_time, wall) in sources.items()
-            if backlog.get(key, 0) > 0 or (wall is not None and now - wall < self.idle_s)
-        ]
+
+        def holds(key: tuple[str, int], wall: float | None) -> bool:
+            behind = backlog.get(key, 0)
+            if behind is None:
+                return starting
+            return behind > 0 or (wall is not None and now - wall < self.idle_s)
+
+        active = [event_time for key, (event_time, wall) in sources.items() if holds(key, wall)]
+        for key, (event_time, until) in list(self.holds.items()):
+            if now < until:
+                active.append(event_time)
+            else:
+                del self.holds[key]  # dead-lettered upstream after its wait
         if active:
             return min(active)
         # Idle: follow the wall clock, but after a (re)start only once the replay had a chance to begin.
@@ -312,7 +334,7 @@ class WindowBook:
             return now
         return float("-inf")
 
-    def close(self, now: float, backlog: Mapping[tuple[str, int], int] | None = None) -> list[MetricsWindow]:
+    def close(self, now: float, backlog: Mapping[tuple[str, int], int | None] | None = None) -> list[MetricsWindow]:
         """Emit every window whose end + grace is at or below the watermark, merged over partitions."""
         watermark = self.watermark(now, backlog)
         if watermark <= self.horizon:

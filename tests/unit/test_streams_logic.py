@@ -368,3 +368,30 @@ def test_table_state_is_kept_for_the_same_broker_log_only(tmp_path, monkeypatch)
     assert (state / "table.db").exists()
     _state_for_epoch(state, "epoch-2")
     assert not (state / "table.db").exists() and (state / "broker-epoch").read_text() == "epoch-2"
+
+
+def test_feedback_waiting_for_its_response_holds_windows_until_released_or_expired():
+    book = _book(now=0.0)
+    _add(book, 0, 0, 100.0, 0.0)
+    book.observe("chat.feedback", 0, 3, 100.4, 0.0)
+    book.hold("f-1", 100.4, until=50.0)  # the join agent waits for the answer of feedback f-1
+    _add(book, 0, 1, 130.0, 20.0)
+    assert book.close(20.0, {("chat.responses", 0): 0, ("chat.feedback", 0): 0}) == []  # held at 100.4
+    book.release("f-1", "chat.feedback", 0, 21.0)
+    book.add_feedback("streams.feedback-joined", 2, 0, 21.5, model_version="tiny", route="openai",
+                      event_time=100.4, feedback="thumbs_up", feedback_id="f-1")  # fmt: skip
+    windows = book.close(500.0, {("chat.responses", 0): 0, ("chat.feedback", 0): 0})
+    assert {(w.window_seconds, w.window_start.timestamp()): w.thumbs_up for w in windows}[(2, 100)] == 1
+    book.hold("f-2", 140.0, until=600.0)  # never joined: dead-lettered upstream, the hold expires
+    assert book.close(599.0) == [] and book.holds
+    book.close(601.0)
+    assert not book.holds
+
+
+def test_a_source_with_events_but_none_applied_since_the_start_holds_only_the_start_up_wait():
+    book = _book(now=0.0)  # idle_s 5: the start-up wait is 25 s
+    _add(book, 0, 0, 100.0, 1.0)
+    _add(book, 0, 1, 130.0, 10.0)
+    unknown = {("chat.responses", 0): 0, ("chat.feedback", 1): None}  # the join agent has not read it yet
+    assert book.close(12.0, unknown) == []
+    assert book.close(200.0, unknown) != []  # old events only, it seems: the wait is over
