@@ -197,30 +197,25 @@ if "metrics" in AGENTS:
                 event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
             )  # fmt: skip
 
-    async def _backlog() -> dict[tuple[str, int], int | None]:
-        """Per source this worker's windows wait for: events between the last one applied and the end of the
-        partition; None: events there, none applied since the start. The ends are asked of the broker: the
-        highwater of the latest fetch is stale for a partition faust paused (its stream's buffer full)."""
+    def _backlog() -> dict[tuple[str, int], int | None]:
+        """Per source this worker's windows wait for: events between the last one applied and the highwater
+        (aiokafka's, from the latest fetch); None: events there, none applied since the start."""
         watched = {CHAT_RESPONSES.name, TOPIC_FEEDBACK_JOINED} | ({CHAT_FEEDBACK.name} if "pairs" in AGENTS else set())
-        tps = [tp for tp in app.consumer.assignment() if tp.topic in watched]
-        try:
-            ends = dict(await app.consumer.highwaters(*tps)) if tps else {}
-        except Exception as exc:  # the broker busy or away: the fetches' highwaters
-            log.warning("end offsets unavailable", extra={"error": repr(exc)})
-            ends = {tp: app.consumer.highwater(tp) for tp in tps}
         behind: dict[tuple[str, int], int | None] = {}
-        for tp in tps:
-            end, applied = ends.get(tp), book.applied_offset(tp.topic, tp.partition)
-            if end is not None:
-                behind[(tp.topic, tp.partition)] = end - 1 - applied if applied is not None else None if end > 0 else 0
+        for tp in app.consumer.assignment():
+            if tp.topic in watched:
+                highwater, applied = app.consumer.highwater(tp), book.applied_offset(tp.topic, tp.partition)
+                if highwater is not None:
+                    behind[(tp.topic, tp.partition)] = (
+                        highwater - 1 - applied if applied is not None else None if highwater > 0 else 0
+                    )
         return behind
 
     @app.timer(interval=settings.streams_tick_interval_s)
     async def close_windows() -> None:
         if TABLE_METRIC_CHECKPOINTS not in _recovered:  # before recovery a window could be emitted half-full
             return
-        backlog = await _backlog()
-        for window in book.close(time.time(), backlog):
+        for window in book.close(time.time(), _backlog()):
             await metrics_windows.send(key=window.model_version.encode(), value=encode(window))
             log.info("window emitted", extra={"event_id": str(window.event_id), "model_version": window.model_version,
                                               "route": window.route, "window_start": window.window_start.isoformat(),
