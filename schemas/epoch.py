@@ -17,14 +17,16 @@ import time
 import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
+
+from schemas.topics import ensure_topics
 
 EPOCH_TOPIC = "flywheel.broker-epoch"
 
 
 def broker_epoch(bootstrap: str, timeout: float = 30.0) -> str:
     """This broker log's epoch (32 hex digits), created on first use."""
-    _ensure_topic(bootstrap, timeout)
+    ensure_topics(bootstrap, [NewTopic(EPOCH_TOPIC, num_partitions=1)], timeout)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "flywheel-epoch", "enable.auto.commit": False})
     try:
         tp = TopicPartition(EPOCH_TOPIC, 0)
@@ -43,15 +45,3 @@ def broker_epoch(bootstrap: str, timeout: float = 30.0) -> str:
         raise TimeoutError(f"no broker epoch in {EPOCH_TOPIC} at {bootstrap} after {timeout:g} s")
     finally:
         consumer.close()
-
-
-def _ensure_topic(bootstrap: str, timeout: float) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    if EPOCH_TOPIC in admin.list_topics(timeout=timeout).topics:
-        return
-    for future in admin.create_topics([NewTopic(EPOCH_TOPIC, num_partitions=1)], operation_timeout=timeout).values():
-        try:
-            future.result(timeout=timeout)
-        except Exception as exc:  # another process created it meanwhile
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise

@@ -85,16 +85,23 @@ def all_topic_names() -> list[str]:
 
 def create_topics(bootstrap: str, timeout: float = 30.0) -> list[str]:
     """Create every topic and DLQ that does not exist yet; return the names created. Idempotent."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
+
+    wanted = []
+    for t in TOPICS:
+        wanted.append(NewTopic(t.name, num_partitions=t.partitions, config=t.config()))
+        wanted.append(NewTopic(t.dlq, num_partitions=DLQ_PARTITIONS, config=t.config()))
+    return ensure_topics(bootstrap, wanted, timeout)
+
+
+def ensure_topics(bootstrap: str, topics: list, timeout: float = 30.0) -> list[str]:
+    """Create those of `topics` (confluent_kafka NewTopic) that do not exist; return the names created.
+    Another process creating one meanwhile is fine."""
+    from confluent_kafka.admin import AdminClient
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = []
-    for t in TOPICS:
-        if t.name not in existing:
-            wanted.append(NewTopic(t.name, num_partitions=t.partitions, config=t.config()))
-        if t.dlq not in existing:
-            wanted.append(NewTopic(t.dlq, num_partitions=DLQ_PARTITIONS, config=t.config()))
+    wanted = [t for t in topics if t.topic not in existing]
     if not wanted:
         return []
     futures = admin.create_topics(wanted, operation_timeout=timeout, request_timeout=timeout)
@@ -103,7 +110,7 @@ def create_topics(bootstrap: str, timeout: float = 30.0) -> list[str]:
         try:
             future.result(timeout=timeout)
             created.append(name)
-        except Exception as exc:  # another process may have created it meanwhile
+        except Exception as exc:
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     return created

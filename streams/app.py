@@ -56,6 +56,7 @@ from schemas.topics import (
     METRICS_WINDOWS,
     RETRAIN_JOBS,
     create_topics,
+    ensure_topics,
 )
 from streams import transport
 from streams.pairing import NearDuplicateFilter
@@ -381,18 +382,10 @@ if "trigger" in AGENTS:
 def create_internal_topics(bootstrap: str, timeout: float = 30.0) -> None:
     """Create the registry's topics and ours before anything produces: Tansu would auto-create them with
     4 partitions and faust then refuses a table whose changelog has 3."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
     create_topics(bootstrap, timeout)
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = [NewTopic(name, num_partitions=n) for name, n in INTERNAL_TOPICS.items() if name not in existing]
-    for _name, future in (admin.create_topics(wanted, operation_timeout=timeout) if wanted else {}).items():
-        try:
-            future.result(timeout=timeout)
-        except Exception as exc:  # another worker may have created it meanwhile
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
+    ensure_topics(bootstrap, [NewTopic(name, num_partitions=n) for name, n in INTERNAL_TOPICS.items()], timeout)
 
 
 def _state_for_epoch(state_dir: Path, epoch: str) -> None:
