@@ -232,11 +232,16 @@ def _describe(event) -> str:
 
 
 class RouteLog:
-    """The routing table `flywheel:routes:<alias>` sampled every `period` s: [(unix time, {version: weight})]."""
+    """The routing table `flywheel:routes:<alias>` sampled every `period` s: [(unix time, {version: weight})].
 
-    def __init__(self, redis_client, alias: str = ALIAS, period: float = 0.2):
+    An empty or missing table routes the alias to the base model (inference.router.RouteTable.versions): it is
+    sampled as {base_model: 100}.
+    """
+
+    def __init__(self, redis_client, base_model: str, alias: str = ALIAS, period: float = 0.2):
         self.redis = redis_client
         self.key = f"flywheel:routes:{alias}"
+        self.base_model = base_model
         self.period = period
         self.samples: list[tuple[float, dict[str, int]]] = []
         self._stop = threading.Event()
@@ -247,7 +252,8 @@ class RouteLog:
         while not self._stop.is_set():
             try:
                 raw = self.redis.hgetall(self.key)
-                self.samples.append((time.time(), {v: int(w) for v, w in raw.items() if int(w) > 0}))
+                routes = {v: int(w) for v, w in raw.items() if int(w) > 0}
+                self.samples.append((time.time(), routes or {self.base_model: 100}))
             except Exception:  # a transient Redis error is a missing sample, not a test failure
                 pass
             self._stop.wait(self.period)
@@ -424,10 +430,14 @@ class Traffic:
         return self.results
 
     async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=128)
+        # aiohttp, not httpx: httpcore's pool assigns queued requests to connections in O(pending) per event,
+        # so once a latency spike queues a few dozen requests the generator itself eats the core and stalls.
+        import aiohttp
+
         headers = {"Authorization": f"Bearer {self.loop.api_key}"}
-        async with httpx.AsyncClient(base_url=self.loop.gateway_url, headers=headers, limits=limits,
-                                     timeout=httpx.Timeout(180.0, connect=10.0)) as http:
+        timeout = aiohttp.ClientTimeout(total=180.0, sock_connect=10.0)
+        async with aiohttp.ClientSession(base_url=self.loop.gateway_url, headers=headers, timeout=timeout,
+                                         connector=aiohttp.TCPConnector(limit=512)) as http:
             tasks: set[asyncio.Task] = set()
             t0, k = time.monotonic(), 0
             while not self._stop.is_set():
@@ -442,18 +452,19 @@ class Traffic:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _one(self, http: httpx.AsyncClient, user: str) -> None:
+    async def _one(self, http, user: str) -> None:
         body = {"model": ALIAS, "messages": [{"role": "user", "content": random.choice(QUESTIONS)}],
                 "max_tokens": self.max_tokens, "user": user}
         result = Result(user, time.time(), 0.0, 0)
         try:
-            r = await http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user})
-            result.status = r.status_code
-            result.version = r.headers.get("x-model-version", "")
-            if r.status_code == 200:
-                result.message_id = r.json()["id"]
-            else:
-                result.error = r.text[:300]
+            async with http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user}) as r:
+                result.status = r.status
+                result.version = r.headers.get("x-model-version", "")
+                session_id = r.headers.get("x-session-id", "")
+                if r.status == 200:
+                    result.message_id = (await r.json())["id"]
+                else:
+                    result.error = (await r.text())[:300]
         except Exception as exc:
             result.error = f"{type(exc).__name__}: {exc}"
         result.ended = time.time()
@@ -463,13 +474,13 @@ class Traffic:
         verdict = self.verdict(result.version, user)
         if verdict is None:
             return
-        fb = {"session_id": r.headers["x-session-id"], "message_id": result.message_id, "feedback": verdict}
+        fb = {"session_id": session_id, "message_id": result.message_id, "feedback": verdict}
         try:
-            f = await http.post("/feedback", json=fb, headers={"X-User-Id": user})
-            if f.status_code != 202:
-                self.feedback_errors.append(f"{f.status_code} {f.text[:200]}")
-            else:
-                result.rated = verdict
+            async with http.post("/feedback", json=fb, headers={"X-User-Id": user}) as f:
+                if f.status != 202:
+                    self.feedback_errors.append(f"{f.status} {(await f.text())[:200]}")
+                else:
+                    result.rated = verdict
         except Exception as exc:
             self.feedback_errors.append(f"{type(exc).__name__}: {exc}")
 

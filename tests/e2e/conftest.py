@@ -59,6 +59,6 @@ def loop_events(loop: LocalLoop) -> Events:
 
 @pytest.fixture(scope="module")
 def routes(loop: LocalLoop) -> RouteLog:
-    log = RouteLog(loop.redis())
+    log = RouteLog(loop.redis(), loop.settings.served_model_name)
     yield log
     log.close()
