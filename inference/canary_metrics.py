@@ -29,7 +29,9 @@ SELECT
     countIf(status != 'ok') AS errors,
     countIf(verdict != '') AS rated,
     countIf(verdict = 'thumbs_down') AS thumbs_down,
-    if(countIf(status = 'ok') = 0, NULL, quantileIf(0.95)(latency_ms, status = 'ok')) AS p95
+    if(countIf(status = 'ok') = 0, NULL, quantileIf(0.95)(latency_ms, status = 'ok')) AS p95,
+    if(countIf(status = 'ok') = 0, NULL, avgIf(latency_ms, status = 'ok')) AS mean,
+    if(countIf(status = 'ok') < 2, NULL, stddevSampIf(latency_ms, status = 'ok')) AS sd
 FROM {DB}.v_responses
 WHERE model_alias = %(alias)s AND model_version IN %(versions)s AND occurred_at >= %(since)s
 GROUP BY model_version"""
@@ -65,7 +67,7 @@ class ClickHouseMetrics:
         result = self.client.query(_SQL, parameters={"alias": alias, "versions": tuple(versions),
                                                      "since": since_utc})
         figures = {v: Figures(v) for v in versions}
-        for version, responses, errors, rated, down, p95 in result.result_rows:
-            figures[version] = Figures(version, int(responses), int(errors), int(rated), int(down),
-                                       None if p95 is None else float(p95))
+        for version, responses, errors, rated, down, *latency in result.result_rows:
+            p95, mean, sd = (None if x is None else float(x) for x in latency)
+            figures[version] = Figures(version, int(responses), int(errors), int(rated), int(down), p95, mean, sd)
         return figures

@@ -8,9 +8,11 @@ the step started), at significance `alpha`, each test only with at least `min_sa
 - thumbs-down rate (thumbs-down over rated answers): one-sided pooled two-proportion z-test,
   H1 "canary worse" (the same statistic as statsmodels' `proportions_ztest(..., alternative="larger")`);
 - error rate (error or timeout over responses): the same test;
-- p95 latency of successful answers: the canary's p95 over the current's must stay within
-  `p95_ratio_bound` (a bound, not a test: a p95 has no cheap variance, and a latency regression of
-  that size matters whatever its p-value).
+- latency of successful answers: worse when the canary's p95 over the current's exceeds
+  `p95_ratio_bound` *and* a one-sided Welch t-test on the mean latencies says the canary is slower
+  (scipy's `ttest_ind_from_stats`, from each arm's mean, standard deviation and count). The bound
+  alone is no test: over a few dozen answers a p95 is nearly the maximum, and one answer stalled by
+  a busy machine would roll back a good canary.
 Any failed check rolls back at once, even before the step's time is up (an early stop inflates the
 false-alarm rate a little; a bad canary reaching more users costs more). The canary advances only
 when the step's time is up and every check had enough data and passed. Without enough data the
@@ -42,6 +44,8 @@ class Figures:
     rated: int = 0  # responses with a verdict
     thumbs_down: int = 0
     latency_p95_ms: float | None = None  # over successful responses
+    latency_mean_ms: float | None = None  # over successful responses
+    latency_sd_ms: float | None = None  # sample standard deviation, over successful responses
 
     @property
     def error_rate(self) -> float | None:
@@ -63,7 +67,7 @@ class Policy:
     step_s: float = 20.0
     min_samples: int = 30
     alpha: float = 0.05
-    p95_ratio_bound: float = 1.5
+    p95_ratio_bound: float = 2.0
     max_wait_s: float = 60.0
     on_timeout: Literal["rollback", "advance"] = "rollback"
 
@@ -122,14 +126,30 @@ def _proportion_check(name: str, bad_c: int, n_c: int, bad_o: int, n_o: int, p: 
     return pv < p.alpha, text
 
 
+def slower_p(canary: Figures, current: Figures) -> float:
+    """One-sided Welch t-test, H1: the canary's mean latency is larger. Returns the p-value."""
+    ok_c, ok_o = canary.responses - canary.errors, current.responses - current.errors
+    mean_c, mean_o = canary.latency_mean_ms or 0.0, current.latency_mean_ms or 0.0
+    sd_c, sd_o = canary.latency_sd_ms or 0.0, current.latency_sd_ms or 0.0
+    if sd_c == 0 and sd_o == 0:  # no spread at all: the means decide
+        return 0.0 if mean_c > mean_o else 1.0
+    from scipy import stats
+
+    result = stats.ttest_ind_from_stats(mean_c, sd_c, ok_c, mean_o, sd_o, ok_o, equal_var=False,
+                                        alternative="greater")
+    return float(result.pvalue)
+
+
 def _latency_check(canary: Figures, current: Figures, p: Policy) -> tuple[bool | None, str]:
     ok_c, ok_o = canary.responses - canary.errors, current.responses - current.errors
     if ok_c < p.min_samples or ok_o < p.min_samples or not canary.latency_p95_ms or not current.latency_p95_ms:
         return None, f"p95: {ok_c}/{ok_o} samples < {p.min_samples}"
     ratio = canary.latency_p95_ms / current.latency_p95_ms
+    pv = slower_p(canary, current)
     text = (f"p95 {canary.latency_p95_ms:.0f}ms vs {current.latency_p95_ms:.0f}ms "
-            f"(ratio {ratio:.2f}, bound {p.p95_ratio_bound})")
-    return ratio > p.p95_ratio_bound, text
+            f"(ratio {ratio:.2f}, bound {p.p95_ratio_bound}; mean "
+            f"{canary.latency_mean_ms or 0:.0f}ms vs {current.latency_mean_ms or 0:.0f}ms, Welch p={pv:.4f})")
+    return ratio > p.p95_ratio_bound and pv < p.alpha, text
 
 
 def decide(canary: Figures, current: Figures, policy: Policy, elapsed_s: float) -> Decision:

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -89,7 +90,10 @@ def test_clickhouse_metrics(ch):
     assert (v1.responses, v1.errors, v1.rated, v1.thumbs_down) == (40, 2, 40, 11)
     assert (v2.responses, v2.errors, v2.rated, v2.thumbs_down) == (30, 0, 30, 15)
     assert 300 <= v2.latency_p95_ms <= 307 and 100 <= v1.latency_p95_ms <= 107
-    assert v3.responses == 0 and v3.latency_p95_ms is None
+    ok_v1 = [r.latency_ms for r in sent if r.status == "ok"]
+    assert v1.latency_mean_ms == pytest.approx(statistics.fmean(ok_v1))
+    assert v1.latency_sd_ms == pytest.approx(statistics.stdev(ok_v1))
+    assert v3.responses == 0 and v3.latency_p95_ms is None and v3.latency_mean_ms is None
 
 
 # --- a real vLLM server -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -15,14 +16,17 @@ from inference.rollout import (
     one_sided_z,
     plan_error,
     resume_action,
+    slower_p,
     step_routes,
 )
 
 POLICY = Policy(step_s=20, min_samples=30, alpha=0.05, p95_ratio_bound=1.5, max_wait_s=60, on_timeout="rollback")
 
 
-def figs(version: str, n: int = 200, errors: int = 2, rated: int = 100, down: int = 10, p95: float | None = 400.0):
-    return Figures(version, responses=n, errors=errors, rated=rated, thumbs_down=down, latency_p95_ms=p95)
+def figs(version: str, n: int = 200, errors: int = 2, rated: int = 100, down: int = 10, p95: float | None = 400.0,
+         mean: float = 250.0, sd: float = 80.0):
+    return Figures(version, responses=n, errors=errors, rated=rated, thumbs_down=down, latency_p95_ms=p95,
+                   latency_mean_ms=mean, latency_sd_ms=sd)
 
 
 CURRENT = figs("support@v1")
@@ -42,12 +46,14 @@ CURRENT = figs("support@v1")
         (figs("c", n=20, errors=0, rated=10, down=1), 81, Policy(**{**POLICY.__dict__, "on_timeout": "advance"}),
          Outcome.ADVANCE, "policy advance"),
         (figs("c", n=200, errors=30), 20, POLICY, Outcome.ROLLBACK, "errors"),
-        (figs("c", p95=700.0), 20, POLICY, Outcome.ROLLBACK, "p95"),
+        (figs("c", p95=700.0, mean=400.0), 20, POLICY, Outcome.ROLLBACK, "p95"),
+        (figs("c", p95=700.0, mean=260.0), 20, POLICY, Outcome.ADVANCE, "no regression"),  # one slow outlier
         (figs("c", p95=590.0), 20, POLICY, Outcome.ADVANCE, "no regression"),  # ratio 1.475 within 1.5
         (Figures("c"), 200, POLICY, Outcome.ROLLBACK, "not enough data"),  # no traffic at all
     ],
     ids=["thumbs-down-worse", "early-stop", "equal", "slightly-worse", "better", "running", "few-samples",
-         "timeout-rollback", "timeout-advance", "error-spike", "p95-over-bound", "p95-within-bound", "no-traffic"],
+         "timeout-rollback", "timeout-advance", "error-spike", "p95-over-bound", "p95-outlier-not-significant",
+         "p95-within-bound", "no-traffic"],
 )
 def test_decision_table(canary, elapsed, policy, outcome, why):
     d = decide(canary, CURRENT, policy, elapsed)
@@ -69,6 +75,20 @@ def test_z_matches_scipy_reference():
     assert z == pytest.approx(expected)
     assert p == pytest.approx(stats.norm.sf(expected))
     assert one_sided_z(0, 50, 0, 50) == (0.0, 1.0)
+
+
+def test_slower_p_matches_welch_on_samples():
+    rng = np.random.default_rng(7)
+    canary, current = rng.normal(330, 90, 40), rng.normal(300, 60, 60)
+    expected = stats.ttest_ind(canary, current, equal_var=False, alternative="greater").pvalue
+
+    def of(version, xs):
+        return Figures(version, responses=len(xs), latency_mean_ms=float(xs.mean()),
+                       latency_sd_ms=float(xs.std(ddof=1)))
+
+    assert slower_p(of("c", canary), of("o", current)) == pytest.approx(expected)
+    assert slower_p(Figures("c", 5, latency_mean_ms=300, latency_sd_ms=0),
+                    Figures("o", 5, latency_mean_ms=200, latency_sd_ms=0)) == 0.0
 
 
 @pytest.mark.parametrize("plan, error", [
