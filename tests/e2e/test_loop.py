@@ -80,12 +80,6 @@ def traffic(loop: LocalLoop, routes, loop_events):
         load.stop()
 
 
-@pytest.mark.xfail(
-    reason="issue 5, open: passed in both full suites of 2026-11-29, then failed in the next two e2e runs: the "
-    "canary saw no samples of the new version and the steady traffic stopped reaching the gateway a few "
-    "minutes in (gateway /health 503 meanwhile); not diagnosed yet",
-    strict=False,
-)
 def test_good_loop_promotes_the_adapter(loop: LocalLoop, loop_events, routes, traffic, state):
     from schemas.events import RetrainJob
 
@@ -179,12 +173,6 @@ def _responses(events) -> list:
     return [e for e in events.snapshot() if isinstance(e, ChatResponse)]
 
 
-@pytest.mark.xfail(
-    reason="issue 5, open: passed in both full suites of 2026-11-29, then failed in the next two e2e runs: the "
-    "canary saw no samples of the new version and the steady traffic stopped reaching the gateway a few "
-    "minutes in (gateway /health 503 meanwhile); not diagnosed yet",
-    strict=False,
-)
 def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, routes, traffic, state, tmp_path):
     from producers.sdk import ChatEventProducer
     from producers.settings import ProducerSettings
@@ -244,11 +232,6 @@ def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, 
     time.sleep(3)  # some traffic after the unload
 
 
-@pytest.mark.xfail(
-    reason="issue 5, open: at 22 requests/s through the gateway while a job trains on the same 2 cores, the "
-    "load generator still gets ConnectTimeouts (10 s) from the gateway, with training at nice 19 and vLLM at "
-    "nice 10 (full suite, 2026-11-29); not yet diagnosed further"
-)
 def test_constant_load_never_fails_and_names_one_version(loop: LocalLoop, loop_events, routes, traffic, state):
     results = traffic.stop()
     failed = [r for r in results if r.status != 200]
