@@ -42,6 +42,7 @@ from pathlib import Path
 import faust
 import httpx
 import orjson
+from faust.types import TP
 
 from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
@@ -197,6 +198,7 @@ if "metrics" in AGENTS:
                 topic, partition, offset, now, model_version=rec["model_version"], route=rec["route"],
                 event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
             )  # fmt: skip
+            book.release(rec["feedback_id"])
 
     def _backlog() -> dict[tuple[str, int], int | None]:
         """Per source this worker's windows wait for: events between the last one applied and the highwater
@@ -230,7 +232,8 @@ if "pairs" in AGENTS:
     pair_pending = app.Table(TABLE_PAIR_PENDING, partitions=PARTITIONS)  # message id -> waiting feedback
     pair_answers = app.Table(TABLE_PAIR_ANSWERS, partitions=PARTITIONS)  # normalized question -> thumbs-up answers
     joiner = FeedbackJoiner(pair_context, pair_pending, settings.streams_context_ttl_s,
-                            settings.streams_pending_timeout_s)  # fmt: skip
+                            settings.streams_pending_timeout_s, settings.streams_pending_catch_up_s)  # fmt: skip
+    _join_read: dict[tuple[str, int], int] = {}  # (requests|responses topic, partition) -> last offset joined
     _teacher_client: httpx.AsyncClient | None = None
 
     async def _teacher(messages: list[dict]) -> str | None:
@@ -260,7 +263,7 @@ if "pairs" in AGENTS:
             message = event.message
             topic, partition, offset, now = message.topic, message.partition, message.offset, time.time()
             if topic == TOPIC_PAIR_TICKS:
-                out = joiner.sweep(partition, now)
+                out = joiner.sweep(partition, now, _join_behind(partition))
             else:
                 try:
                     parsed = decode(event.value, decoders[topic])
@@ -269,31 +272,47 @@ if "pairs" in AGENTS:
                     if topic == CHAT_FEEDBACK.name and "metrics" in AGENTS:
                         book.observe(topic, partition, offset, None, now)
                     continue
+                if topic != CHAT_FEEDBACK.name:
+                    _join_read[(topic, partition)] = offset
                 if isinstance(parsed, ChatRequest):
                     out = joiner.on_request(parsed, partition, now)
                 elif isinstance(parsed, ChatResponse):
                     out = joiner.on_response(parsed, partition, now)
                 else:
                     out = joiner.on_feedback(parsed, partition, offset, now)
+            if "metrics" in AGENTS:  # the windows wait for feedback still to join, or joined and on its way
+                _hold_windows(topic, partition, offset, parsed if topic == CHAT_FEEDBACK.name else None, out, now)
             for rec in out.joined:
                 await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
                                            partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
-            if "metrics" in AGENTS:  # the windows wait for feedback still to join
-                _hold_windows(topic, partition, offset, parsed if topic == CHAT_FEEDBACK.name else None, out, now)
             for dead in out.dead:
                 await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
                 log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset,
                                                              "event_id": str(dead.event_id)})  # fmt: skip
 
+    def _join_behind(partition: int) -> bool:
+        """Whether the join reads this partition's requests or responses behind their highwater (a catch-up)."""
+        for topic in (CHAT_REQUESTS.name, CHAT_RESPONSES.name):
+            highwater = app.consumer.highwater(TP(topic, partition))
+            read = _join_read.get((topic, partition))
+            if highwater is not None and read is not None and highwater - 1 > read:
+                return True
+        return False
+
     def _hold_windows(topic: str, partition: int, offset: int, feedback: Feedback | None, out: JoinOutput,
                       now: float) -> None:  # fmt: skip
+        # Joined feedback is in the producer's buffer, then the broker, before the metric agent applies it (and
+        # during a catch-up the join runs far ahead of the metrics): it holds its windows until applied.
+        wait = settings.streams_pending_timeout_s + settings.streams_window_idle_s
         for rec in out.joined:
-            book.release(rec["feedback_id"], CHAT_FEEDBACK.name, rec["partition"], now)
+            book.hold(rec["feedback_id"], rec["occurred_at"], now + wait)
+        for feedback_id in out.expired:  # dead-lettered: it will never reach a window
+            book.release(feedback_id)
         if feedback is not None:
             book.observe(topic, partition, offset, feedback.occurred_at.timestamp(), now)
-            if not out.joined and not out.dead:  # waiting for its response
+            if not out.joined and not out.dead:  # waiting for its response (longer during a catch-up)
                 book.hold(str(feedback.event_id), feedback.occurred_at.timestamp(),
-                          now + settings.streams_pending_timeout_s + settings.streams_window_idle_s)  # fmt: skip
+                          now + wait + settings.streams_pending_catch_up_s)  # fmt: skip
 
     @app.agent(feedback_joined, name=AGENT_BUILD_PAIRS)
     async def build_pairs(stream: faust.StreamT) -> None:

@@ -65,15 +65,17 @@ def question_partition(question: str, partitions: int) -> int:
 class JoinOutput:
     joined: list[dict[str, Any]] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # event ids of feedback dead-lettered after its wait
 
 
 class FeedbackJoiner:
     def __init__(self, context: MutableMapping, pending: MutableMapping, context_ttl_s: float,
-                 pending_timeout_s: float):  # fmt: skip
+                 pending_timeout_s: float, catch_up_s: float = 0.0):  # fmt: skip
         self.context = context
         self.pending = pending
         self.context_ttl_s = context_ttl_s
         self.pending_timeout_s = pending_timeout_s
+        self.catch_up_s = catch_up_s  # extra wait while the partition's requests/responses are read behind
         # In-memory expiry indexes per partition, rebuilt from the tables after recovery (`index`).
         self._expiry: dict[int, list[tuple[float, str]]] = {}
         self._deadlines: dict[int, list[tuple[float, str]]] = {}
@@ -122,8 +124,11 @@ class FeedbackJoiner:
         heapq.heappush(self._deadlines.setdefault(partition, []), (item["deadline"], feedback.message_id))
         return JoinOutput()
 
-    def sweep(self, partition: int, now: float) -> JoinOutput:
-        """Forget expired answers; dead-letter feedback that waited too long. Only `partition`'s keys."""
+    def sweep(self, partition: int, now: float, behind: bool = False) -> JoinOutput:
+        """Forget expired answers; dead-letter feedback that waited too long. Only `partition`'s keys.
+
+        `behind`: this partition's requests or responses are not read up to the end yet (a catch-up), so a
+        waiting feedback's answer may still come: the wait is extended by `catch_up_s`."""
         out = JoinOutput()
         expiry = self._expiry.get(partition, [])
         while expiry and expiry[0][0] <= now:
@@ -131,21 +136,23 @@ class FeedbackJoiner:
             ctx = self.context.get(mid)
             if ctx is not None and ctx["at"] + self.context_ttl_s <= now:
                 del self.context[mid]
+        cutoff = now - self.catch_up_s if behind else now
         deadlines = self._deadlines.get(partition, [])
-        while deadlines and deadlines[0][0] <= now:
+        while deadlines and deadlines[0][0] <= cutoff:
             _, mid = heapq.heappop(deadlines)
             waiting = self.pending.get(mid)
             if not waiting:
                 continue
-            keep = [w for w in waiting if w["deadline"] > now]
+            keep = [w for w in waiting if w["deadline"] > cutoff]
             for item in waiting:
-                if item["deadline"] <= now:
+                if item["deadline"] <= cutoff:
                     fb = item["fb"]
                     out.dead.append(dead_letter(
                         CHAT_FEEDBACK.name, item["partition"], item["offset"], fb["session_id"],
                         Feedback.model_validate(fb).model_dump_json(), "unmatched_feedback",
                         f"no request and response for message {mid!r} within {self.pending_timeout_s:g} s",
                     ))  # fmt: skip
+                    out.expired.append(fb["event_id"])
             if keep:
                 self.pending[mid] = keep
             else:

@@ -55,6 +55,9 @@ class StreamSettings(CommonSettings):
     # -- feedback -> DPO pairs -----------------------------------------------------------------
     streams_context_ttl_s: float = Field(3600.0, gt=0, description="how long a response stays joinable")
     streams_pending_timeout_s: float = Field(30.0, gt=0, description="wait for a feedback's response, then DLQ")
+    # While the worker reads a partition's requests or responses behind their end (a catch-up after a restart or
+    # a burst), a feedback's answer may still be in the backlog: its wait is extended by up to this much.
+    streams_pending_catch_up_s: float = Field(120.0, ge=0, description="extra wait for a response during a catch-up")
     streams_tick_interval_s: float = Field(1.0, gt=0, description="timer ticks that sweep TTLs and timeouts")
     streams_teacher_url: str = Field("", description="OpenAI-compatible base URL of a teacher model ('' = none)")
     streams_teacher_model: str = Field("teacher", description="model name sent to the teacher")

@@ -13,8 +13,11 @@ Design (why it survives Tansu and at-least-once delivery):
   open however long it waits for its turn, and an idle one does not hold them at all.
 - Feedback reaches this agent through the join agent (chat.feedback -> streams.feedback-joined), one hop
   behind the responses. Run in the same process, the join agent reports its progress on chat.feedback
-  (`observe`), and that topic's backlog and recent events hold the watermark as well; feedback that waits
-  there for its response holds it at the feedback's time (`hold`) until joined or dead-lettered.
+  (`observe`), and that topic's backlog and recent events hold the watermark as well. A feedback holds it
+  at the feedback's time (`hold`) from the moment the join agent reads it, while it waits for its response
+  and while it travels (producer buffer, broker) as joined feedback, until this agent applies it
+  (`release`) or it is dead-lettered. During a catch-up the join runs far ahead of the metrics, so neither
+  recent activity nor a highwater (stale while faust pauses a partition) covers that hop.
 - A window closes when end + grace <= watermark and is emitted once, merged over the partitions. The
   emission horizon is checkpointed too: after a restart, windows at or below it are dropped and their
   replayed events are late.
@@ -290,10 +293,9 @@ class WindowBook:
         """Feedback waiting upstream for its response: hold its windows open until released or `until`."""
         self.holds[key] = (event_time, until)
 
-    def release(self, key: str, topic: str, partition: int, now: float) -> None:
-        """The held feedback went on its way: from here its source's recent activity covers the last hop."""
-        if self.holds.pop(key, None) is not None and (topic, partition) in self.observed:
-            self.observed[(topic, partition)].wall = now
+    def release(self, key: str) -> None:
+        """The held feedback reached its windows (or never will: dead-lettered)."""
+        self.holds.pop(key, None)
 
     # -- output -------------------------------------------------------------------------------
 

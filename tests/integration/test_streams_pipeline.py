@@ -168,17 +168,35 @@ def _collect_windows(bootstrap, model_version, expected_keys, timeout=60.0):
     return [w for w in events if isinstance(w, MetricsWindow) and w.model_version == model_version]
 
 
-@pytest.mark.xfail(
-    reason="issue 4, open: passes alone and with both cores busy, but failed in both full suites of 2026-11-29 "
-    "(one thumbs-up short) while the fresh worker caught up on every earlier test's events; suspected: a "
-    "partition faust paused keeps a stale fetch highwater and looks caught up",
-    strict=False,
-)
 def test_windows_equal_sql_aggregates_over_raw_events(worker, stack, tmp_path):
+    _check_windows(stack, tmp_path)
+
+
+def test_windows_equal_sql_after_a_catch_up(stack, tmp_path, teacher_url):
+    """A fresh worker (its own group) first catches up on a backlog: 8,000 conversations with feedback, and
+    everything earlier tests sent. Its join reads feedback ahead of the answers it waits for, and joined
+    feedback sits in the producer's buffer while the metric agent is busy: none of it may miss its window."""
+    backlog = []
+    for j in range(8000):
+        req, resp = _chat(f"s-{j % 97}", f"old-{j % 5}", f"q {j}", f"a {j}")
+        backlog += [req, resp]
+        if j % 7 == 0:
+            backlog.append(Feedback(session_id=resp.session_id, message_id=resp.message_id, feedback="thumbs_up"))
+    produce(stack.kafka_bootstrap, backlog)
+    (tmp_path / "fresh").mkdir()
+    fresh = StreamWorker(stack, tmp_path / "fresh", FLYWHEEL_STREAMS_TEACHER_URL=teacher_url)
+    fresh.start()
+    try:
+        _check_windows(stack, tmp_path, timeout=120.0)
+    finally:
+        fresh.stop()
+
+
+def _check_windows(stack, tmp_path, timeout: float = 60.0) -> None:
     model_version = f"w-{uuid.uuid4().hex[:6]}"
     responses, feedback = _traffic(model_version, 600, 3.0, stack.kafka_bootstrap)
     expected = _sql_reference(responses, feedback, (2, 4), tmp_path / "raw.json")
-    windows = _collect_windows(stack.kafka_bootstrap, model_version, set(expected))
+    windows = _collect_windows(stack.kafka_bootstrap, model_version, set(expected), timeout)
     by_key = defaultdict(list)
     for w in windows:
         by_key[(w.model_version, w.route, w.window_seconds, int(w.window_start.timestamp()))].append(w)

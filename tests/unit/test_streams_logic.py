@@ -245,6 +245,21 @@ def test_feedback_before_response_waits_then_joins_or_dead_letters():
     assert joiner.pending == {}
 
 
+def test_feedback_waits_longer_while_the_join_reads_behind():
+    joiner = FeedbackJoiner({}, {}, context_ttl_s=100, pending_timeout_s=10, catch_up_s=50)
+    req, resp = _conversation()
+    joiner.on_feedback(Feedback(session_id="s", message_id=req.message_id, feedback="thumbs_up"), 0, 7, now=0)
+    assert joiner.sweep(0, now=30, behind=True).dead == []  # past its deadline, but answers are still to read
+    joiner.on_request(req, 0, now=31)
+    [joined] = joiner.on_response(resp, 0, now=32).joined
+    assert joined["offset"] == 7
+    lost = Feedback(session_id="s", message_id="m-unknown", feedback="thumbs_down")
+    joiner.on_feedback(lost, 0, 9, now=40)
+    assert joiner.sweep(0, now=99, behind=True).dead == []  # deadline 50, + 50 while behind
+    out = joiner.sweep(0, now=100, behind=True)
+    assert [d.offset for d in out.dead] == [9] and out.expired == [str(lost.event_id)]
+
+
 def test_context_expires_after_ttl():
     joiner = FeedbackJoiner({}, {}, context_ttl_s=5, pending_timeout_s=1)
     req, resp = _conversation()
@@ -377,15 +392,33 @@ def test_feedback_waiting_for_its_response_holds_windows_until_released_or_expir
     book.hold("f-1", 100.4, until=50.0)  # the join agent waits for the answer of feedback f-1
     _add(book, 0, 1, 130.0, 20.0)
     assert book.close(20.0, {("chat.responses", 0): 0, ("chat.feedback", 0): 0}) == []  # held at 100.4
-    book.release("f-1", "chat.feedback", 0, 21.0)
     book.add_feedback("streams.feedback-joined", 2, 0, 21.5, model_version="tiny", route="openai",
                       event_time=100.4, feedback="thumbs_up", feedback_id="f-1")  # fmt: skip
+    book.release("f-1")
     windows = book.close(500.0, {("chat.responses", 0): 0, ("chat.feedback", 0): 0})
     assert {(w.window_seconds, w.window_start.timestamp()): w.thumbs_up for w in windows}[(2, 100)] == 1
     book.hold("f-2", 140.0, until=600.0)  # never joined: dead-lettered upstream, the hold expires
     assert book.close(599.0) == [] and book.holds
     book.close(601.0)
     assert not book.holds
+
+
+def test_joined_feedback_holds_windows_until_the_metric_agent_applies_it():
+    # A catch-up: the join agent joined f-1 (event time 100.4) and read on to 160 s; f-1 is still in the
+    # producer's buffer, so no backlog shows on the joined topic and the feedback source is recent.
+    book = _book(now=0.0)
+    _add(book, 0, 0, 100.0, 0.0)
+    book.hold("f-1", 100.4, until=60.0)
+    book.observe("chat.feedback", 0, 9, 160.0, 1.0)
+    _add(book, 0, 1, 160.0, 1.0)
+    caught_up = {("chat.responses", 0): 0, ("chat.feedback", 0): 0, ("streams.feedback-joined", 2): 0}
+    assert book.close(2.0, caught_up) == []  # held at 100.4: the [100, 102) windows wait for f-1
+    book.add_feedback("streams.feedback-joined", 2, 0, 3.0, model_version="tiny", route="openai",
+                      event_time=100.4, feedback="thumbs_down", feedback_id="f-1")  # fmt: skip
+    book.release("f-1")
+    windows = {(w.window_seconds, w.window_start.timestamp()): w for w in book.close(500.0, caught_up)}
+    assert windows[(2, 100)].thumbs_down == 1 and windows[(4, 100)].thumbs_down == 1
+    assert book.late_events == 0
 
 
 def test_a_source_with_events_but_none_applied_since_the_start_holds_only_the_start_up_wait():
