@@ -128,8 +128,14 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
-    """Write a random-weight tiny Qwen2 chat model with its tokenizer to `out_dir`; return it."""
+def build_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE,
+                     arch: dict | None = None) -> Path:
+    """Write a random-weight tiny Qwen2 chat model with its tokenizer to `out_dir`; return it.
+
+    `arch` overrides Qwen2Config fields of TINY_ARCH (e.g. Qwen2.5-0.5B's sizes for the GPU bench); its
+    `vocab_size`, if any, sizes the embedding table (rows past the tokenizer's ids are never used)."""
+    arch = {**TINY_ARCH, **(arch or {})}
+    table_rows = arch.pop("vocab_size", 0)
     import torch
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -144,7 +150,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = DEFAULT_VOC
         bos_token=None,
         unk_token=None,
         additional_special_tokens=[IM_START, IM_END],
-        model_max_length=TINY_ARCH["max_position_embeddings"],
+        model_max_length=arch["max_position_embeddings"],
         clean_up_tokenization_spaces=False,
     )
     tokenizer.chat_template = CHAT_TEMPLATE
@@ -152,14 +158,14 @@ def build_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = DEFAULT_VOC
 
     # Round the embedding table up to a multiple of 64 (as real checkpoints do); the
     # tokenizer may have learned fewer merges than asked on a small corpus.
-    n_vocab = ((len(tokenizer) + 63) // 64) * 64
+    n_vocab = max(((len(tokenizer) + 63) // 64) * 64, table_rows)
     config = Qwen2Config(
         vocab_size=n_vocab,
         bos_token_id=tokenizer.convert_tokens_to_ids(EOS),
         eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
         pad_token_id=tokenizer.convert_tokens_to_ids(EOS),
         torch_dtype="float32",
-        **TINY_ARCH,
+        **arch,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
