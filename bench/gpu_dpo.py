@@ -64,7 +64,7 @@ def pair_tokens(tokenizer, pairs) -> list[int]:
 
 def run(args) -> dict:
     import torch
-    from transformers import AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
     from retrain.config import DPOJobConfig
     from retrain.dataset import to_dataset
@@ -73,8 +73,6 @@ def run(args) -> dict:
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="flywheel-gpu-dpo-"))
     model_dir = build_tiny_model(work / "model", arch=PRESETS[args.preset])
-    from transformers import AutoConfig
-
     params = _parameters(AutoConfig.from_pretrained(model_dir))
     pairs = synthetic_pairs(args.steps * args.batch)
     tokens = sum(pair_tokens(AutoTokenizer.from_pretrained(model_dir), pairs))

@@ -265,6 +265,8 @@ if "pairs" in AGENTS:
             if topic == TOPIC_PAIR_TICKS:
                 out = joiner.sweep(partition, now, _join_behind(partition))
             else:
+                if topic != CHAT_FEEDBACK.name:  # read, even if it does not decode: it is no backlog
+                    _join_read[(topic, partition)] = offset
                 try:
                     parsed = decode(event.value, decoders[topic])
                 except EventError as exc:
@@ -272,8 +274,6 @@ if "pairs" in AGENTS:
                     if topic == CHAT_FEEDBACK.name and "metrics" in AGENTS:
                         book.observe(topic, partition, offset, None, now)
                     continue
-                if topic != CHAT_FEEDBACK.name:
-                    _join_read[(topic, partition)] = offset
                 if isinstance(parsed, ChatRequest):
                     out = joiner.on_request(parsed, partition, now)
                 elif isinstance(parsed, ChatResponse):

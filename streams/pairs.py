@@ -146,11 +146,11 @@ class FeedbackJoiner:
             keep = [w for w in waiting if w["deadline"] > cutoff]
             for item in waiting:
                 if item["deadline"] <= cutoff:
-                    fb = item["fb"]
+                    fb, waited = item["fb"], now - item["deadline"] + self.pending_timeout_s
                     out.dead.append(dead_letter(
                         CHAT_FEEDBACK.name, item["partition"], item["offset"], fb["session_id"],
                         Feedback.model_validate(fb).model_dump_json(), "unmatched_feedback",
-                        f"no request and response for message {mid!r} within {self.pending_timeout_s:g} s",
+                        f"no request and response for message {mid!r} within {waited:.0f} s",
                     ))  # fmt: skip
                     out.expired.append(fb["event_id"])
             if keep:

@@ -290,7 +290,8 @@ class WindowBook:
         return True
 
     def hold(self, key: str, event_time: float, until: float) -> None:
-        """Feedback waiting upstream for its response: hold its windows open until released or `until`."""
+        """Feedback read upstream (waiting for its response, or joined and on its way here): hold its windows
+        open until released or `until`."""
         self.holds[key] = (event_time, until)
 
     def release(self, key: str) -> None:
@@ -328,7 +329,7 @@ class WindowBook:
             if now < until:
                 active.append(event_time)
             else:
-                del self.holds[key]  # dead-lettered upstream after its wait
+                del self.holds[key]  # never released (e.g. applied by another worker): its wait is over
         if active:
             return min(active)
         # Idle: follow the wall clock, but after a (re)start only once the replay had a chance to begin.
