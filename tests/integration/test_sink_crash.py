@@ -119,7 +119,7 @@ def test_kill_9_three_times_no_loss_no_duplicates(tmp_path):
         "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap,
         "FLYWHEEL_LOG_LEVEL": "INFO",
         # Widen the insert -> commit window so that kills land in it and force re-reads of inserted ranges.
-        "FLYWHEEL_SINK_COMMIT_DELAY_S": "0.4",
+        "FLYWHEEL_SINK_COMMIT_DELAY_S": "1.0",
     }
     log = tmp_path / "store.log"
     store = None
