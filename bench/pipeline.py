@@ -11,8 +11,9 @@ of the registry on that broker and the tables of that chDB; removes the director
 Sections (each a function returning table rows; add one to SECTIONS):
   sink   the ClickHouse sink's code path (consumers.sink.Sink: consume -> codec.decode -> ledger +
          insert with dedup token -> DLQ -> commit) beside a raw pipeline (plain consumer, json.loads,
-         hand conversion, one batch insert of 10,000 rows into a copy table, commit), both reading
-         the same preloaded ChatResponse events; repeats interleaved (raw, sink, raw, ...), medians.
+         hand conversion, one batch insert per FLYWHEEL_SINK_BATCH_ROWS rows, the sink's batch size, into
+         a copy table, commit), both reading the same preloaded ChatResponse events; repeats
+         interleaved (raw, sink, raw, ...), medians.
          The clock starts at the first message (group join excluded) and stops at the last commit.
   metrics  the faust metric agent (python -m streams.app): N ChatResponse events (--stream-events, 1 ms of
          event time apart, 1 s windows) preloaded on a fresh broker; per repeat, interleaved: a decode
@@ -154,7 +155,8 @@ def consumer_config(bootstrap: str, group: str) -> dict:
 
 # -- section: sink ------------------------------------------------------------------------------
 RAW_TABLE = f"{ddl.DATABASE}.chat_responses_raw"
-BATCH = 10_000
+BATCH = SinkSettings().sink_batch_rows  # the raw pipeline inserts batches of the sink's size
+CONSUME = SinkSettings().sink_consume_batch
 
 
 def run_raw(env: Env) -> float:
@@ -165,7 +167,7 @@ def run_raw(env: Env) -> float:
     done, rows, started = 0, [], None
     try:
         while done < env.events:
-            messages = consumer.consume(num_messages=BATCH, timeout=0.5)
+            messages = consumer.consume(num_messages=CONSUME, timeout=0.5)
             if messages and started is None:
                 started = time.perf_counter()
             for msg in messages:
@@ -282,7 +284,7 @@ def run_decode_baseline(bootstrap: str, n: int) -> float:
     seen, started = 0, None
     try:
         while seen < n:
-            messages = consumer.consume(BATCH, timeout=0.5)
+            messages = consumer.consume(CONSUME, timeout=0.5)
             if messages and started is None:
                 started = time.perf_counter()
             for msg in messages:

@@ -111,7 +111,7 @@ def test_rows_hold_every_field_in_column_order(event):
         json.dumps(dumped[name], ensure_ascii=False) if name in ("messages", "prompt") else getattr(event, name)
         for name in columns(type(event))
     ]
-    assert to_row(event) == expected
+    assert list(to_row(event)) == expected
 
 
 def test_dead_letter_id_is_a_function_of_the_position():
