@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from inference import workers
 from inference.workers import (
     WorkerSettings,
+    cpu_set,
     readiness_record,
     routed_adapters,
     routes_key,
@@ -146,3 +148,25 @@ def test_readiness_record(healthy, loaded, wanted, ready, missing):
     assert rec["url"] == "http://127.0.0.1:8001"
     assert rec["model"] == "tiny"
     assert rec["started_at"] == rec["heartbeat_at"] == t
+
+
+def test_cpu_set_reads_taskset_lists():
+    assert cpu_set("1") == {1}
+    assert cpu_set("0, 2-3,7") == {0, 2, 3, 7}
+
+
+@pytest.mark.parametrize(
+    ("allowed", "kw", "expected"),
+    [
+        ({0, 1}, {}, "1"),  # vLLM binds its compute thread to CPU 0 and reserves CPU 1
+        ({0, 1, 2, 3}, {"cpu_reserved_cpus": 2}, "2,3"),
+        ({0}, {}, None),  # nothing left to pin to
+        ({0, 1}, {"cpu_omp_threads_bind": "nobind"}, None),  # vLLM reserves nothing: leave placement alone
+        ({0, 1}, {"device": "gpu"}, None),
+        ({0, 1}, {"cpu_service_cpus": ""}, None),
+        ({0, 1, 2, 3}, {"cpu_service_cpus": "0-1"}, "0-1"),
+    ],
+)
+def test_service_cpus(monkeypatch, allowed, kw, expected):
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: allowed)
+    assert settings(**kw).service_cpus() == expected
