@@ -13,8 +13,8 @@ events to the broker) and bench/naive_gateway.py. The load comes from another pr
     constant-rate generator (asyncio + aiohttp; latency counted from each request's scheduled time, so a
     stalled server cannot hide its queue), rates stepped up until p99 >= 2 s, errors >= 1% or timeouts
     >= 0.5%, then refined; for the worker directly and through our gateway, answers of 16 tokens.
-    On a CPU host the broker, Redis, store, gateway and this load generator run on the CPUs vLLM
-    reserves (FLYWHEEL_CPU_SERVICE_CPUS, as `flywheel up` runs its services), for both paths alike.
+    With FLYWHEEL_CPU_SERVICE_CPUS set (off by default) the broker, Redis, store, gateway and this load
+    generator run on those CPUs, as `flywheel up` then runs its services, for both paths alike.
     Goal: the gateway sustains >= 90% of the direct rate.
 
 Extra variants of our gateway run beside it in the same rounds (e.g. a snapshot of the code before a
@@ -417,7 +417,7 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
         wait_http(worker, direct + "/health", timeout=ws.start_timeout_s)
         model = ws.served_model_name
         cpus = ws.service_cpus()
-        if cpus:  # as `flywheel up` pins its services: the load generator and the gateway (spawned from here)
+        if cpus:  # as `flywheel up` then pins its services: the load generator and the gateway (spawned here)
             os.sched_setaffinity(0, cpu_set(cpus))  # off vLLM's compute core, for both paths alike
             console.log(f"(b) load generator and gateway on CPUs {cpus} (FLYWHEEL_CPU_SERVICE_CPUS), broker, "
                         "Redis and store too (deploy.services)")

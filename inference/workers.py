@@ -79,13 +79,13 @@ class WorkerSettings(CommonSettings):
     # CPU only: cores kept free of compute threads for the scheduler/API process; None = vLLM's default (1).
     cpu_reserved_cpus: int | None = Field(None, description="VLLM_CPU_NUM_OF_RESERVED_CPU")
     # CPU only: the CPUs the other services of the local stack (gateway, broker, Redis, store and sink,
-    # streams, controller; not the training worker, at nice 19) run on, so that none of them preempts
-    # vLLM's compute threads, which run at nice `cpu_nice` on the cores vLLM does not reserve. "auto": the
-    # cores vLLM 0.32's "auto" bind reserves for its API process, i.e. the last `cpu_reserved_cpus`
-    # (default 1) of this process's CPUs (one NUMA node, no SMT, as here; set a list elsewhere).
-    # "": no pinning; else a taskset list. bench/gateway.py (b), 2 cores: the gateway sustained 80 req/s
-    # with it, 65 without (direct >= 90).
-    cpu_service_cpus: str = Field("auto", description="CPUs of the non-vLLM services on a CPU host ('' = any)")
+    # streams, controller; not the training worker, at nice 19) run on, e.g. the cores vLLM reserves for
+    # its API process, so that none of them preempts vLLM's compute threads (nice `cpu_nice`). "auto": the
+    # last `cpu_reserved_cpus` (default 1) of this process's CPUs, as vLLM 0.32's "auto" bind reserves them
+    # on one NUMA node without SMT; else a taskset list; "" (default): no pinning. Off by default: in
+    # bench/gateway.py (b) on 2 cores the gateway sustained 80 req/s in one run with the services pinned,
+    # but failed 70 in another (p99 2.14 s); unpinned it sustained 65 (session 3). Not shown to help yet.
+    cpu_service_cpus: str = Field("", description="CPUs of the non-vLLM services on a CPU host ('' = any)")
     vllm_extra_args: str = Field("", description="extra vLLM server flags, shell-quoted")
     # Deprecated upstream in favour of `vllm serve`, but the `vllm` console script of vllm-cpu
     # fails (no `vllm` distribution metadata); this module works in both builds of 0.32.

@@ -158,12 +158,12 @@ def test_cpu_set_reads_taskset_lists():
 @pytest.mark.parametrize(
     ("allowed", "kw", "expected"),
     [
-        ({0, 1}, {}, "1"),  # vLLM binds its compute thread to CPU 0 and reserves CPU 1
-        ({0, 1, 2, 3}, {"cpu_reserved_cpus": 2}, "2,3"),
-        ({0}, {}, None),  # nothing left to pin to
-        ({0, 1}, {"cpu_omp_threads_bind": "nobind"}, None),  # vLLM reserves nothing: leave placement alone
-        ({0, 1}, {"device": "gpu"}, None),
-        ({0, 1}, {"cpu_service_cpus": ""}, None),
+        ({0, 1}, {"cpu_service_cpus": "auto"}, "1"),  # vLLM binds its compute thread to CPU 0, reserves CPU 1
+        ({0, 1, 2, 3}, {"cpu_service_cpus": "auto", "cpu_reserved_cpus": 2}, "2,3"),
+        ({0}, {"cpu_service_cpus": "auto"}, None),  # nothing left to pin to
+        ({0, 1}, {"cpu_service_cpus": "auto", "cpu_omp_threads_bind": "nobind"}, None),  # vLLM reserves none
+        ({0, 1}, {"cpu_service_cpus": "auto", "device": "gpu"}, None),
+        ({0, 1}, {}, None),  # off by default
         ({0, 1, 2, 3}, {"cpu_service_cpus": "0-1"}, "0-1"),
     ],
 )
