@@ -155,8 +155,8 @@ def consumer_config(bootstrap: str, group: str) -> dict:
 
 # -- section: sink ------------------------------------------------------------------------------
 RAW_TABLE = f"{ddl.DATABASE}.chat_responses_raw"
-BATCH = SinkSettings().sink_batch_rows  # the raw pipeline inserts batches of the sink's size
-CONSUME = SinkSettings().sink_consume_batch
+_SINK = SinkSettings()  # the raw pipeline consumes and inserts in batches of the sink's sizes
+BATCH, CONSUME = _SINK.sink_batch_rows, _SINK.sink_consume_batch
 
 
 def run_raw(env: Env) -> float:
