@@ -13,8 +13,6 @@ events to the broker) and bench/naive_gateway.py. The load comes from another pr
     constant-rate generator (asyncio + aiohttp; latency counted from each request's scheduled time, so a
     stalled server cannot hide its queue), rates stepped up until p99 >= 2 s, errors >= 1% or timeouts
     >= 0.5%, then refined; for the worker directly and through our gateway, answers of 16 tokens.
-    With FLYWHEEL_CPU_SERVICE_CPUS set (off by default) the broker, Redis, store, gateway and this load
-    generator run on those CPUs, as `flywheel up` then runs its services, for both paths alike.
     Goal: the gateway sustains >= 90% of the direct rate.
 
 Extra variants of our gateway run beside it in the same rounds (e.g. a snapshot of the code before a
@@ -405,7 +403,7 @@ def search_rates(paths: list[tuple[str, str, dict, dict[str, str]]], args) -> li
 
 def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], args, stub_url: str) -> None:
     if args.vllm:
-        from inference.workers import WorkerSettings, cpu_set, vllm_command, vllm_env
+        from inference.workers import WorkerSettings, vllm_command, vllm_env
 
         (port,) = free_ports(1)
         ws = WorkerSettings(base_model=Path(args.vllm).resolve(), worker_base_port=port, data_dir=tmp,
@@ -416,11 +414,6 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
         console.log(f"(b) starting vLLM on {direct} (log {worker.log})")
         wait_http(worker, direct + "/health", timeout=ws.start_timeout_s)
         model = ws.served_model_name
-        cpus = ws.service_cpus()
-        if cpus:  # as `flywheel up` then pins its services: the load generator and the gateway (spawned here)
-            os.sched_setaffinity(0, cpu_set(cpus))  # off vLLM's compute core, for both paths alike
-            console.log(f"(b) load generator and gateway on CPUs {cpus} (FLYWHEEL_CPU_SERVICE_CPUS), broker, "
-                        "Redis and store too (deploy.services)")
     else:
         direct, model = stub_url, "tiny"
     gw, gw_url, key = start_gateway("b", settings, tmp, logs, direct, extra=dict(args.ours_env))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -41,9 +41,6 @@ class Service:
     stopwaitsecs: int = 10  # SIGTERM grace before SIGKILL
     after_infra: bool = False
     dirs: tuple[Path, ...] = ()  # directories created before start
-    # Runs on every CPU, not pinned with the other services (`pinned`): the vLLM workers (their compute
-    # threads bind to their own cores) and the training worker (nice 19: it takes only what vLLM leaves).
-    any_cpu: bool = False
 
     @property
     def managed(self) -> bool:
@@ -165,7 +162,6 @@ def workers(settings: CommonSettings) -> list[Service]:
                 priority=40,
                 stopwaitsecs=program.stop_wait_secs,
                 after_infra=True,
-                any_cpu=True,
             )
         )
     return found
@@ -188,7 +184,7 @@ def gateway(settings: CommonSettings) -> Service:
 
 
 def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, priority: int,
-              dirs: tuple[Path, ...] = (), any_cpu: bool = False) -> Service:
+              dirs: tuple[Path, ...] = ()) -> Service:
     """A Kafka consumer service without a port: healthy while its consumer group is stable."""
     bootstrap = settings.kafka_bootstrap
     return Service(
@@ -202,7 +198,6 @@ def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, p
         stopwaitsecs=30,
         after_infra=True,
         dirs=dirs,
-        any_cpu=any_cpu,
     )
 
 
@@ -216,7 +211,7 @@ def streams(settings: CommonSettings) -> Service:
 
 
 def retrain_worker(settings: CommonSettings) -> Service:
-    return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP_ID, priority=60, any_cpu=True)
+    return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP_ID, priority=60)
 
 
 def controller(settings: CommonSettings) -> Service:
@@ -235,16 +230,4 @@ def services(settings: CommonSettings) -> list[Service]:
             found.append(built)
         elif built:
             found.extend(built)
-    return pinned(found, WorkerSettings().service_cpus())
-
-
-def pinned(found: list[Service], cpus: str | None) -> list[Service]:
-    """On a CPU host, every managed service but the `any_cpu` ones runs under `taskset -c cpus`: off the cores
-    of vLLM's compute threads (WorkerSettings.cpu_service_cpus)."""
-    taskset = shutil.which("taskset")
-    if not cpus or taskset is None:
-        return found
-    return [
-        replace(s, command=(taskset, "-c", cpus, *s.command)) if s.managed and not s.any_cpu else s
-        for s in found
-    ]
+    return found

@@ -37,7 +37,6 @@ request for version V only to records with ready true (and, to be exact, V in `a
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -78,14 +77,6 @@ class WorkerSettings(CommonSettings):
     cpu_nice: int = Field(10, ge=0, le=19, description="nice value of the vLLM server on CPU")
     # CPU only: cores kept free of compute threads for the scheduler/API process; None = vLLM's default (1).
     cpu_reserved_cpus: int | None = Field(None, description="VLLM_CPU_NUM_OF_RESERVED_CPU")
-    # CPU only: the CPUs the other services of the local stack (gateway, broker, Redis, store and sink,
-    # streams, controller; not the training worker, at nice 19) run on, e.g. the cores vLLM reserves for
-    # its API process, so that none of them preempts vLLM's compute threads (nice `cpu_nice`). "auto": the
-    # last `cpu_reserved_cpus` (default 1) of this process's CPUs, as vLLM 0.32's "auto" bind reserves them
-    # on one NUMA node without SMT; else a taskset list; "" (default): no pinning. Off by default: in
-    # bench/gateway.py (b) on 2 cores the gateway sustained 80 req/s in one run with the services pinned,
-    # but failed 70 in another (p99 2.14 s); unpinned it sustained 65 (session 3). Not shown to help yet.
-    cpu_service_cpus: str = Field("", description="CPUs of the non-vLLM services on a CPU host ('' = any)")
     vllm_extra_args: str = Field("", description="extra vLLM server flags, shell-quoted")
     # Deprecated upstream in favour of `vllm serve`, but the `vllm` console script of vllm-cpu
     # fails (no `vllm` distribution metadata); this module works in both builds of 0.32.
@@ -98,29 +89,8 @@ class WorkerSettings(CommonSettings):
     def port(self, index: int) -> int:
         return self.worker_base_port + index
 
-    def service_cpus(self) -> str | None:
-        """The taskset CPU list for the non-vLLM services (cpu_service_cpus), or None: no pinning."""
-        if self.device != "cpu" or not self.cpu_service_cpus:
-            return None
-        if self.cpu_service_cpus != "auto":
-            return self.cpu_service_cpus
-        cpus = sorted(os.sched_getaffinity(0))
-        reserved = self.cpu_reserved_cpus or 1  # vLLM's default reservation on x86
-        if self.cpu_omp_threads_bind != "auto" or len(cpus) <= reserved:
-            return None
-        return ",".join(map(str, cpus[-reserved:]))
-
     def url(self, index: int) -> str:
         return f"http://{self.worker_host}:{self.port(index)}"
-
-
-def cpu_set(spec: str) -> set[int]:
-    """A taskset-style CPU list ("1", "0,2-3") as a set of CPU numbers."""
-    cpus: set[int] = set()
-    for part in spec.split(","):
-        first, _, last = part.strip().partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
 
 
 def vllm_command(settings: WorkerSettings, index: int, python: str | None = None) -> list[str]:

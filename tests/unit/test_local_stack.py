@@ -12,7 +12,7 @@ from deploy.conf import SOCKET_PATH_MAX, Layout, render_conf, socket_path_for
 from deploy.errors import PortInUseError
 from deploy.health import Health
 from deploy.ports import check_ports_free, free_ports, port_is_free
-from deploy.services import Service, pinned
+from deploy.services import Service
 
 
 def _ok() -> Health:
@@ -89,14 +89,3 @@ def test_free_ports_are_distinct_and_free():
     ports = free_ports(5)
     assert len(set(ports)) == 5
     assert all(port_is_free("127.0.0.1", p) for p in ports)
-
-
-def test_services_but_the_any_cpu_ones_are_pinned(monkeypatch):
-    monkeypatch.setattr("deploy.services.shutil.which", lambda name: "/usr/bin/" + name)
-    vllm = Service("vllm-0", "-", _ok, ("python", "-m", "inference.worker"), any_cpu=True)
-    found = {s.name: s for s in pinned([BROKER, STORE, vllm, EXTERNAL], "1")}
-    assert found["kafka"].command == ("/usr/bin/taskset", "-c", "1", *BROKER.command)
-    assert found["store"].command[:3] == ("/usr/bin/taskset", "-c", "1")
-    assert found["vllm-0"].command == vllm.command
-    assert found["redis"].command is None  # external: not started here
-    assert pinned([BROKER], None) == [BROKER]

@@ -4,10 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from inference import workers
 from inference.workers import (
     WorkerSettings,
-    cpu_set,
     readiness_record,
     routed_adapters,
     routes_key,
@@ -148,25 +146,3 @@ def test_readiness_record(healthy, loaded, wanted, ready, missing):
     assert rec["url"] == "http://127.0.0.1:8001"
     assert rec["model"] == "tiny"
     assert rec["started_at"] == rec["heartbeat_at"] == t
-
-
-def test_cpu_set_reads_taskset_lists():
-    assert cpu_set("1") == {1}
-    assert cpu_set("0, 2-3,7") == {0, 2, 3, 7}
-
-
-@pytest.mark.parametrize(
-    ("allowed", "kw", "expected"),
-    [
-        ({0, 1}, {"cpu_service_cpus": "auto"}, "1"),  # vLLM binds its compute thread to CPU 0, reserves CPU 1
-        ({0, 1, 2, 3}, {"cpu_service_cpus": "auto", "cpu_reserved_cpus": 2}, "2,3"),
-        ({0}, {"cpu_service_cpus": "auto"}, None),  # nothing left to pin to
-        ({0, 1}, {"cpu_service_cpus": "auto", "cpu_omp_threads_bind": "nobind"}, None),  # vLLM reserves none
-        ({0, 1}, {"cpu_service_cpus": "auto", "device": "gpu"}, None),
-        ({0, 1}, {}, None),  # off by default
-        ({0, 1, 2, 3}, {"cpu_service_cpus": "0-1"}, "0-1"),
-    ],
-)
-def test_service_cpus(monkeypatch, allowed, kw, expected):
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: allowed)
-    assert settings(**kw).service_cpus() == expected
