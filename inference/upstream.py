@@ -66,8 +66,10 @@ def make_client(settings: GatewaySettings) -> aiohttp.ClientSession:
                                      keepalive_timeout=settings.gateway_upstream_keepalive_s, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.gateway_connect_timeout_s,
                                     sock_read=settings.gateway_read_timeout_s)
+    # No cookie jar: the one client serves every user, so a cookie an upstream set would go out with the
+    # next user's request (aiohttp's default jar keeps cookies of host names, ignores IP addresses').
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",))
+                                 skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
 
 
 def is_connection_failure(exc: BaseException) -> bool:
