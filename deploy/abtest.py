@@ -9,12 +9,15 @@ Two questions, two tests, each judged at `alpha` and only with at least `min_sam
   `ttest_ind` computes from the raw values; the store aggregates them, so no latency column is
   shipped to the client however long the window.
 Lower is better for both metrics; `better` names the arm that is significantly lower.
+The tests themselves live in schemas/stats.py, with the canary's sequential test.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from schemas.stats import two_proportion_ztest, welch_ttest
 
 INSUFFICIENT = "insufficient data"
 NOT_SIGNIFICANT = "not significant"
@@ -80,40 +83,6 @@ class ABComparison:
             else:
                 parts.append(f"{label}: {outcome.verdict}")
         return "; ".join(parts)
-
-
-def two_proportion_ztest(count_a: int, n_a: int, count_b: int, n_b: int) -> tuple[float, float]:
-    """Two-sided z-test of p_a == p_b with the pooled proportion; returns (z, p-value).
-
-    When the pooled proportion is 0 or 1 both samples are identical (all or none): z 0, p 1.
-    """
-    if n_a <= 0 or n_b <= 0:
-        raise ValueError("both samples need at least one observation")
-    pooled = (count_a + count_b) / (n_a + n_b)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    if se == 0:
-        return 0.0, 1.0
-    z = (count_a / n_a - count_b / n_b) / se
-    from scipy import stats  # imported here: 2 s at import would slow every `flywheel` command
-
-    return z, float(2 * stats.norm.sf(abs(z)))
-
-
-def welch_ttest(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int) -> tuple[float, float]:
-    """Two-sided Welch t-test from summary statistics (sample std, n - 1); returns (t, p-value).
-
-    With no variance in either arm the difference is exact: equal means give (0, 1), else (±inf, 0).
-    """
-    if n_a < 2 or n_b < 2:
-        raise ValueError("both samples need at least two observations")
-    if std_a == 0 and std_b == 0:
-        if mean_a == mean_b:
-            return 0.0, 1.0
-        return math.copysign(math.inf, mean_a - mean_b), 0.0
-    from scipy import stats
-
-    result = stats.ttest_ind_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b, equal_var=False)
-    return float(result.statistic), float(result.pvalue)
 
 
 def _judge(metric, value_a, value_b, n_a, n_b, test, alpha, min_samples) -> TestOutcome:
