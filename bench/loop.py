@@ -64,9 +64,11 @@ LOOP_SETTINGS: dict[str, str] = {
     "FLYWHEEL_STREAMS_RETRAIN_COOLDOWN_S": "3600",
     "FLYWHEEL_STREAMS_WINDOW_SECONDS": "[10]",
     "FLYWHEEL_CANARY_STEP_S": "5",
-    "FLYWHEEL_CANARY_MIN_SAMPLES": "10",
+    "FLYWHEEL_CANARY_MIN_STEP_SAMPLES": "5",
     "FLYWHEEL_CANARY_POLL_S": "1",
-    "FLYWHEEL_CANARY_MAX_WAIT_S": "90",
+    # The first weight follows the measured traffic (22/s gives 5%); a short window, because the steady traffic
+    # may have run for less than the default 120 s when the first adapter is ready.
+    "FLYWHEEL_CANARY_RATE_WINDOW_S": "30",
     "FLYWHEEL_RETRAIN_PAIRS_WAIT_S": "120",
     "FLYWHEEL_LOG_LEVEL": "INFO",
     "HF_HUB_OFFLINE": "1",

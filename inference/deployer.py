@@ -2,11 +2,15 @@
 
 Shared by the controller service (inference/controller.py) and the operators' CLI
 (inference/controller_cli.py), so a `flywheel deploy promote` does exactly what an automatic
-promotion does. The step decision itself is the pure `inference.rollout.decide`.
+promotion does. The decisions themselves are the pure `inference.rollout.first_weight` (the canary's first
+weight, from the alias's recent traffic rate) and `inference.rollout.decide` (at every poll, on the figures
+since the canary started and the canary's responses since its step started).
 
 Redis (besides the routing contract of inference/routing.py):
 `flywheel:rollout:<alias>`        hash  the active rollout: id, phase (loading | canary | finishing),
-                                        current, canary, path, job_id, weight, retire (JSON list of
+                                        current, canary, path, job_id, weight, started_at (epoch seconds
+                                        when the canary was first routed: the window of its evidence,
+                                        kept across a controller restart), retire (JSON list of
                                         versions to unload once drained), pending (JSON of the event to
                                         publish for the last transition, cleared once published).
 `flywheel:rollout:<alias>:queue`  list  adapter_ready events (JSON) waiting for the alias's rollout.
@@ -19,7 +23,9 @@ Redis (besides the routing contract of inference/routing.py):
 Every route change is one MULTI/EXEC with the rollout record (WATCHed, so an operator's transition
 supersedes a running rollout instead of racing it), and carries the Deployment event to publish in
 `pending`; the event is published after EXEC and `pending` cleared, so a crash in between publishes
-it again on resume (same event_id: consumers may deduplicate).
+it again on resume (same event_id: consumers may deduplicate). A canary that holds past its step's time
+announces a `hold` event (no route change) whenever what it waits for changes, e.g. from "step samples"
+to "evidence: thumbs-down"; its reason has the counts.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -38,7 +44,7 @@ from redis.exceptions import WatchError
 from inference.adapters import AdapterAdmin, AdapterLoadError, ready_workers
 from inference.canary_metrics import MetricsSource
 from inference.controller_settings import ControllerSettings
-from inference.rollout import Outcome, Policy, decide, next_weight, resume_action, step_routes
+from inference.rollout import Outcome, Policy, decide, first_weight, next_weight, resume_action, step_routes
 from inference.routing import ADAPTERS_KEY, ROUTES_KEY, WORKERS_PATTERN
 from schemas.events import Deployment
 
@@ -54,6 +60,8 @@ PRODUCER_NAME = "hotswap-controller"
 ADVERTISE_TIMEOUT_S = 15.0
 
 Publish = Callable[[Deployment], None]
+# Holds not announced: every step waits for its time, which its `step` event already says.
+QUIET_HOLDS = frozenset({"step time"})
 
 
 class Superseded(Exception):
@@ -91,6 +99,20 @@ class Deployer:
 
     def is_adapter(self, version: str) -> bool:
         return version != self.settings.served_model_name
+
+    async def recent_rate(self, alias: str) -> float | None:
+        """Responses/s of the alias's routed versions over the last `canary_rate_window_s`; None if unknown."""
+        if self.metrics is None:
+            return None
+        window = self.settings.canary_rate_window_s
+        versions = sorted(await self.routes(alias)) or [await self.current_version(alias)]
+        try:
+            figures = await asyncio.to_thread(self.metrics, alias, versions,
+                                              datetime.now(UTC) - timedelta(seconds=window))
+        except Exception as exc:  # the store may be down: start at the plan's first weight
+            log.warning("traffic rate unknown: %s", exc, extra={"alias": alias})
+            return None
+        return sum(f.responses for f in figures.values()) / window
 
     # --- transitions ---------------------------------------------------------------------------------
 
@@ -166,10 +188,14 @@ class Deployer:
         except AdapterLoadError as exc:
             await self.rollback(alias, rec, f"adapter failed to load: {exc}")
             return False
-        weight = self.policy.plan[0]
-        rec = {**rec, "phase": "canary", "weight": str(weight)}
+        rate = await self.recent_rate(alias)
+        p = self.policy
+        weight = first_weight(p.plan, rate, p.min_canary_rate, p.max_first_weight)
+        traffic = "unknown" if rate is None else f"{rate:.2f}/s"
+        rec = {**rec, "phase": "canary", "weight": str(weight), "started_at": f"{time.time():.3f}"}
         event = self._event(alias, "canary_started", version, rec["current"], weight,
-                            f"loaded and verified on every ready worker; canary at {weight}%", rec)
+                            f"loaded and verified on every ready worker; canary at {weight}% (alias traffic "
+                            f"{traffic} over {self.settings.canary_rate_window_s:.0f} s)", rec)
         await self._transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
         await self._catch_up(version, path)
         return True
@@ -214,23 +240,35 @@ class Deployer:
             log.warning("catch-up load failed: %s", exc, extra={"version": version})
 
     async def run_canary(self, alias: str, rec: dict[str, str]) -> Outcome:
-        """Step through the plan from the recorded weight until promotion or rollback."""
+        """Step through the plan from the recorded weight until promotion or rollback.
+
+        Every poll reads the figures of both versions since the canary started (the evidence accumulates
+        across steps and restarts) and the canary's responses since its step started."""
         assert self.metrics is not None, "a canary needs a metrics source"
         current, canary = rec["current"], rec["canary"]
         weight = int(rec["weight"])
+        started = datetime.fromtimestamp(float(rec.get("started_at") or time.time()), UTC)
         while True:
-            started, t0 = datetime.now(UTC), time.monotonic()
+            step_started, t0 = datetime.now(UTC), time.monotonic()
+            announced = None  # the category of the last hold announced in this step
             while True:
                 await asyncio.sleep(self.settings.canary_poll_s)
                 if (await self.redis.hget(ROLLOUT_KEY.format(alias=alias), "id")) != rec["id"]:
                     raise Superseded(f"rollout {rec['id']} of {alias} was superseded")
                 figures = await asyncio.to_thread(self.metrics, alias, [canary, current], started)
-                d = decide(figures[canary], figures[current], self.policy, time.monotonic() - t0)
+                step = await asyncio.to_thread(self.metrics, alias, [canary], step_started)
+                d = decide(figures[canary], figures[current], self.policy, step_elapsed_s=time.monotonic() - t0,
+                           total_elapsed_s=(datetime.now(UTC) - started).total_seconds(),
+                           step_responses=step[canary].responses)
                 if d.outcome is not Outcome.HOLD:
                     break
                 log.info("canary hold: %s", d.reason, extra={"alias": alias, "version": canary, "weight": weight})
+                if d.category != announced and d.category not in QUIET_HOLDS:
+                    announced = d.category
+                    await self._announce_hold(alias, self._event(alias, "hold", canary, current, weight,
+                                                                 d.reason, rec))
             if d.outcome is Outcome.ROLLBACK:
-                await self.rollback(alias, rec, f"at {weight}%: {d.reason}")
+                await self.rollback(alias, rec, f"{d.reason} (at {weight}%)")
                 return Outcome.ROLLBACK
             weight = next_weight(self.policy.plan, weight)
             if weight >= 100:
@@ -239,6 +277,13 @@ class Deployer:
             rec = {**rec, "weight": str(weight)}
             event = self._event(alias, "step", canary, current, weight, d.reason, rec)
             await self._transition(alias, rec["id"], step_routes(current, canary, weight), rec, event)
+
+    async def _announce_hold(self, alias: str, event: Deployment) -> None:
+        """Publish a hold: information only, so a failed publish is logged and the canary goes on."""
+        try:
+            await self.announce(alias, event)
+        except Exception as exc:
+            log.warning("hold event not published: %s", exc, extra={"alias": alias, "version": event.version})
 
     async def promote(self, alias: str, rec: dict[str, str], reason: str) -> None:
         """Route everything to the canary; retire the other routed adapters once drained."""
@@ -334,8 +379,13 @@ class Deployer:
             return path
         raise AdapterLoadError(version, "-", f"no path known (not in {ADAPTERS_KEY} nor rolled out on {alias})")
 
-    async def operator_promote(self, alias: str, version: str, reason: str = "operator") -> None:
-        """Route all of `alias` to `version` now (loading it first if needed); supersedes a running rollout."""
+    async def operator_promote(self, alias: str, version: str, reason: str = "operator",
+                               path: str | None = None) -> None:
+        """Route all of `alias` to `version` now (loading it first if needed); supersedes a running rollout.
+
+        `path`: the adapter directory of a version the controller has never rolled out (e.g. the first one)."""
+        if path:
+            await self.redis.hset(PATHS_KEY.format(alias=alias), version, path)
         active = await self.record(alias)
         current = active.get("current") or await self.current_version(alias)
         rec = {"id": uuid.uuid4().hex, "phase": "loading", "current": current, "canary": version,

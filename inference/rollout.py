@@ -1,31 +1,38 @@
-"""The canary rollout as pure functions: the plan, the routes of a step, the step decision, resumption.
+"""The canary rollout as pure functions: the plan, the first weight, the routes of a step, the decision, resumption.
 
-No I/O here: inference/controller.py feeds these functions the routing table and the figures of
+No I/O here: inference/deployer.py feeds these functions the routing table and the figures of
 inference/canary_metrics.py and carries out what they return.
 
-The decision at a step compares the canary with the current version over the same window (since
-the step started), at significance `alpha`, each test only with at least `min_samples` per arm:
-- thumbs-down rate (thumbs-down over rated answers): one-sided pooled two-proportion z-test,
-  H1 "canary worse" (the same statistic as statsmodels' `proportions_ztest(..., alternative="larger")`);
-- error rate (error or timeout over responses): the same test;
-- latency of successful answers: worse when the canary's p95 over the current's exceeds
-  `p95_ratio_bound` *and* a one-sided Welch t-test on the mean latencies says the canary is slower
-  (scipy's `ttest_ind_from_stats`, from each arm's mean, standard deviation and count). The bound
-  alone is no test: over a few dozen answers a p95 is nearly the maximum, and one answer stalled by
-  a busy machine would roll back a good canary.
-Any failed check rolls back at once, even before the step's time is up (an early stop inflates the
-false-alarm rate a little; a bad canary reaching more users costs more). The canary advances only
-when the step's time is up and every check had enough data and passed. Without enough data the
-step is extended up to `max_wait_s`; then `on_timeout` decides (roll back by default: no evidence
-is no reason to give a version everyone's traffic).
+The decision compares the canary with the current version over the same window: everything since the canary
+started (cumulative, across steps), with the always-valid mixture sequential test of schemas/stats.py (mSPRT),
+so that looking at every poll of every step does not inflate the false alarms (a fixed-sample test re-run at
+each look does). For each metric, θ = canary − current, with a confidence sequence at level `alpha`:
+- thumbs-down rate (thumbs-down over rated answers) and error rate (error or timeout over responses):
+  θ = rate_canary − rate_current;
+- latency of successful answers: θ = mean_canary − `latency_ratio` × mean_current (the canary's mean may
+  exceed the current's by that ratio: on CPU a LoRA answer takes about 1.5x the base model's, 157 ms vs
+  107 ms measured in the end-to-end test).
+At each look:
+1. harm: any θ with its lower bound above 0 rolls back at once (at any step, before the step's time is up);
+2. inconclusive: past `max_duration_s` since the canary started with a metric still not shown within its
+   margin, roll back (no evidence is no reason to give a version everyone's traffic; the default of 2 hours
+   is far more than a neutral canary needs at 0.5 requests/s in bench/rollout_sim.py);
+3. advance when the step has run `step_s`, the canary has had `min_step_samples` responses in this step (each
+   weight sees some traffic before the next), and every θ is shown below its margin: upper bound below
+   `thumbs_down_margin` and `error_margin` (absolute, non-inferiority margins), below 0 for latency;
+4. otherwise hold, saying what the rollout waits for, with the counts.
+A step therefore needs no sample of its own beyond `min_step_samples`: evidence gathered at 5% counts at 20%.
+At a small deployment's traffic the first weight adapts (`first_weight`): 5% of 1 request/s gives the canary
+one response every 20 s, so it starts at the first weight that gives it `min_canary_rate` responses/s.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
+
+from schemas.stats import TAU_ERRORS, TAU_LATENCY_REL, TAU_THUMBS_DOWN, Sequential, msprt_means, msprt_proportions
 
 
 class Outcome(StrEnum):
@@ -55,6 +62,10 @@ class Figures:
     def thumbs_down_rate(self) -> float | None:
         return self.thumbs_down / self.rated if self.rated else None
 
+    @property
+    def ok(self) -> int:
+        return self.responses - self.errors
+
     def describe(self) -> str:
         p95 = "-" if self.latency_p95_ms is None else f"{self.latency_p95_ms:.0f}ms"
         return (f"{self.version}: n={self.responses} err={self.errors} rated={self.rated} "
@@ -63,19 +74,30 @@ class Figures:
 
 @dataclass(frozen=True)
 class Policy:
+    """The canary's rules; the defaults are tuned with bench/rollout_sim.py (see its tables)."""
+
     plan: tuple[int, ...] = (5, 20, 50, 100)
     step_s: float = 20.0
-    min_samples: int = 30
+    min_step_samples: int = 10  # canary responses within a step before it may advance
     alpha: float = 0.05
-    p95_ratio_bound: float = 2.0
-    max_wait_s: float = 60.0
-    on_timeout: Literal["rollback", "advance"] = "rollback"
+    thumbs_down_margin: float = 0.10  # largest tolerated increase of the thumbs-down rate (absolute)
+    error_margin: float = 0.05  # largest tolerated increase of the error rate (absolute)
+    latency_ratio: float = 2.0  # largest tolerated canary mean latency over the current's
+    max_duration_s: float = 7200.0
+    min_canary_rate: float = 0.3  # canary responses/s the first weight aims for
+    max_first_weight: int = 50
+    thumbs_down_tau: float = TAU_THUMBS_DOWN  # mixing sd of the sequential tests (schemas/stats.py)
+    error_tau: float = TAU_ERRORS
+    latency_tau_rel: float = TAU_LATENCY_REL  # times the current version's mean latency
 
 
 @dataclass(frozen=True)
 class Decision:
     outcome: Outcome
     reason: str
+    # What kind of decision: "harm", "inconclusive", "advance", or for a hold what it waits for: "step time",
+    # "step samples", "evidence: <metrics>". The deployer announces a hold when its category changes.
+    category: str = ""
 
 
 def plan_error(plan: tuple[int, ...] | list[int]) -> str | None:
@@ -96,6 +118,20 @@ def next_weight(plan: tuple[int, ...], weight: int) -> int:
     return next((w for w in plan if w > weight), 100)
 
 
+def first_weight(plan: tuple[int, ...], total_rate: float | None, min_canary_rate: float,
+                 max_first_weight: int) -> int:
+    """The canary's first weight: the plan's first that gives it `min_canary_rate` responses/s of `total_rate`.
+
+    Capped at `max_first_weight` (and below 100: the canary always runs before it takes everything); the
+    plan's first weight when the rate is unknown. E.g. plan 5/20/50/100, 0.3/s, cap 50: 22/s -> 5, 2/s -> 20,
+    1/s -> 50, 0.5/s -> 50 (capped).
+    """
+    allowed = [w for w in plan if w <= max_first_weight and w < 100] or [plan[0]]
+    if total_rate is None:
+        return allowed[0]
+    return next((w for w in allowed if total_rate * w / 100 >= min_canary_rate), allowed[-1])
+
+
 def step_routes(current: str, canary: str, weight: int) -> dict[str, int]:
     """The routing table of an alias with `canary` at `weight` and `current` taking the rest."""
     if weight >= 100 or current == canary:
@@ -105,73 +141,101 @@ def step_routes(current: str, canary: str, weight: int) -> dict[str, int]:
     return {current: 100 - weight, canary: weight}
 
 
-def one_sided_z(bad_a: int, n_a: int, bad_b: int, n_b: int) -> tuple[float, float]:
-    """Pooled two-proportion z-test, H1: rate of A > rate of B. Returns (z, p-value)."""
-    pooled = (bad_a + bad_b) / (n_a + n_b)
-    se = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    if se == 0:  # both rates 0 or both 1: no evidence either way
-        return 0.0, 1.0
-    z = (bad_a / n_a - bad_b / n_b) / se
-    from scipy import stats  # lazy: 2 s of import time for every CLI call otherwise
+@dataclass(frozen=True)
+class Check:
+    """One metric's sequential test: θ = canary − current (latency: canary − ratio × current)."""
 
-    return z, float(stats.norm.sf(z))
+    metric: str
+    test: Sequential | None  # None: an arm has no data yet
+    margin: float  # the upper bound must be below it for the canary to pass
+    figures: str  # the values compared, for people
+    counts: str  # the sample sizes, canary/current
 
+    @property
+    def harm(self) -> bool:
+        return self.test is not None and self.test.lower > 0
 
-def _proportion_check(name: str, bad_c: int, n_c: int, bad_o: int, n_o: int, p: Policy) -> tuple[bool | None, str]:
-    """(None: not enough data | True: canary significantly worse | False: passed, reason text)."""
-    if n_c < p.min_samples or n_o < p.min_samples:
-        return None, f"{name}: {n_c}/{n_o} samples < {p.min_samples}"
-    z, pv = one_sided_z(bad_c, n_c, bad_o, n_o)
-    text = f"{name} {bad_c / n_c:.3f} vs {bad_o / n_o:.3f} (z={z:.2f}, p={pv:.4f})"
-    return pv < p.alpha, text
+    @property
+    def passed(self) -> bool:
+        return self.test is not None and self.test.upper < self.margin
 
+    def _fmt(self, x: float) -> str:
+        return f"{x:+.0f}ms" if self.metric == "latency" else f"{x:.2f}"
 
-def slower_p(canary: Figures, current: Figures) -> float:
-    """One-sided Welch t-test, H1: the canary's mean latency is larger. Returns the p-value."""
-    ok_c, ok_o = canary.responses - canary.errors, current.responses - current.errors
-    mean_c, mean_o = canary.latency_mean_ms or 0.0, current.latency_mean_ms or 0.0
-    sd_c, sd_o = canary.latency_sd_ms or 0.0, current.latency_sd_ms or 0.0
-    if sd_c == 0 and sd_o == 0:  # no spread at all: the means decide
-        return 0.0 if mean_c > mean_o else 1.0
-    from scipy import stats
+    def harm_text(self) -> str:
+        t = self.test
+        return f"{self.metric} {self.figures} (θ in [{self._fmt(t.lower)}, {self._fmt(t.upper)}], {self.counts})"
 
-    result = stats.ttest_ind_from_stats(mean_c, sd_c, ok_c, mean_o, sd_o, ok_o, equal_var=False,
-                                        alternative="greater")
-    return float(result.pvalue)
+    def wait_text(self) -> str:
+        if self.test is None:
+            return f"{self.metric}: no data yet ({self.counts})"
+        margin = "0" if self.metric == "latency" else f"{self.margin:.2f}"
+        return f"{self.metric} upper bound {self._fmt(self.test.upper)} >= margin {margin} ({self.counts})"
 
-
-def _latency_check(canary: Figures, current: Figures, p: Policy) -> tuple[bool | None, str]:
-    ok_c, ok_o = canary.responses - canary.errors, current.responses - current.errors
-    if ok_c < p.min_samples or ok_o < p.min_samples or not canary.latency_p95_ms or not current.latency_p95_ms:
-        return None, f"p95: {ok_c}/{ok_o} samples < {p.min_samples}"
-    ratio = canary.latency_p95_ms / current.latency_p95_ms
-    pv = slower_p(canary, current)
-    text = (f"p95 {canary.latency_p95_ms:.0f}ms vs {current.latency_p95_ms:.0f}ms "
-            f"(ratio {ratio:.2f}, bound {p.p95_ratio_bound}; mean "
-            f"{canary.latency_mean_ms or 0:.0f}ms vs {current.latency_mean_ms or 0:.0f}ms, Welch p={pv:.4f})")
-    return ratio > p.p95_ratio_bound and pv < p.alpha, text
+    def pass_text(self) -> str:
+        return f"{self.metric} {self.figures} (θ <= {self._fmt(self.test.upper)}, {self.counts})"
 
 
-def decide(canary: Figures, current: Figures, policy: Policy, elapsed_s: float) -> Decision:
-    """The step decision, `elapsed_s` seconds after the step started."""
-    checks = [
-        _proportion_check("thumbs-down", canary.thumbs_down, canary.rated, current.thumbs_down, current.rated, policy),
-        _proportion_check("errors", canary.errors, canary.responses, current.errors, current.responses, policy),
-        _latency_check(canary, current, policy),
+def checks(canary: Figures, current: Figures, policy: Policy) -> list[Check]:
+    """The three sequential tests over the same window of both versions."""
+    a = policy.alpha
+    down = msprt_proportions(canary.thumbs_down, canary.rated, current.thumbs_down, current.rated,
+                             policy.thumbs_down_tau ** 2, a)
+    errors = msprt_proportions(canary.errors, canary.responses, current.errors, current.responses,
+                               policy.error_tau ** 2, a)
+    latency = None
+    if canary.latency_mean_ms is not None and current.latency_mean_ms is not None:
+        tau = policy.latency_tau_rel * max(current.latency_mean_ms, 1.0)
+        latency = msprt_means(canary.latency_mean_ms, canary.latency_sd_ms or 0.0, canary.ok,
+                              current.latency_mean_ms, current.latency_sd_ms or 0.0, current.ok,
+                              tau * tau, a, ratio=policy.latency_ratio)
+
+    def rate(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{x:.0f}ms"
+
+    return [
+        Check("thumbs-down", down, policy.thumbs_down_margin,
+              f"{rate(canary.thumbs_down_rate)} vs {rate(current.thumbs_down_rate)}",
+              f"rated {canary.rated}/{current.rated}"),
+        Check("errors", errors, policy.error_margin, f"{rate(canary.error_rate)} vs {rate(current.error_rate)}",
+              f"responses {canary.responses}/{current.responses}"),
+        Check("latency", latency, 0.0,
+              f"mean {ms(canary.latency_mean_ms)} vs {policy.latency_ratio:g} x {ms(current.latency_mean_ms)}",
+              f"ok {canary.ok}/{current.ok}"),
     ]
-    failed = [text for worse, text in checks if worse]
-    if failed:
-        return Decision(Outcome.ROLLBACK, "canary worse: " + "; ".join(failed))
-    summary = "; ".join(text for _, text in checks)
-    if elapsed_s < policy.step_s:
-        return Decision(Outcome.HOLD, f"step running ({elapsed_s:.0f}/{policy.step_s:.0f}s): {summary}")
-    if all(worse is not None for worse, _ in checks):
-        return Decision(Outcome.ADVANCE, f"no regression: {summary}")
-    waited = elapsed_s - policy.step_s
-    if waited < policy.max_wait_s:
-        return Decision(Outcome.HOLD, f"not enough data ({waited:.0f}/{policy.max_wait_s:.0f}s extra): {summary}")
-    outcome = Outcome.ROLLBACK if policy.on_timeout == "rollback" else Outcome.ADVANCE
-    return Decision(outcome, f"not enough data after {elapsed_s:.0f}s, policy {policy.on_timeout}: {summary}")
+
+
+def decide(canary: Figures, current: Figures, policy: Policy, *, step_elapsed_s: float, total_elapsed_s: float,
+           step_responses: int) -> Decision:
+    """The decision at one look.
+
+    `canary`, `current`: cumulative figures since the canary started (the same window for both);
+    `step_elapsed_s`, `step_responses`: the current step's age and the canary's responses within it;
+    `total_elapsed_s`: the time since the canary started.
+    """
+    results = checks(canary, current, policy)
+    harmed = [c for c in results if c.harm]
+    if harmed:
+        return Decision(Outcome.ROLLBACK, "harm: " + "; ".join(c.harm_text() for c in harmed), "harm")
+    waiting = [c for c in results if not c.passed]
+    if waiting and total_elapsed_s >= policy.max_duration_s:  # evidence that passes may still finish its steps
+        what = "; ".join(c.wait_text() for c in waiting)
+        return Decision(Outcome.ROLLBACK, f"inconclusive after {total_elapsed_s / 60:.0f} min "
+                                          f"(max {policy.max_duration_s / 60:.0f}): {what}", "inconclusive")
+    if step_elapsed_s < policy.step_s:
+        return Decision(Outcome.HOLD, f"waiting: step running ({step_elapsed_s:.0f}/{policy.step_s:.0f}s)",
+                        "step time")
+    if step_responses < policy.min_step_samples:
+        return Decision(Outcome.HOLD, f"waiting: {step_responses}/{policy.min_step_samples} canary responses "
+                                      "in this step", "step samples")
+    if waiting:
+        return Decision(Outcome.HOLD, "waiting: " + "; ".join(c.wait_text() for c in waiting),
+                        "evidence: " + ", ".join(c.metric for c in waiting))
+    return Decision(Outcome.ADVANCE, "no harm at the margins: " + "; ".join(c.pass_text() for c in results),
+                    "advance")
 
 
 @dataclass(frozen=True)
@@ -188,8 +252,8 @@ def resume_action(phase: str, routes: dict[str, int], current: str, canary: str)
     - `loading` (adapter recorded, maybe not loaded or routed): load and verify again, then start the
       canary; nothing has reached users yet.
     - `canary` with the routes holding exactly the current and the canary versions: continue at the
-      routed weight with a fresh step window (the weight never rises without a full step of evidence
-      gathered by the live process; the figures of the crashed window are not trusted).
+      routed weight with a fresh step window (the weight never rises without a full step watched by the
+      live process); the cumulative evidence since the canary started is in the store and still counts.
     - `finishing` (promotion or rollback routed, unload pending): drain and unload again (idempotent).
     - anything else (routes edited by hand, versions gone): roll back to the current version, the one
       known good.

@@ -171,7 +171,7 @@ class TrainingMetrics(Event):
 class Deployment(Event):
     event_type: Literal["deployment"] = "deployment"
     alias: Id
-    action: Literal["adapter_ready", "canary_started", "step", "promoted", "rolled_back"]
+    action: Literal["adapter_ready", "canary_started", "step", "hold", "promoted", "rolled_back"]
     version: Id
     previous_version: Id | None = None
     weight: Annotated[int, Field(ge=0, le=100)] | None = None
