@@ -146,6 +146,13 @@ def _register() -> None:
                 config_command)
     for command in commands:
         main.add_command(command)
+    _register_demo()
+
+
+def _register_demo() -> None:
+    from deploy.demo import demo_command
+
+    main.add_command(demo_command)
 
 
 @click.group()
