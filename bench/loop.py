@@ -126,11 +126,9 @@ class LocalLoop:
             os.environ[name] = value
         try:
             self.settings = CommonSettings()
-            model_dir = self.settings.base_model_dir
-            if not (model_dir / "config.json").is_file():
-                from retrain.tiny_model import build_tiny_model
+            from retrain.base_model import ensure_base_model
 
-                build_tiny_model(model_dir)
+            ensure_base_model(self.settings)
             local_stack.up(self.settings, infra_only=False, timeout=self.timeout)
         except BaseException:
             self._restore()

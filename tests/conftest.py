@@ -7,7 +7,9 @@ process is left. Fixtures that need no stack cost nothing: the stack starts on f
 
 from __future__ import annotations
 
+import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +17,22 @@ from deploy import stack as local_stack
 from deploy.ports import free_ports
 from deploy.supervision import pid_alive
 from schemas.settings import CommonSettings
+
+# The suite runs on the tiny random-weight model (seconds per job instead of minutes): its services and the
+# stacks the tests start inherit these. A caller's own values win. The gate's paraphrase and regression
+# checks need a model that answers sensibly, so they are off here (tests/integration/test_learning.py
+# checks learning on the real model).
+TEST_ENV = {
+    "FLYWHEEL_SERVED_MODEL_NAME": "tiny",
+    "FLYWHEEL_RETRAIN_CONFIG": str(Path(__file__).resolve().parent.parent / "retrain" / "configs" / "tiny.yaml"),
+    "FLYWHEEL_SFT_BOOTSTRAP": "false",
+    "FLYWHEEL_GATE_MIN_PARAPHRASES": "0",
+    "FLYWHEEL_GATE_MIN_KEPT": "0",
+    "FLYWHEEL_GATE_REGRESSION_SIZE": "8",
+    "HF_HUB_OFFLINE": "1",
+}
+for _name, _value in TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def stack_settings(data_dir, kafka_port: int, redis_port: int, store_port: int) -> CommonSettings:
