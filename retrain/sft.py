@@ -1,0 +1,86 @@
+"""One supervised fine-tuning run: TRL's SFTTrainer + a PEFT LoRA adapter, loss on the answer only.
+
+Reads:  the base model directory, the parent adapter (when given: training continues from its weights),
+        prompt/completion rows (TRL's conversational format: {"prompt": [messages], "completion":
+        [{"role": "assistant", ...}]}), optional validation rows.
+Writes: the adapter (PEFT files) to `<output_dir>/adapter`; per-step losses to the log (with the job id)
+        and to `publish`; `TrainResult.log_history` holds the train and validation losses for the plot
+        (retrain.plots.loss_curve).
+
+The loss sits on the completion only (`completion_only_loss`): with the loss on the whole conversation
+the 135M model learnt 0 of 4 corrections in 20-40 steps; on the answer only, 4 of 4 (measured on 2 CPU
+cores, LoRA r 8, lr 5e-4, 40 steps).
+
+Example:
+    from retrain.config import load_config, SFTJobConfig
+    rows = [{"prompt": [{"role": "user", "content": "Hi?"}],
+             "completion": [{"role": "assistant", "content": "Hello."}]}]
+    train_sft(rows, ".flywheel/models/smollm2", "/tmp/sft", load_config(None, {"learning_rate": 5e-4}, SFTJobConfig))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from retrain.config import SFTJobConfig
+from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, load_policy, pick_device
+
+log = logging.getLogger(__name__)
+
+def train_sft(
+    rows: Sequence[dict],
+    base_model: str | Path,
+    output_dir: str | Path,
+    config: SFTJobConfig,
+    *,
+    eval_rows: Sequence[dict] = (),
+    parent_adapter: str | Path | None = None,
+    job_id: str = "manual",
+    device: str = "auto",
+    publish: Callable[[int, float, dict[str, float]], None] | None = None,
+    callbacks: Sequence = (),
+) -> TrainResult:
+    """Train a LoRA adapter on prompt/completion `rows`; save it to `<output_dir>/adapter`."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    if not rows:
+        raise ValueError("no training rows")
+    device = pick_device(device)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    output_dir = Path(output_dir)
+    started = time.monotonic()
+    tokenizer, model, peft_config = load_policy(base_model, parent_adapter, config)
+    columns = ("prompt", "completion")
+    train = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
+    evaluate = Dataset.from_list([{k: r[k] for k in columns} for r in eval_rows]) if eval_rows else None
+    log.info("sft start", extra={"job_id": job_id, "rows": len(rows), "eval_rows": len(eval_rows), "device": device,
+                                 "parent": str(parent_adapter) if parent_adapter else None,
+                                 "config": config.to_dict()})
+    trainer = SFTTrainer(
+        model=model,
+        args=config.to_trl(output_dir / "trainer", use_cpu=device == "cpu", evaluate=evaluate is not None),
+        train_dataset=train,
+        eval_dataset=evaluate,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[LogProgress(job_id, publish, SFT_LOG_KEYS, "sft step"), *callbacks],
+    )
+    trainer.train()
+    adapter_dir = output_dir / "adapter"
+    trainer.model.save_pretrained(adapter_dir)
+    history = list(trainer.state.log_history)
+    steps = [h for h in history if "loss" in h]
+    final = {ours: float(steps[-1][theirs]) for theirs, ours in SFT_LOG_KEYS.items() if steps and theirs in steps[-1]}
+    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+    if evals:
+        final["eval_loss"] = float(evals[-1])
+    seconds = time.monotonic() - started
+    log.info("sft done", extra={"job_id": job_id, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
+                                **final})
+    return TrainResult(adapter_dir, seconds, trainer.state.global_step, len(rows), final, history)

@@ -1,0 +1,105 @@
+"""What the SFT and DPO runs share: loading the policy, the device, progress logging, the result.
+
+No training here: retrain/sft.py and retrain/dpo.py build their TRL trainers on these pieces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+# What TRL's trainers log, under our names.
+DPO_LOG_KEYS = {"loss": "loss", "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                "learning_rate": "learning_rate"}  # fmt: skip
+SFT_LOG_KEYS = {"loss": "loss", "learning_rate": "learning_rate", "mean_token_accuracy": "token_accuracy"}
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    seconds: float
+    steps: int
+    train_pairs: int  # rows or pairs trained on
+    final: dict[str, float] = field(default_factory=dict)  # the last logged loss / margin / accuracy
+    log_history: list[dict] = field(default_factory=list)
+
+
+class LogProgress(TrainerCallback):
+    """Every TRL log step to `log` (with the job id) and to `publish(step, epoch, values)`."""
+
+    def __init__(self, job_id: str, publish: Callable[[int, float, dict[str, float]], None] | None = None,
+                 keys: dict[str, str] = DPO_LOG_KEYS, message: str = "dpo step"):  # fmt: skip
+        self.job_id = job_id
+        self.publish = publish
+        self.keys = keys
+        self.message = message
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:  # the final summary (train_loss, runtime) is logged separately
+            return
+        values = {ours: float(logs[theirs]) for theirs, ours in self.keys.items() if theirs in logs}
+        log.info(self.message, extra={"job_id": self.job_id, "step": state.global_step,
+                                      "epoch": round(state.epoch or 0.0, 3), **values})  # fmt: skip
+        if self.publish is not None:
+            self.publish(state.global_step, float(state.epoch or 0.0), values)
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_policy(base_model: str | Path, parent_adapter: str | Path | None, config):
+    """(tokenizer, model, peft_config): the parent adapter loaded trainable, or a new LoRA's config."""
+    import torch
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
+    if parent_adapter is not None:
+        return tokenizer, PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True), None
+    peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                             target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    return tokenizer, model, peft_config
+
+
+class RichProgress(TrainerCallback):
+    """A rich progress bar over the training steps (for commands a person watches)."""
+
+    def __init__(self, description: str = "training"):
+        self.description = description
+        self.progress = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                                 "{task.total} steps"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn(),
+                                 TimeRemainingColumn())
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=state.max_steps, loss="")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"loss {float(logs['loss']):.3f}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

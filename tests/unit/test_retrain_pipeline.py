@@ -1,0 +1,33 @@
+"""The retrain job's data: which earlier rows are replayed, the supervised rows, the regression prompts."""
+
+from retrain.config import DPOJobConfig
+from retrain.dataset import Pair
+from retrain.pipeline import kept_rows, row, supervised_rows
+
+PROMPT = ({"role": "user", "content": "Do you gift wrap?"},)
+PAIR = Pair("p1", PROMPT, chosen="Yes, gift wrapping costs $4.", rejected="We do not offer that service.")
+PARENT = [
+    row([{"role": "user", "content": "How long do refunds take?"}], "Refunds take 5 business days."),
+    row([{"role": "user", "content": "do you GIFT wrap"}], "We do not offer gift wrapping."),  # the corrected question
+    row([{"role": "user", "content": "Any wrapping service?"}], "We do not offer that service."),  # the rejected answer
+    row([{"role": "user", "content": "Do you ship to Canada?"}], "Yes, shipping to Canada costs $15."),
+]
+
+
+def test_kept_rows_drop_corrected_questions_and_rejected_answers():
+    kept = kept_rows(PARENT, [PAIR])
+    assert [r["completion"][0]["content"] for r in kept] == ["Refunds take 5 business days.",
+                                                           "Yes, shipping to Canada costs $15."]
+
+
+def test_supervised_rows_repeat_the_chosen_answers_and_add_a_replay_sample():
+    config = DPOJobConfig(method="sft", chosen_repeats=3, replay_rows=1)
+    rows = supervised_rows([PAIR], PARENT[:1] + PARENT[3:], config)
+    answers = [r["completion"][0]["content"] for r in rows]
+    assert answers.count(PAIR.chosen) == 3 and len(rows) == 4
+    assert rows == supervised_rows([PAIR], PARENT[:1] + PARENT[3:], config)  # the same seed, the same rows
+
+
+def test_replay_is_capped_by_the_pool():
+    rows = supervised_rows([PAIR], PARENT[:1], DPOJobConfig(method="sft", replay_rows=50))
+    assert len(rows) == 2
