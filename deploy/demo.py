@@ -205,19 +205,23 @@ class Exchange:
 class Gateway:
     """The OpenAI-compatible chat endpoint and /feedback, as a user of the gateway calls them."""
 
-    def __init__(self, url: str, api_key: str, alias: str, max_tokens: int = 64, timeout: float = 180.0):
+    def __init__(self, url: str, api_key: str, alias: str, max_tokens: int = 64, temperature: float = 0.0,
+                 timeout: float = 180.0):
         self.url = url.rstrip("/")
         self.alias = alias
         self.max_tokens = max_tokens
+        self.temperature = temperature
         self.headers = {"Authorization": f"Bearer {api_key}"}
         self.timeout = timeout
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
 
-    async def ask(self, http: httpx.AsyncClient, user: str, qa: QA, kind: str) -> Exchange:
+    async def ask(self, http: httpx.AsyncClient, user: str, qa: QA, kind: str,
+                  temperature: float | None = None) -> Exchange:
         ex = Exchange(time.time(), user, qa.question, qa.intent, kind, qa.answer)
-        body = {"model": self.alias, "messages": [{"role": "user", "content": qa.question}], "temperature": 0,
+        temperature = self.temperature if temperature is None else temperature
+        body = {"model": self.alias, "messages": [{"role": "user", "content": qa.question}], "temperature": temperature,
                 "max_tokens": self.max_tokens, "user": user}
         try:
             r = await http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user})
@@ -249,11 +253,11 @@ class Gateway:
         return r.status_code == 202
 
     def ask_all(self, user: str, qas: Sequence[QA], kind: str) -> list[Exchange]:
-        """Ask each question once, in turn (no feedback): the after-the-loop answers."""
+        """Ask each question once, in turn, at temperature 0 (no feedback): the after-the-loop answers."""
 
         async def run() -> list[Exchange]:
             async with self.client() as http:
-                return [await self.ask(http, user, qa, kind) for qa in qas]
+                return [await self.ask(http, user, qa, kind, temperature=0.0) for qa in qas]
 
         return asyncio.run(run())
 
@@ -462,6 +466,7 @@ class DemoConfig:
     bad: bool = False
     bad_pairs: int = 7  # the --bad run trains once it has this many pairs (below the trigger's threshold)
     max_tokens: int = 64
+    temperature: float = 0.0
     seed: int = 0
 
 
@@ -525,7 +530,7 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
     asked, unseen = loop_sets(intents, config.asked)
     corrected = select_corrected(asked, config.questions)
     plan = TrafficPlan(asked, sft_splits(intents)["test"], corrected, config.users, config.loop_share, config.seed)
-    gateway = Gateway(config.gateway_url, config.api_key, config.alias, config.max_tokens)
+    gateway = Gateway(config.gateway_url, config.api_key, config.alias, config.max_tokens, config.temperature)
     run = DemoRun(config, started_at=time.time(), corrected=corrected)
     watcher = BusWatcher(config.kafka_bootstrap, [DPO_PAIRS.name, RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name],
                          since=run.started_at - 1.0)
@@ -655,13 +660,15 @@ def _view(p: Progress):
               help="Pairs the --bad run collects before training [default: the retrain threshold minus one].")
 @click.option("--alias", default=None, help="Model alias [default: FLYWHEEL_MODEL_ALIAS].")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+              help="Sampling temperature of the users' traffic (the after-the-loop questions use 0).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the traffic plan.")
 @click.option("--gateway", "gateway_url", default=None, help="Gateway URL [default: http://127.0.0.1:<gateway port>].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Report folder [default: <data_dir>/demo/<run id>].")
 @click.pass_obj
 def demo_command(settings, users, rate, loop_share, questions, asked, timeout, bad, bad_pairs, alias, max_tokens,
-                 seed, gateway_url, out_dir) -> None:
+                 temperature, seed, gateway_url, out_dir) -> None:
     """Simulated users chat with the running stack and give feedback until the loop promotes (or, with --bad, rolls
     back) an adapter trained from their corrections; then a report of what changed."""
     from datetime import datetime
@@ -686,7 +693,7 @@ def demo_command(settings, users, rate, loop_share, questions, asked, timeout, b
         api_key=key_file.read_text().strip(), kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
         alias=alias or settings.model_alias, users=users, rate=rate, loop_share=loop_share, asked=asked,
         questions=tuple(questions), timeout=timeout, bad=bad, bad_pairs=bad_pairs or 7, max_tokens=max_tokens,
-        seed=seed)
+        temperature=temperature, seed=seed)
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + ("-bad" if bad else "")
     try:
         select_corrected(loop_sets_default(asked), questions)
