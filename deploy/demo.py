@@ -468,6 +468,7 @@ class DemoConfig:
     max_tokens: int = 64
     temperature: float = 0.0
     seed: int = 0
+    base_version: str = ""  # what an empty routing table serves (the base model's served name)
 
 
 @dataclass
@@ -546,6 +547,8 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
             run.state = tracker.state(watcher.snapshot(), {e.message_id for e in exchanges if e.corrected})
             routes = read_routes(store, config.alias)
             routes = routes if routes is not None else routes_from_models(gateway, config.alias)
+            if not routes and config.base_version:  # no routes: the alias serves the base model
+                routes = {config.base_version: 100}
             run.route_samples.append((time.time(), routes))
             if config.bad and tracker.target_version is None:
                 note = _bad_step(config, run, traffic, trainer, routes, tracker)
@@ -693,7 +696,7 @@ def demo_command(settings, users, rate, loop_share, questions, asked, timeout, b
         api_key=key_file.read_text().strip(), kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
         alias=alias or settings.model_alias, users=users, rate=rate, loop_share=loop_share, asked=asked,
         questions=tuple(questions), timeout=timeout, bad=bad, bad_pairs=bad_pairs or 7, max_tokens=max_tokens,
-        temperature=temperature, seed=seed)
+        temperature=temperature, seed=seed, base_version=settings.served_model_name)
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + ("-bad" if bad else "")
     try:
         select_corrected(loop_sets_default(asked), questions)
