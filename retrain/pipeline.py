@@ -25,7 +25,7 @@ from pathlib import Path
 
 from retrain.config import DPOJobConfig
 from retrain.dataset import Pair, split_pairs, to_dataset
-from retrain.gate import GateReport, Thresholds, load_golden, load_prompts, run_gate
+from retrain.gate import GateReport, GoldenItem, Thresholds, load_golden, load_regression, run_gate
 from retrain.registry import AdapterVersion, Registry
 from retrain.rouge import rouge_l
 from retrain.settings import RetrainSettings
@@ -55,6 +55,7 @@ class JobOutcome:
 
 def thresholds(settings: RetrainSettings) -> Thresholds:
     return Thresholds(learn_rouge=settings.gate_learn_rouge, keep_rouge=settings.gate_keep_rouge,
+                      right_rouge=settings.gate_right_rouge,
                       min_corrected=settings.gate_min_corrected, min_paraphrases=settings.gate_min_paraphrases,
                       min_kept=settings.gate_min_kept)
 
@@ -177,10 +178,10 @@ def run_job(
     return JobOutcome(version, report, previous, parent, result.seconds, gate_seconds, metrics)
 
 
-def regression_prompts(settings: RetrainSettings, pairs: Sequence[Pair]) -> list[tuple[dict, ...]]:
-    """The regression set less the corrected questions, at most `gate_regression_size` prompts (a fixed sample)."""
+def regression_prompts(settings: RetrainSettings, pairs: Sequence[Pair]) -> list[GoldenItem]:
+    """The regression set less the corrected questions, at most `gate_regression_size` items (a fixed sample)."""
     corrected = {_question(p.prompt) for p in pairs}
-    prompts = [p for p in load_prompts(settings.retrain_regression) if _question(p) not in corrected]
-    if len(prompts) > settings.gate_regression_size:
-        prompts = random.Random(0).sample(prompts, settings.gate_regression_size)
-    return prompts
+    items = [i for i in load_regression(settings.retrain_regression) if _question(i.prompt) not in corrected]
+    if len(items) > settings.gate_regression_size:
+        items = random.Random(0).sample(items, settings.gate_regression_size)
+    return items

@@ -25,8 +25,9 @@ class RetrainSettings(CommonSettings):
     retrain_config: Path = Field(PACKAGE_DIR / "configs" / "smollm2.yaml", description="retrain job config YAML")
     # JSONL of {"prompt": [messages], "expected": "answer"}: the gate reports their log-likelihood (diagnostic).
     retrain_golden: Path = Field(PACKAGE_DIR / "golden" / "support.jsonl", description="golden set JSONL")
-    # JSONL of {"prompt": [messages]} or {"question": text}: questions whose answers a new version must keep.
-    # The default holds the demo shop's validation questions (retrain/demo), which no training row contains.
+    # JSONL of {"prompt": [messages]} or {"question": text}, with "expected" where a reference is known:
+    # questions whose right answers a new version must keep (retrain.gate). The default holds the demo shop's
+    # validation questions and answers (retrain/demo), which no training row contains.
     retrain_regression: Path | None = Field(PACKAGE_DIR / "golden" / "regression.jsonl",
                                             description="regression prompts JSONL (none: no regression check)")
     # Where versions live; default <data_dir>/adapters.
@@ -50,9 +51,10 @@ class RetrainSettings(CommonSettings):
     # -- evaluation gate (retrain.gate): shares of greedy answers judged by ROUGE-L -------------------
     gate_learn_rouge: float = Field(0.8, ge=0, le=1, description="ROUGE-L at which an answer equals its correction")
     gate_keep_rouge: float = Field(0.9, ge=0, le=1, description="ROUGE-L at which an answer is unchanged")
+    gate_right_rouge: float = Field(0.7, ge=0, le=1, description="ROUGE-L at which an answer matches its reference")
     gate_min_corrected: float = Field(0.8, ge=0, le=1, description="least share of trained corrections learnt")
     gate_min_paraphrases: float = Field(0.5, ge=0, le=1, description="least share of held-out paraphrases learnt")
-    gate_min_kept: float = Field(0.9, ge=0, le=1, description="least share of regression answers kept")
+    gate_min_kept: float = Field(0.9, ge=0, le=1, description="least share of right regression answers kept")
     # Each regression prompt costs two greedy answers (current and candidate): about 0.3 s on 2 CPU cores with
     # the 135M model in batches of 16.
     gate_regression_size: int = Field(48, ge=0, description="regression prompts per gate (a fixed sample)")

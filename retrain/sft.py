@@ -30,6 +30,26 @@ from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, load_policy
 
 log = logging.getLogger(__name__)
 
+def plain_loss_trainer():
+    """TRL's SFTTrainer with the model's own cross-entropy on the answer tokens instead of TRL's fused LM head.
+
+    TRL 1.16 computes log-probabilities, entropy and top-1 per vocabulary chunk in plain torch when it has no GPU
+    kernels; with SmolLM2's 49,152-token vocabulary that made a CPU step (batch 8, ~70 tokens) 5.1 s against 3.0 s
+    for the model's own loss. The loss is the same (mean NLL over the completion tokens, which TRL's collator
+    labels); TRL's entropy and token-accuracy metrics are not logged.
+    """
+    from trl import SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            keep = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels", "position_ids")}
+            extra = {"num_items_in_batch": num_items_in_batch} if num_items_in_batch is not None else {}
+            outputs = model(**keep, use_cache=False, **extra)
+            return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    return PlainLossSFTTrainer
+
+
 def train_sft(
     rows: Sequence[dict],
     base_model: str | Path,
@@ -46,7 +66,6 @@ def train_sft(
     """Train a LoRA adapter on prompt/completion `rows`; save it to `<output_dir>/adapter`."""
     import torch
     from datasets import Dataset
-    from trl import SFTTrainer
 
     if not rows:
         raise ValueError("no training rows")
@@ -62,7 +81,7 @@ def train_sft(
     log.info("sft start", extra={"job_id": job_id, "rows": len(rows), "eval_rows": len(eval_rows), "device": device,
                                  "parent": str(parent_adapter) if parent_adapter else None,
                                  "config": config.to_dict()})
-    trainer = SFTTrainer(
+    trainer = plain_loss_trainer()(
         model=model,
         args=config.to_trl(output_dir / "trainer", use_cpu=device == "cpu", evaluate=evaluate is not None),
         train_dataset=train,

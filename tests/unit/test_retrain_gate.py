@@ -4,7 +4,7 @@ import pytest
 
 from retrain.gate import Generations, Thresholds, decide
 
-T = Thresholds(learn_rouge=0.8, keep_rouge=0.9, min_corrected=0.8, min_paraphrases=0.5, min_kept=0.9)
+T = Thresholds(learn_rouge=0.8, keep_rouge=0.9, right_rouge=0.7, min_corrected=0.8, min_paraphrases=0.5, min_kept=0.9)
 GOOD = (1.0, 0.9, 0.85, 0.8, 1.0)
 
 
@@ -41,3 +41,17 @@ def test_every_failed_check_is_a_reason():
 def test_shares_use_the_thresholds():
     g = Generations((0.8, 0.79), (0.8,), (0.9, 0.89))
     assert g.shares(T) == {"corrected": 0.5, "paraphrases": 1.0, "kept": 0.5}
+
+
+def test_kept_counts_right_answers_lost_and_compares_wording_without_a_reference():
+    from retrain.gate import GoldenItem, kept_scores
+
+    q = ({"role": "user", "content": "?"},)
+    items = [GoldenItem(q, "Refunds take 5 business days."),  # right before, right after: kept
+             GoldenItem(q, "Returns are free within 30 days."),  # right before, wrong after: lost
+             GoldenItem(q, "Shipping is free over $50."),  # wrong before: not a regression, not counted
+             GoldenItem(q, "")]  # no reference: the wording must stay
+    before = ["Refunds take 5 business days.", "Returns are free within 30 days.", "We ship to Mars.", "Hello there."]
+    after = ["Refunds take 5 business days!", "We do not take returns.", "We ship to Venus.", "Hello there."]
+    assert kept_scores(after, before, items, T) == [1.0, 0.0, 1.0]
+    assert Generations(kept=tuple(kept_scores(after, before, items, T))).shares(T)["kept"] == 2 / 3

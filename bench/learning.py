@@ -1,0 +1,170 @@
+"""Learning figures of the default model, side by side in one run: base, SFT, and one loop turn through the gateway.
+
+    python -m bench.learning offline [--sft-dir DIR]          # base vs SFT on the held-out test questions
+    python -m bench.learning turn [--rate 1.0] [--timeout 1500]  # one loop turn against a running `flywheel up`
+
+`offline` (this process, 2 CPU cores): builds SmolLM2 when missing, trains the SFT version with the config
+`flywheel up` uses (timed; or takes --sft-dir), and asks base and SFT the demo shop's held-out test questions
+(retrain/demo: each intent's sixth paraphrase, never trained on). Correct: ROUGE-L >= 0.7 against the reference.
+
+`turn` (against the running stack, everything through the gateway at temperature 0): asks the test questions
+(the regression set), runs `flywheel demo` (simulated users correct the loop questions the SFT version does not
+know, the stack trains, gates, canaries and promotes), then asks again: the corrected questions (ROUGE-L >= 0.8
+against the correction), their unseen paraphrases, and the test questions (kept: ROUGE-L >= 0.9 against the
+answer before). Both print a table and write JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+LEARNT, CORRECT, KEPT = 0.8, 0.7, 0.9
+
+
+def share(flags) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else 0.0
+
+
+def accuracy(answers, qas) -> dict:
+    from retrain.rouge import rouge_l
+
+    ok = [rouge_l(a, qa.answer) >= CORRECT for a, qa in zip(answers, qas, strict=True)]
+    by_lang = {lang: share(o for o, qa in zip(ok, qas, strict=True) if qa.lang == lang) for lang in ("en", "zh")}
+    return {"accuracy": share(ok), **{f"accuracy_{k}": v for k, v in by_lang.items()}, "n": len(ok)}
+
+
+def offline(args) -> dict:
+    from retrain.base_model import build_base_model
+    from retrain.bootstrap import demo_rows
+    from retrain.config import SFTJobConfig, load_config
+    from retrain.demo import load_domain, sft_splits
+    from retrain.generate import Generator
+    from retrain.settings import RetrainSettings
+    from retrain.sft import train_sft
+    from retrain.training import RichProgress
+
+    settings = RetrainSettings()
+    base = build_base_model(args.base_dir or settings.data_dir / "models" / "smollm2")
+    test = sft_splits(load_domain())["test"]
+    result = {"base_model": str(base)}
+    sft_dir = args.sft_dir
+    if sft_dir is None:
+        train, val = demo_rows()
+        config = load_config(settings.sft_config, cls=SFTJobConfig)
+        started = time.monotonic()
+        trained = train_sft(train, base, args.out / "sft", config, eval_rows=val, device="cpu",
+                            callbacks=[RichProgress("SFT")])
+        result["sft_seconds"] = round(time.monotonic() - started, 1)
+        result["sft_steps"] = trained.steps
+        result["sft_final"] = trained.final
+        sft_dir = trained.adapter_dir
+    gen = Generator(base, max_new_tokens=64)
+    gen.load("sft", sft_dir)
+    prompts = [[{"role": "user", "content": qa.question}] for qa in test]
+    result["base"] = accuracy(gen.answers(prompts), test)
+    result["sft"] = accuracy(sft_answers := gen.answers(prompts, adapter="sft"), test)
+    result["sft_examples"] = [{"q": qa.question, "answer": a, "reference": qa.answer}
+                              for qa, a in list(zip(test, sft_answers, strict=True))[:10]]
+    table = Table(title=f"held-out test questions ({len(test)}), correct at ROUGE-L >= {CORRECT}")
+    for column in ("model", "all", "English", "Chinese", "train s"):
+        table.add_column(column)
+    for name in ("base", "sft"):
+        r = result[name]
+        seconds = str(result.get("sft_seconds", "-")) if name == "sft" else "-"
+        table.add_row(name, f"{r['accuracy']:.0%}", f"{r['accuracy_en']:.0%}", f"{r['accuracy_zh']:.0%}", seconds)
+    Console().print(table)
+    return result
+
+
+def turn(args) -> dict:
+    from deploy.demo import DemoConfig, Gateway, run_demo
+    from inference.settings import GatewaySettings
+    from retrain.demo import load_domain, sft_splits
+    from retrain.rouge import rouge_l
+    from schemas.settings import CommonSettings
+
+    settings = CommonSettings()
+    url = f"http://127.0.0.1:{GatewaySettings().gateway_port}"
+    key = (settings.data_dir / "dev-api-key").read_text().strip()
+    test = sft_splits(load_domain())["test"]
+    gateway = Gateway(url, key, settings.model_alias, max_tokens=64)
+    before = gateway.ask_all("bench-regression", test, "regression")
+    config = DemoConfig(gateway_url=url, api_key=key, kafka_bootstrap=settings.kafka_bootstrap,
+                        redis_url=settings.redis_url, alias=settings.model_alias, users=args.users, rate=args.rate,
+                        timeout=args.timeout, base_version=settings.served_model_name)
+    console = Console()
+    last = [0.0]
+
+    def show(p) -> None:  # one line every 30 s: this bench's output is read after the run
+        if p.elapsed_s - last[0] >= 30:
+            last[0] = p.elapsed_s
+            console.log(f"{p.elapsed_s:5.0f}s sent {p.sent} down {p.thumbs_down} corrections {p.corrections} "
+                        f"routes {p.routes} {p.note}")
+
+    run = run_demo(config, on_progress=show)
+    after = gateway.ask_all("bench-regression", test, "regression")
+    kept = [rouge_l(b.answer, a.answer) >= KEPT for a, b in zip(before, after, strict=True)]
+    corrected = [e.score is not None and e.score >= LEARNT for e in run.after]
+    unseen = [e.score is not None and e.score >= LEARNT for e in run.unseen]
+    first = {}
+    for e in run.exchanges:
+        if e.corrected and e.question not in first:
+            first[e.question] = e
+    result = {
+        "outcome": run.state.outcome, "version": run.state.version, "job_id": run.state.job_id,
+        "minutes": round((run.ended_at - run.started_at) / 60, 1), "requests": len(run.exchanges),
+        "corrected": share(corrected), "corrected_n": len(corrected),
+        "paraphrases": share(unseen), "paraphrases_n": len(unseen),
+        "kept": share(kept), "kept_n": len(kept),
+        "test_accuracy_before": accuracy([e.answer for e in before], test)["accuracy"],
+        "test_accuracy_after": accuracy([e.answer for e in after], test)["accuracy"],
+        "before_after": [{"q": e.question, "before": first[e.question].answer if e.question in first else None,
+                          "after": e.answer, "correction": e.reference} for e in run.after],
+        "note": run.note,
+    }
+    table = Table(title=f"one loop turn through the gateway ({result['outcome']} {result['version']}, "
+                        f"{result['minutes']} min, {args.rate} requests/s)")
+    for column in ("figure", "value", "n", "goal"):
+        table.add_column(column)
+    table.add_row("corrected questions answered with the correction (ROUGE-L >= 0.8)", f"{result['corrected']:.0%}",
+                  str(len(corrected)), ">= 80%")
+    table.add_row("their unseen paraphrases", f"{result['paraphrases']:.0%}", str(len(unseen)), ">= 50%")
+    table.add_row("regression set kept (ROUGE-L >= 0.9 vs before)", f"{result['kept']:.0%}", str(len(kept)), ">= 95%")
+    table.add_row("test accuracy before / after", f"{result['test_accuracy_before']:.0%} / "
+                  f"{result['test_accuracy_after']:.0%}", str(len(test)), "")
+    console.print(table)
+    return result
+
+
+def main(argv=None) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="part", required=True)
+    off = sub.add_parser("offline", help="base vs SFT on the held-out test questions")
+    off.add_argument("--base-dir", type=Path, default=None)
+    off.add_argument("--sft-dir", type=Path, default=None, help="an SFT adapter to evaluate instead of training one")
+    on = sub.add_parser("turn", help="one loop turn through the gateway of a running stack")
+    on.add_argument("--rate", type=float, default=1.0)
+    on.add_argument("--users", type=int, default=20)
+    on.add_argument("--timeout", type=float, default=1500.0)
+    for p in (off, on):
+        p.add_argument("--out", type=Path, default=Path(".flywheel/bench/learning"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = offline(args) if args.part == "offline" else turn(args)
+    path = args.out / f"{args.part}.json"
+    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    Console().print(f"written {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
