@@ -6,8 +6,8 @@ the same code as one run from `retrain.jobs`. Every version is registered, rejec
 
 Training continues from the production version. The job config's `method` says how (retrain.config):
 `sft` trains on the chosen answers of the job's training pairs plus a replay sample of the parent
-version's training rows (`replay_rows`; rows of the corrected questions and rows that repeat a rejected
-answer are left out: users just said they are wrong); `dpo` runs DPO on the pairs; `sft+dpo` both, in
+version's training rows (`replay_rows`; rows of the corrected questions are left out: users just said
+their answers are wrong); `dpo` runs DPO on the pairs; `sft+dpo` both, in
 that order. Each version keeps the rows that define it in `train.jsonl` (the parent's rows less the
 replaced ones, plus the new corrections): the lineage of its knowledge, and the next job's replay pool.
 """
@@ -27,7 +27,6 @@ from retrain.config import DPOJobConfig
 from retrain.dataset import Pair, split_pairs, to_dataset
 from retrain.gate import GateReport, GoldenItem, Thresholds, load_golden, load_regression, run_gate
 from retrain.registry import AdapterVersion, Registry
-from retrain.rouge import rouge_l
 from retrain.settings import RetrainSettings
 from retrain.training import TrainResult, pick_device
 from schemas.text import normalize_question
@@ -35,7 +34,6 @@ from schemas.text import normalize_question
 log = logging.getLogger(__name__)
 
 TRAIN_ROWS = "train.jsonl"  # in a version's directory: the prompt/completion rows it was trained to answer
-REJECTED_ROUGE = 0.9  # a replay row whose answer is this close to a rejected answer is not replayed
 
 
 @dataclass
@@ -85,11 +83,13 @@ def _question(prompt: Sequence[dict]) -> str:
 
 
 def kept_rows(parent_rows: Sequence[dict], pairs: Sequence[Pair]) -> list[dict]:
-    """The parent's rows that stay true: not a corrected question, not an answer a user rejected."""
+    """The parent's rows that stay true: all but those of a corrected question.
+
+    A rejected answer is wrong for the question it answered, not for its own: the model often answers an unknown
+    question with another intent's right answer (or the refusal), and dropping the rows that teach that answer
+    would make it forget them."""
     corrected = {_question(p.prompt) for p in pairs}
-    rejected = [p.rejected for p in pairs]
-    return [r for r in parent_rows if _question(r["prompt"]) not in corrected
-            and not any(rouge_l(r["completion"][0]["content"], bad) >= REJECTED_ROUGE for bad in rejected)]
+    return [r for r in parent_rows if _question(r["prompt"]) not in corrected]
 
 
 def supervised_rows(train: Sequence[Pair], keep: Sequence[dict], config: DPOJobConfig) -> list[dict]:

@@ -9,14 +9,16 @@ PAIR = Pair("p1", PROMPT, chosen="Yes, gift wrapping costs $4.", rejected="We do
 PARENT = [
     row([{"role": "user", "content": "How long do refunds take?"}], "Refunds take 5 business days."),
     row([{"role": "user", "content": "do you GIFT wrap"}], "We do not offer gift wrapping."),  # the corrected question
-    row([{"role": "user", "content": "Any wrapping service?"}], "We do not offer that service."),  # the rejected answer
+    row([{"role": "user", "content": "Any wrapping service?"}], "We do not offer that service."),  # rejected elsewhere
     row([{"role": "user", "content": "Do you ship to Canada?"}], "Yes, shipping to Canada costs $15."),
 ]
 
 
-def test_kept_rows_drop_corrected_questions_and_rejected_answers():
+def test_kept_rows_drop_only_the_corrected_questions():
     kept = kept_rows(PARENT, [PAIR])
+    # The rejected answer stays true for its own question ("Any wrapping service?"): it is replayed.
     assert [r["completion"][0]["content"] for r in kept] == ["Refunds take 5 business days.",
+                                                           "We do not offer that service.",
                                                            "Yes, shipping to Canada costs $15."]
 
 
