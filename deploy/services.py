@@ -3,7 +3,7 @@
 Adding a program is one builder function returning a `Service` and one entry in `BUILDERS`.
 A service whose `command` is None is external (a production Kafka, Redis or ClickHouse given
 by settings): flywheel does not start it, `flywheel status` only checks it.
-Services with `after_infra=True` (workers, gateway, ... in later issues) start once the
+Services with `after_infra=True` (workers, gateway, streams, retrain, controller) start once the
 infrastructure is healthy and the topics exist; `flywheel up --infra-only` leaves them out.
 """
 
