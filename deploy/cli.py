@@ -189,7 +189,7 @@ def _register() -> None:
 
 
 def _register_demo() -> None:
-    from deploy.demo import demo_command
+    from deploy.cli_demo import demo_command
 
     main.add_command(demo_command)
 

@@ -8,112 +8,32 @@ until the version trained from this run's pairs is promoted or rolled back (read
 With `bad=True` the demo trains an adapter itself on the run's pairs with chosen and rejected swapped and announces
 it, so that the same traffic shows a rollback. `deploy.demo_report` turns what was seen into the report.
 
-Pure pieces (no I/O; unit-tested): `TrafficPlan`, `judge`, `LoopTracker`. The I/O pieces: `Gateway`, `BusWatcher`,
-`Traffic`, `run_demo`.
+The users and their traffic are `deploy.demo_traffic`; here: `LoopTracker` (pure: which job and rollout are this
+run's), `BusWatcher` (the loop's events from Kafka), the --bad adapter, `run_demo` and the command.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
-import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-import httpx
-
+from deploy.demo_traffic import USER_PREFIX, Exchange, Gateway, Traffic, TrafficPlan, select_corrected
 from retrain.demo import QA
 from retrain.rouge import rouge_l
 
 logger = logging.getLogger(__name__)
 
-CORRECT_AT = 0.7  # ROUGE-L at or above which a user takes an answer as right
-LEARNED_AT = 0.8  # ROUGE-L at or above which an answer after the loop counts as "answered with the correction"
-USER_PREFIX = "demo-user-"
 DEPLOYMENT_ACTIONS = ("adapter_ready", "canary_started", "hold", "step", "promoted", "rolled_back")
-
-
-# -- the traffic plan and the judgement (pure) -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ask:
-    user: str
-    qa: QA
-    kind: str  # "loop": a loop intent's asked question; "other": another intent's test question
-    corrects: bool  # a wrong answer to it gets the reference answer as the correction
-
-
-@dataclass(frozen=True)
-class Judgement:
-    score: float
-    verdict: str  # thumbs_up | thumbs_down
-    correction: str | None
-
-
-def judge(answer: str, ask: Ask, correcting: bool = True) -> Judgement:
-    """A user's verdict on `answer`: right at ROUGE-L >= CORRECT_AT against the reference answer."""
-    score = rouge_l(answer, ask.qa.answer)
-    if score >= CORRECT_AT:
-        return Judgement(score, "thumbs_up", None)
-    return Judgement(score, "thumbs_down", ask.qa.answer if ask.corrects and correcting else None)
-
-
-def select_corrected(asked: Sequence[QA], wanted: Iterable[str] = ()) -> list[QA]:
-    """The asked loop questions whose wrong answers get corrections: those whose intent id or text is in `wanted`
-    (all of them when `wanted` is empty); ValueError names what matched nothing."""
-    wanted = [w.strip() for w in wanted if w.strip()]
-    if not wanted:
-        return list(asked)
-    unknown = [w for w in wanted if not any(w in (qa.intent, qa.question) for qa in asked)]
-    if unknown:
-        raise ValueError(f"not a loop intent or asked loop question: {', '.join(unknown)}")
-    return [qa for qa in asked if qa.intent in wanted or qa.question in wanted]
-
-
-class TrafficPlan:
-    """Who asks what, in order: each ask a loop question with probability `loop_share`, else another intent's test
-    question, from one of `users` users (`demo-user-<n>`). Seeded: the same arguments give the same sequence."""
-
-    def __init__(self, loop_questions: Sequence[QA], other_questions: Sequence[QA], corrected: Sequence[QA],
-                 users: int = 20, loop_share: float = 0.5, seed: int = 0):
-        if users < 1:
-            raise ValueError("users must be at least 1")
-        if not 0 <= loop_share <= 1:
-            raise ValueError("loop_share must be between 0 and 1")
-        if not loop_questions and not other_questions:
-            raise ValueError("no questions to ask")
-        self.loop_questions = list(loop_questions)
-        self.other_questions = list(other_questions)
-        self.corrected = {qa.question for qa in corrected}
-        self.users = [f"{USER_PREFIX}{n}" for n in range(users)]
-        self.loop_share = loop_share if self.other_questions else 1.0
-        if not self.loop_questions:
-            self.loop_share = 0.0
-        self._rng = random.Random(seed)
-
-    def next(self) -> Ask:
-        user = self._rng.choice(self.users)
-        if self._rng.random() < self.loop_share:
-            qa = self._rng.choice(self.loop_questions)
-            return Ask(user, qa, "loop", qa.question in self.corrected)
-        return Ask(user, self._rng.choice(self.other_questions), "other", False)
-
-    def take(self, n: int) -> list[Ask]:
-        return [self.next() for _ in range(n)]
-
-
-# -- the loop's progress, from bus events (pure) ---------------------------------------------------------------------
 
 
 @dataclass
@@ -180,145 +100,6 @@ class LoopTracker:
 # -- the gateway -----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Exchange:
-    """One question asked in the run, its answer, and the user's feedback."""
-
-    at: float  # unix time the request was sent
-    user: str
-    question: str
-    intent: str
-    kind: str
-    reference: str
-    status: int = 0  # HTTP status; 0: no answer
-    latency_s: float = 0.0
-    version: str = ""
-    message_id: str = ""
-    session_id: str = ""
-    answer: str = ""
-    score: float | None = None
-    verdict: str = ""  # the feedback sent ("" when none was sent)
-    corrected: bool = False
-    error: str = ""
-
-
-class Gateway:
-    """The OpenAI-compatible chat endpoint and /feedback, as a user of the gateway calls them."""
-
-    def __init__(self, url: str, api_key: str, alias: str, max_tokens: int = 64, temperature: float = 0.0,
-                 timeout: float = 180.0):
-        self.url = url.rstrip("/")
-        self.alias = alias
-        self.max_tokens = max_tokens
-        self.temperature = temperature
-        self.headers = {"Authorization": f"Bearer {api_key}"}
-        self.timeout = timeout
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
-
-    async def ask(self, http: httpx.AsyncClient, user: str, qa: QA, kind: str,
-                  temperature: float | None = None) -> Exchange:
-        ex = Exchange(time.time(), user, qa.question, qa.intent, kind, qa.answer)
-        temperature = self.temperature if temperature is None else temperature
-        body = {"model": self.alias, "messages": [{"role": "user", "content": qa.question}], "temperature": temperature,
-                "max_tokens": self.max_tokens, "user": user}
-        try:
-            r = await http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user})
-            ex.status = r.status_code
-            ex.version = r.headers.get("x-model-version", "")
-            ex.session_id = r.headers.get("x-session-id", "")
-            if r.status_code == 200:
-                data = r.json()
-                ex.message_id = data["id"]
-                ex.answer = data["choices"][0]["message"].get("content") or ""
-            else:
-                ex.error = r.text[:300]
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            ex.error = f"{type(exc).__name__}: {exc}"
-        ex.latency_s = time.time() - ex.at
-        return ex
-
-    async def feedback(self, http: httpx.AsyncClient, ex: Exchange, verdict: str, correction: str | None) -> bool:
-        body = {"session_id": ex.session_id, "message_id": ex.message_id, "feedback": verdict}
-        if correction:
-            body["correction"] = correction
-        try:
-            r = await http.post("/feedback", json=body, headers={"X-User-Id": ex.user})
-        except httpx.HTTPError as exc:
-            logger.warning("feedback failed: %s", exc)
-            return False
-        if r.status_code != 202:
-            logger.warning("feedback refused: %s %s", r.status_code, r.text[:200])
-        return r.status_code == 202
-
-    def ask_all(self, user: str, qas: Sequence[QA], kind: str) -> list[Exchange]:
-        """Ask each question once, in turn, at temperature 0 (no feedback): the after-the-loop answers."""
-
-        async def run() -> list[Exchange]:
-            async with self.client() as http:
-                return [await self.ask(http, user, qa, kind, temperature=0.0) for qa in qas]
-
-        return asyncio.run(run())
-
-
-class Traffic:
-    """Open-loop traffic at `rate` asks/s from `plan`, each answer judged and fed back; in its own thread."""
-
-    def __init__(self, gateway: Gateway, plan: TrafficPlan, rate: float):
-        self.gateway = gateway
-        self.plan = plan
-        self.rate = rate
-        self.correcting = True  # off: wrong answers get plain thumbs-down (the --bad run once it has its pairs)
-        self.exchanges: list[Exchange] = []
-        self.sent = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="demo-traffic", daemon=True)
-
-    def start(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 300.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
-
-    def snapshot(self) -> list[Exchange]:
-        with self._lock:
-            return list(self.exchanges)
-
-    async def _run(self) -> None:
-        async with self.gateway.client() as http:
-            tasks: set[asyncio.Task] = set()
-            t0, k = time.monotonic(), 0
-            while not self._stop.is_set():
-                delay = t0 + k / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(min(delay, 0.5))
-                    continue
-                k += 1
-                task = asyncio.create_task(self._one(http, self.plan.next()))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _one(self, http: httpx.AsyncClient, ask: Ask) -> None:
-        self.sent += 1
-        ex = await self.gateway.ask(http, ask.user, ask.qa, ask.kind)
-        if ex.status == 200:
-            j = judge(ex.answer, ask, self.correcting)
-            ex.score = j.score
-            if await self.gateway.feedback(http, ex, j.verdict, j.correction):
-                ex.verdict, ex.corrected = j.verdict, j.correction is not None
-        with self._lock:
-            self.exchanges.append(ex)
-
-
-# -- the bus ---------------------------------------------------------------------------------------------------------
-
-
 class BusWatcher:
     """Events of some topics from the beginning, those that occurred at or after `since`, in a consumer thread."""
 
@@ -382,17 +163,6 @@ def read_routes(redis_client, alias: str) -> dict[str, int] | None:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def routes_from_models(gateway: Gateway, alias: str) -> dict[str, int]:
-    """The alias's routes as the gateway lists them (GET /v1/models)."""
-    try:
-        r = httpx.get(f"{gateway.url}/v1/models", headers=gateway.headers, timeout=10.0)
-        entry = next((m for m in r.json()["data"] if m["id"] == alias), {})
-    except (httpx.HTTPError, ValueError, KeyError) as exc:
-        logger.debug("routes from /v1/models: %s", exc)
-        return {}
-    return {v["version"]: int(v["weight"]) for v in entry.get("versions") or []}
 
 
 # -- the bad adapter -------------------------------------------------------------------------------------------------
@@ -546,7 +316,7 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
             exchanges = traffic.snapshot()
             run.state = tracker.state(watcher.snapshot(), {e.message_id for e in exchanges if e.corrected})
             routes = read_routes(store, config.alias)
-            routes = routes if routes is not None else routes_from_models(gateway, config.alias)
+            routes = routes if routes is not None else gateway.routes()
             if not routes and config.base_version:  # no routes: the alias serves the base model
                 routes = {config.base_version: 100}
             run.route_samples.append((time.time(), routes))
@@ -623,101 +393,3 @@ def _bad_step(config: DemoConfig, run: DemoRun, traffic: Traffic, trainer: dict,
 
 
 # -- the command -----------------------------------------------------------------------------------------------------
-
-
-def _view(p: Progress):
-    from rich.table import Table
-
-    s = p.state
-    table = Table.grid(padding=(0, 2))
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("elapsed", f"{p.elapsed_s:.0f} s")
-    table.add_row("requests", f"{p.sent} sent, {p.answers} answered, {p.errors} failed")
-    table.add_row("feedback", f"[green]{p.thumbs_up} up[/], [red]{p.thumbs_down} down[/] "
-                              f"({p.corrections} with a correction)")
-    table.add_row("pairs / job", f"{len(s.pairs)} pairs from this run; job {s.job_id or '-'} {s.job_status or ''}")
-    table.add_row("routes", ", ".join(f"{v} {w}%" for v, w in sorted(p.routes.items())) or "-")
-    last = s.last_deployment
-    table.add_row("last deployment", f"{last.action} {last.version}" + (f" @{last.weight}%" if last.weight is not None
-                                                                          else "") + f" {last.reason[:80]}"
-                  if last else "-")
-    table.add_row("now", p.note)
-    return table
-
-
-@click.command("demo")
-@click.option("--users", type=click.IntRange(min=1), default=20, show_default=True, help="Simulated users.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Requests per second, all users together.")
-@click.option("--loop-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
-              help="Share of the traffic that asks loop questions (the rest: other intents' test questions).")
-@click.option("--questions", multiple=True, metavar="INTENT|QUESTION",
-              help="Loop intents (or asked questions) whose wrong answers get corrections [default: all].")
-@click.option("--asked", type=click.IntRange(1, 5), default=3, show_default=True,
-              help="Asked questions per loop intent; the rest are the unseen paraphrases.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1200.0, show_default=True,
-              help="Seconds to wait for the run's adapter to be promoted or rolled back.")
-@click.option("--bad", is_flag=True, help="Train an adapter on the run's pairs swapped and roll it out: a rollback.")
-@click.option("--bad-pairs", type=click.IntRange(min=1), default=None,
-              help="Pairs the --bad run collects before training [default: the retrain threshold minus one].")
-@click.option("--alias", default=None, help="Model alias [default: FLYWHEEL_MODEL_ALIAS].")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
-              help="Sampling temperature of the users' traffic (the after-the-loop questions use 0).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the traffic plan.")
-@click.option("--gateway", "gateway_url", default=None, help="Gateway URL [default: http://127.0.0.1:<gateway port>].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Report folder [default: <data_dir>/demo/<run id>].")
-@click.pass_obj
-def demo_command(settings, users, rate, loop_share, questions, asked, timeout, bad, bad_pairs, alias, max_tokens,
-                 temperature, seed, gateway_url, out_dir) -> None:
-    """Simulated users chat with the running stack and give feedback until the loop promotes (or, with --bad, rolls
-    back) an adapter trained from their corrections; then a report of what changed."""
-    from datetime import datetime
-
-    from rich.console import Console
-    from rich.live import Live
-
-    from deploy import analytics
-    from deploy.demo_report import build_report, print_report, write_report
-    from inference.settings import GatewaySettings
-
-    console = Console()
-    key_file = settings.data_dir / "dev-api-key"
-    if not key_file.is_file():
-        raise click.ClickException(f"no API key at {key_file}: is the stack up? (`flywheel up`)")
-    if bad and bad_pairs is None:
-        from streams.settings import StreamsSettings
-
-        bad_pairs = max(1, StreamsSettings().streams_retrain_threshold - 1)
-    config = DemoConfig(
-        gateway_url=gateway_url or f"http://127.0.0.1:{GatewaySettings().gateway_port}",
-        api_key=key_file.read_text().strip(), kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
-        alias=alias or settings.model_alias, users=users, rate=rate, loop_share=loop_share, asked=asked,
-        questions=tuple(questions), timeout=timeout, bad=bad, bad_pairs=bad_pairs or 7, max_tokens=max_tokens,
-        temperature=temperature, seed=seed, base_version=settings.served_model_name)
-    run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + ("-bad" if bad else "")
-    try:
-        select_corrected(loop_sets_default(asked), questions)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--questions") from exc
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
-        run = run_demo(config, on_progress=lambda p: live.update(_view(p)))
-    try:
-        client = analytics.connect(settings.query_url)
-        try:
-            report = build_report(run, client, run_id)
-        finally:
-            client.close()
-    except analytics.AnalyticsError as exc:
-        raise click.ClickException(str(exc)) from exc
-    print_report(report, console)
-    written = write_report(report, out_dir or settings.data_dir / "demo" / run_id)
-    console.print(f"report: {', '.join(str(p) for p in written)}")
-
-
-def loop_sets_default(asked: int) -> list[QA]:
-    from retrain.demo import load_domain, loop_sets
-
-    return loop_sets(load_domain(), asked)[0]

@@ -26,7 +26,8 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy import analytics
-from deploy.demo import LEARNED_AT, DemoRun, Exchange
+from deploy.demo import DemoRun
+from deploy.demo_traffic import LEARNED_AT, Exchange
 from schemas.views import DB, ab_summary_sql
 
 logger = logging.getLogger(__name__)

@@ -9,19 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from deploy.analytics import VersionSummary
-from deploy.demo import (
-    CORRECT_AT,
-    Ask,
-    DemoConfig,
-    DemoRun,
-    Exchange,
-    LoopTracker,
-    TrafficPlan,
-    judge,
-    nothing_to_correct,
-    select_corrected,
-    swapped_pairs,
-)
+from deploy.demo import DemoConfig, DemoRun, LoopTracker, nothing_to_correct, swapped_pairs
 from deploy.demo_report import (
     before_after,
     decision,
@@ -32,6 +20,7 @@ from deploy.demo_report import (
     version_rows,
     weight_series,
 )
+from deploy.demo_traffic import CORRECT_AT, Ask, Exchange, TrafficPlan, judge, select_corrected
 from retrain.demo import QA, load_domain, loop_sets, sft_splits
 from schemas.events import ChatMessage, Deployment, DPOPair, RetrainJob
 
