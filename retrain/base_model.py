@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -34,6 +33,8 @@ import time
 from pathlib import Path
 
 import click
+
+from retrain.registry import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,6 @@ def find_gguf() -> Path:
 def is_built(target: str | Path) -> bool:
     """True when `target` holds a finished build (the marker is written last)."""
     return (Path(target) / MARKER).is_file()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_base_model(target: str | Path, gguf: str | Path | None = None, force: bool = False) -> Path:
@@ -113,7 +106,7 @@ def build_base_model(target: str | Path, gguf: str | Path | None = None, force: 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         parameters = sum(p.numel() for p in model.parameters())
-        marker = {"source": str(source), "source_sha256": _sha256(source), "license": LICENSE,
+        marker = {"source": str(source), "source_sha256": sha256_file(source), "license": LICENSE,
                   "parameters": parameters, "built_s": round(time.monotonic() - started, 1)}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if target.exists():
