@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from retrain.config import DPOJobConfig
-from retrain.training import DPO_LOG_KEYS, LogProgress, TrainResult, load_policy, pick_device
+from retrain.training import DPO_LOG_KEYS, LogProgress, TrainResult, prepare
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +40,11 @@ def train_dpo(
     publish: Callable[[int, float, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter with DPO on `train_dataset`; save it to `output_dir`."""
-    import torch
     from trl import DPOTrainer
 
-
-    device = pick_device(device)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    output_dir = Path(output_dir)
     started = time.monotonic()
-    tokenizer, model, peft_config = load_policy(base_model, parent_adapter, config)
+    device, tokenizer, model, peft_config = prepare(base_model, parent_adapter, config, device)
+    output_dir = Path(output_dir)
     log.info("dpo start", extra={"job_id": job_id, "pairs": len(train_dataset), "device": device,
                                  "parent": str(parent_adapter) if parent_adapter else None,
                                  "config": config.to_dict()})  # fmt: skip

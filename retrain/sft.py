@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retrain.config import SFTJobConfig
-from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, load_policy, pick_device
+from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, prepare
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +64,13 @@ def train_sft(
     callbacks: Sequence = (),
 ) -> TrainResult:
     """Train a LoRA adapter on prompt/completion `rows`; save it to `<output_dir>/adapter`."""
-    import torch
     from datasets import Dataset
 
     if not rows:
         raise ValueError("no training rows")
-    device = pick_device(device)
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    output_dir = Path(output_dir)
     started = time.monotonic()
-    tokenizer, model, peft_config = load_policy(base_model, parent_adapter, config)
+    device, tokenizer, model, peft_config = prepare(base_model, parent_adapter, config, device)
+    output_dir = Path(output_dir)
     columns = ("prompt", "completion")
     train = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
     evaluate = Dataset.from_list([{k: r[k] for k in columns} for r in eval_rows]) if eval_rows else None

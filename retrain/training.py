@@ -58,6 +58,16 @@ def pick_device(device: str) -> str:
     return device
 
 
+def prepare(base_model: str | Path, parent_adapter: str | Path | None, config, device: str):
+    """What every run starts with: (device, tokenizer, model, peft_config), torch's threads set from the config."""
+    import torch
+
+    device = pick_device(device)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    return (device, *load_policy(base_model, parent_adapter, config))
+
+
 def load_policy(base_model: str | Path, parent_adapter: str | Path | None, config):
     """(tokenizer, model, peft_config): the parent adapter loaded trainable, or a new LoRA's config."""
     import torch
