@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy import stack as local_stack  # noqa: E402
+from deploy.demo import BusWatcher  # noqa: E402
 from deploy.ports import free_ports  # noqa: E402
 from schemas.settings import CommonSettings  # noqa: E402
 
@@ -165,41 +165,11 @@ class LocalLoop:
 # -- events on the bus -----------------------------------------------------------------------------------------------
 
 
-class Events:
-    """Every event of some topics from the beginning, collected by a background consumer thread."""
+class Events(BusWatcher):
+    """Every event of some topics from the beginning (the demo's consumer thread), with waits for the tests."""
 
     def __init__(self, bootstrap: str, topics: list[str]):
-        from confluent_kafka import Consumer
-
-        self.events: list = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"loop-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-        })  # fmt: skip
-        self._consumer.subscribe(topics)
-        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from schemas.codec import decode
-
-        try:
-            while not self._stop.is_set():
-                for msg in self._consumer.consume(500, 0.2):
-                    if msg.error():
-                        continue
-                    event = decode(msg.value())
-                    with self._lock:
-                        self.events.append(event)
-        finally:
-            self._consumer.close()
-
-    def snapshot(self) -> list:
-        with self._lock:
-            return list(self.events)
+        super().__init__(bootstrap, topics, since=0.0)
 
     def find(self, predicate: Callable) -> list:
         return [e for e in self.snapshot() if predicate(e)]
@@ -218,11 +188,6 @@ class Events:
                 seen = [_describe(e) for e in events if type(e).__name__ in ("RetrainJob", "Deployment")]
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; saw {seen}")
             time.sleep(0.2)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
 
 def _describe(event) -> str:
     kind = getattr(event, "status", None) or getattr(event, "action", "")

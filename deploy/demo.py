@@ -113,7 +113,7 @@ class BusWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"flywheel-demo-{uuid.uuid4().hex[:8]}",
+            "bootstrap.servers": bootstrap, "group.id": f"flywheel-watch-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
         })  # fmt: skip
