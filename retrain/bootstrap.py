@@ -19,7 +19,8 @@ import uuid
 from collections.abc import Sequence
 
 from retrain.config import SFTJobConfig, load_config
-from retrain.pipeline import TRAIN_ROWS, write_rows
+from retrain.demo import write_jsonl
+from retrain.pipeline import TRAIN_ROWS
 from retrain.plots import loss_curve
 from retrain.registry import AdapterVersion, Registry
 from retrain.settings import RetrainSettings
@@ -50,7 +51,7 @@ def train_production_sft(settings: RetrainSettings, rows: Sequence[dict], eval_r
         callbacks = [RichProgress(f"SFT {settings.served_model_name}")] if show_progress else []
         result = train_sft(rows, settings.base_model_dir, work, config, eval_rows=eval_rows, job_id=job_id,
                            device=settings.retrain_device, callbacks=callbacks)
-        write_rows(rows, result.adapter_dir / TRAIN_ROWS)
+        write_jsonl(rows, result.adapter_dir / TRAIN_ROWS)
         loss_curve(result.log_history, result.adapter_dir / "loss.png", f"SFT of {settings.served_model_name}")
         version = registry.register(settings.model_alias, result.adapter_dir, {
             "kind": "sft",

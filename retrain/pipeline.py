@@ -25,6 +25,7 @@ from pathlib import Path
 
 from retrain.config import DPOJobConfig
 from retrain.dataset import Pair, split_pairs, to_dataset
+from retrain.demo import write_jsonl
 from retrain.gate import GateReport, GoldenItem, Thresholds, load_golden, load_regression, run_gate
 from retrain.registry import AdapterVersion, Registry
 from retrain.settings import RetrainSettings
@@ -71,10 +72,6 @@ def read_rows(version_dir: Path | None) -> list[dict]:
     """The training rows a version keeps (none for a version without them, e.g. a DPO-only lineage)."""
     path = version_dir / TRAIN_ROWS if version_dir else None
     return read_jsonl(path) if path is not None and path.is_file() else []
-
-
-def write_rows(rows: Sequence[dict], path: Path) -> None:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _question(prompt: Sequence[dict]) -> str:
@@ -143,7 +140,7 @@ def run_job(
     shutil.rmtree(work, ignore_errors=True)
     try:
         result = train_candidate(settings, config, train, keep, parent_dir, work, job_id, publish)
-        write_rows([*keep, *(row(p.prompt, p.chosen) for p in pairs)], result.adapter_dir / TRAIN_ROWS)
+        write_jsonl([*keep, *(row(p.prompt, p.chosen) for p in pairs)], result.adapter_dir / TRAIN_ROWS)
         started = time.monotonic()
         report = run_gate(settings.base_model_dir, result.adapter_dir, parent_dir, parent or settings.served_model_name,
                           train, heldout, regression_prompts(settings, pairs), load_golden(settings.retrain_golden),
