@@ -68,7 +68,8 @@ def run(args) -> dict:
 
     from retrain.config import DPOJobConfig
     from retrain.dataset import to_dataset
-    from retrain.dpo import pick_device, train_dpo
+    from retrain.dpo import train_dpo
+    from retrain.training import pick_device
 
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="flywheel-gpu-dpo-"))

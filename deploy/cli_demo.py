@@ -74,9 +74,9 @@ def demo_command(settings, users, rate, loop_share, questions, asked, timeout, b
     if not key_file.is_file():
         raise click.ClickException(f"no API key at {key_file}: is the stack up? (`flywheel up`)")
     if bad and bad_pairs is None:
-        from streams.settings import StreamsSettings
+        from streams.settings import StreamSettings
 
-        bad_pairs = max(1, StreamsSettings().streams_retrain_threshold - 1)
+        bad_pairs = max(1, StreamSettings().streams_retrain_threshold - 1)
     config = DemoConfig(
         gateway_url=gateway_url or f"http://127.0.0.1:{GatewaySettings().gateway_port}",
         api_key=key_file.read_text().strip(), kafka_bootstrap=settings.kafka_bootstrap, redis_url=settings.redis_url,
