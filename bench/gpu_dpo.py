@@ -34,9 +34,17 @@ from retrain.tiny_model import TINY_ARCH, build_tiny_model, corpus  # noqa: E402
 
 # Qwen2.5-0.5B's architecture (its config.json), with our small tokenizer over its embedding table.
 QWEN2_05B = dict(
-    vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-    num_key_value_heads=2, max_position_embeddings=32_768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-    tie_word_embeddings=True, hidden_act="silu",
+    vocab_size=151_936,
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    max_position_embeddings=32_768,
+    rope_theta=1_000_000.0,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=True,
+    hidden_act="silu",
 )
 PRESETS = {"0.5b": QWEN2_05B, "tiny": TINY_ARCH}
 
@@ -47,8 +55,10 @@ def synthetic_pairs(n: int, seed: int = 0):
 
     rnd = random.Random(seed)
     lines = corpus(seed)
-    return [Pair(f"gpu-bench-{i}", ({"role": "user", "content": rnd.choice(lines)},), rnd.choice(lines),
-                 rnd.choice(lines)) for i in range(n)]  # fmt: skip
+    return [
+        Pair(f"gpu-bench-{i}", ({"role": "user", "content": rnd.choice(lines)},), rnd.choice(lines), rnd.choice(lines))
+        for i in range(n)
+    ]
 
 
 def pair_tokens(tokenizer, pairs) -> list[int]:
@@ -56,8 +66,10 @@ def pair_tokens(tokenizer, pairs) -> list[int]:
     counts = []
     for p in pairs:
         prompt = list(p.prompt)
-        texts = [tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
-                 for answer in (p.chosen, p.rejected)]  # fmt: skip
+        texts = [
+            tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
+            for answer in (p.chosen, p.rejected)
+        ]
         counts.append(sum(len(ids) for ids in tokenizer(texts)["input_ids"]))
     return counts
 
@@ -77,26 +89,42 @@ def run(args) -> dict:
     params = _parameters(AutoConfig.from_pretrained(model_dir))
     pairs = synthetic_pairs(args.steps * args.batch)
     tokens = sum(pair_tokens(AutoTokenizer.from_pretrained(model_dir), pairs))
-    config = DPOJobConfig(learning_rate=1e-5, max_steps=args.steps, per_device_train_batch_size=args.batch,
-                          max_length=args.max_length, bf16=device == "cuda", lora_r=16, lora_alpha=32,
-                          gradient_checkpointing=args.gradient_checkpointing)  # fmt: skip
+    config = DPOJobConfig(
+        learning_rate=1e-5,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch,
+        max_length=args.max_length,
+        bf16=device == "cuda",
+        lora_r=16,
+        lora_alpha=32,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = train_dpo(to_dataset(pairs), model_dir, work / "out", config, job_id="gpu-bench", device=device)
     wall = time.perf_counter() - started
     runtime = next((h["train_runtime"] for h in reversed(result.log_history) if "train_runtime" in h), wall)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # fmt: skip
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
-        "preset": args.preset, "device": device,
+        "preset": args.preset,
+        "device": device,
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
-        "parameters": params, "steps": result.steps, "pairs": len(pairs), "tokens": tokens,
-        "train_runtime_s": round(runtime, 3), "wall_s": round(wall, 3),
-        "tokens_per_s": round(tokens / runtime, 1), "peak_memory_bytes": int(peak),
+        "parameters": params,
+        "steps": result.steps,
+        "pairs": len(pairs),
+        "tokens": tokens,
+        "train_runtime_s": round(runtime, 3),
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / runtime, 1),
+        "peak_memory_bytes": int(peak),
         "trl_num_tokens": next((int(h["num_tokens"]) for h in reversed(result.log_history) if "num_tokens" in h), None),
         "final": result.final,
-    }  # fmt: skip
+    }
 
 
 def _parameters(config) -> int:
@@ -114,9 +142,14 @@ def print_table(r: dict) -> None:
     table = Table(title=f"one DPO job: Qwen2 {r['preset']} from config on {r['gpu'] or r['device']}")
     for col in ("parameters", "steps x pairs", "tokens", "train s", "tokens/s", "peak memory"):
         table.add_column(col, justify="right")
-    table.add_row(f"{r['parameters'] / 1e6:,.1f} M", f"{r['steps']} x {r['pairs'] // max(r['steps'], 1)}",
-                  f"{r['tokens']:,}", f"{r['train_runtime_s']:.1f}", f"{r['tokens_per_s']:,.0f}",
-                  f"{r['peak_memory_bytes'] / 2**30:.2f} GiB")  # fmt: skip
+    table.add_row(
+        f"{r['parameters'] / 1e6:,.1f} M",
+        f"{r['steps']} x {r['pairs'] // max(r['steps'], 1)}",
+        f"{r['tokens']:,}",
+        f"{r['train_runtime_s']:.1f}",
+        f"{r['tokens_per_s']:,.0f}",
+        f"{r['peak_memory_bytes'] / 2**30:.2f} GiB",
+    )
     Console().print(table)
 
 

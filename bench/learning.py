@@ -60,8 +60,9 @@ def offline(args) -> dict:
         train, val = demo_rows()
         config = load_config(settings.sft_config, cls=SFTJobConfig)
         started = time.monotonic()
-        trained = train_sft(train, base, args.out / "sft", config, eval_rows=val, device="cpu",
-                            callbacks=[RichProgress("SFT")])
+        trained = train_sft(
+            train, base, args.out / "sft", config, eval_rows=val, device="cpu", callbacks=[RichProgress("SFT")]
+        )
         result["sft_seconds"] = round(time.monotonic() - started, 1)
         result["sft_steps"] = trained.steps
         result["sft_final"] = trained.final
@@ -71,8 +72,10 @@ def offline(args) -> dict:
     prompts = [[{"role": "user", "content": qa.question}] for qa in test]
     result["base"] = accuracy(gen.answers(prompts), test)
     result["sft"] = accuracy(sft_answers := gen.answers(prompts, adapter="sft"), test)
-    result["sft_examples"] = [{"q": qa.question, "answer": a, "reference": qa.answer}
-                              for qa, a in list(zip(test, sft_answers, strict=True))[:10]]
+    result["sft_examples"] = [
+        {"q": qa.question, "answer": a, "reference": qa.answer}
+        for qa, a in list(zip(test, sft_answers, strict=True))[:10]
+    ]
     table = Table(title=f"held-out test questions ({len(test)}), correct at ROUGE-L >= {CORRECT}")
     for column in ("model", "all", "English", "Chinese", "train s"):
         table.add_column(column)
@@ -97,17 +100,27 @@ def turn(args) -> dict:
     test = sft_splits(load_domain())["test"]
     gateway = Gateway(url, key, settings.model_alias, max_tokens=64)
     before = gateway.ask_all("bench-regression", test, "regression")
-    config = DemoConfig(gateway_url=url, api_key=key, kafka_bootstrap=settings.kafka_bootstrap,
-                        redis_url=settings.redis_url, alias=settings.model_alias, users=args.users, rate=args.rate,
-                        timeout=args.timeout, base_version=settings.served_model_name)
+    config = DemoConfig(
+        gateway_url=url,
+        api_key=key,
+        kafka_bootstrap=settings.kafka_bootstrap,
+        redis_url=settings.redis_url,
+        alias=settings.model_alias,
+        users=args.users,
+        rate=args.rate,
+        timeout=args.timeout,
+        base_version=settings.served_model_name,
+    )
     console = Console()
     last = [0.0]
 
     def show(p) -> None:  # one line every 30 s: this bench's output is read after the run
         if p.elapsed_s - last[0] >= 30:
             last[0] = p.elapsed_s
-            console.log(f"{p.elapsed_s:5.0f}s sent {p.sent} down {p.thumbs_down} corrections {p.corrections} "
-                        f"routes {p.routes} {p.note}")
+            console.log(
+                f"{p.elapsed_s:5.0f}s sent {p.sent} down {p.thumbs_down} corrections {p.corrections} "
+                f"routes {p.routes} {p.note}"
+            )
 
     run = run_demo(config, on_progress=show)
     after = gateway.ask_all("bench-regression", test, "regression")
@@ -119,27 +132,50 @@ def turn(args) -> dict:
         if e.corrected and e.question not in first:
             first[e.question] = e
     result = {
-        "outcome": run.state.outcome, "version": run.state.version, "job_id": run.state.job_id,
-        "minutes": round((run.ended_at - run.started_at) / 60, 1), "requests": len(run.exchanges),
-        "corrected": share(corrected), "corrected_n": len(corrected),
-        "paraphrases": share(unseen), "paraphrases_n": len(unseen),
-        "kept": share(kept), "kept_n": len(kept),
+        "outcome": run.state.outcome,
+        "version": run.state.version,
+        "job_id": run.state.job_id,
+        "minutes": round((run.ended_at - run.started_at) / 60, 1),
+        "requests": len(run.exchanges),
+        "corrected": share(corrected),
+        "corrected_n": len(corrected),
+        "paraphrases": share(unseen),
+        "paraphrases_n": len(unseen),
+        "kept": share(kept),
+        "kept_n": len(kept),
         "test_accuracy_before": accuracy([e.answer for e in before], test)["accuracy"],
         "test_accuracy_after": accuracy([e.answer for e in after], test)["accuracy"],
-        "before_after": [{"q": e.question, "before": first[e.question].answer if e.question in first else None,
-                          "after": e.answer, "correction": e.reference} for e in run.after],
+        "before_after": [
+            {
+                "q": e.question,
+                "before": first[e.question].answer if e.question in first else None,
+                "after": e.answer,
+                "correction": e.reference,
+            }
+            for e in run.after
+        ],
         "note": run.note,
     }
-    table = Table(title=f"one loop turn through the gateway ({result['outcome']} {result['version']}, "
-                        f"{result['minutes']} min, {args.rate} requests/s)")
+    table = Table(
+        title=f"one loop turn through the gateway ({result['outcome']} {result['version']}, "
+        f"{result['minutes']} min, {args.rate} requests/s)"
+    )
     for column in ("figure", "value", "n", "goal"):
         table.add_column(column)
-    table.add_row("corrected questions answered with the correction (ROUGE-L >= 0.8)", f"{result['corrected']:.0%}",
-                  str(len(corrected)), ">= 80%")
+    table.add_row(
+        "corrected questions answered with the correction (ROUGE-L >= 0.8)",
+        f"{result['corrected']:.0%}",
+        str(len(corrected)),
+        ">= 80%",
+    )
     table.add_row("their unseen paraphrases", f"{result['paraphrases']:.0%}", str(len(unseen)), ">= 50%")
     table.add_row("regression set kept (ROUGE-L >= 0.9 vs before)", f"{result['kept']:.0%}", str(len(kept)), ">= 95%")
-    table.add_row("test accuracy before / after", f"{result['test_accuracy_before']:.0%} / "
-                  f"{result['test_accuracy_after']:.0%}", str(len(test)), "")
+    table.add_row(
+        "test accuracy before / after",
+        f"{result['test_accuracy_before']:.0%} / {result['test_accuracy_after']:.0%}",
+        str(len(test)),
+        "",
+    )
     console.print(table)
     return result
 

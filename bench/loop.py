@@ -153,8 +153,7 @@ class LocalLoop:
     def store(self):
         import clickhouse_connect
 
-        return clickhouse_connect.get_client(dsn=self.settings.query_url, compress=False,
-                                             autogenerate_session_id=False)
+        return clickhouse_connect.get_client(dsn=self.settings.query_url, compress=False, autogenerate_session_id=False)
 
     def redis(self):
         import redis
@@ -188,6 +187,7 @@ class Events(BusWatcher):
                 seen = [_describe(e) for e in events if type(e).__name__ in ("RetrainJob", "Deployment")]
                 raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; saw {seen}")
             time.sleep(0.2)
+
 
 def _describe(event) -> str:
     kind = getattr(event, "status", None) or getattr(event, "action", "")
@@ -275,28 +275,41 @@ def openai_client(loop: LocalLoop):
 def ask(client, user: str, question: str, max_tokens: int = 16) -> Answer:
     """One question through the gateway with the official openai client, as `user`."""
     raw = client.chat.completions.with_raw_response.create(
-        model=ALIAS, messages=[{"role": "user", "content": question}], max_tokens=max_tokens, user=user,
+        model=ALIAS,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=max_tokens,
+        user=user,
         extra_headers={"X-User-Id": user},
     )
     completion = raw.parse()
-    return Answer(completion.id, raw.headers["x-session-id"], raw.headers["x-model-version"],
-                  completion.choices[0].message.content or "")
+    return Answer(
+        completion.id,
+        raw.headers["x-session-id"],
+        raw.headers["x-model-version"],
+        completion.choices[0].message.content or "",
+    )
 
 
-def feedback(loop: LocalLoop, user: str, answer: Answer, verdict: str, correction: str | None = None,
-             comment: str | None = None) -> None:
+def feedback(
+    loop: LocalLoop, user: str, answer: Answer, verdict: str, correction: str | None = None, comment: str | None = None
+) -> None:
     body = {"session_id": answer.session_id, "message_id": answer.message_id, "feedback": verdict}
     if correction:
         body["correction"] = correction
     if comment:
         body["comment"] = comment
-    r = httpx.post(f"{loop.gateway_url}/feedback", json=body, timeout=60.0,
-                   headers={"Authorization": f"Bearer {loop.api_key}", "X-User-Id": user})
+    r = httpx.post(
+        f"{loop.gateway_url}/feedback",
+        json=body,
+        timeout=60.0,
+        headers={"Authorization": f"Bearer {loop.api_key}", "X-User-Id": user},
+    )
     r.raise_for_status()
 
 
-def send_corrections(loop: LocalLoop, events: Events, batch: int = 8, timeout: float = 300.0,
-                     since: float | None = None) -> list[Answer]:
+def send_corrections(
+    loop: LocalLoop, events: Events, batch: int = 8, timeout: float = 300.0, since: float | None = None
+) -> list[Answer]:
     """Users ask golden-set questions and thumb each answer down with the expected answer as correction,
     a batch at a time, until the trigger requests a retrain job (seen on retrain.jobs after `since`)."""
     from schemas.events import RetrainJob
@@ -318,8 +331,11 @@ def send_corrections(loop: LocalLoop, events: Events, batch: int = 8, timeout: f
             answers.append(answer)
         round_wait = time.monotonic() + 45.0
         while time.monotonic() < min(round_wait, deadline):
-            if events.find(lambda e: isinstance(e, RetrainJob) and e.status == "requested"
-                           and e.occurred_at.timestamp() >= since - 1):
+            if events.find(
+                lambda e: (
+                    isinstance(e, RetrainJob) and e.status == "requested" and e.occurred_at.timestamp() >= since - 1
+                )
+            ):
                 return answers
             time.sleep(0.5)
         if time.monotonic() >= deadline:
@@ -330,9 +346,16 @@ def send_corrections(loop: LocalLoop, events: Events, batch: int = 8, timeout: f
 # -- steady traffic --------------------------------------------------------------------------------------------------
 
 QUESTIONS = (
-    "Do you ship to Canada?", "How do I return an item?", "Where is my order?", "Can I change my address?",
-    "What is your refund policy?", "Is the blender in stock?", "How long does delivery take?",
-    "Can I cancel my order?", "Do you have a warranty?", "How do I reset my password?",
+    "Do you ship to Canada?",
+    "How do I return an item?",
+    "Where is my order?",
+    "Can I change my address?",
+    "What is your refund policy?",
+    "Is the blender in stock?",
+    "How long does delivery take?",
+    "Can I cancel my order?",
+    "Do you have a warranty?",
+    "How do I reset my password?",
 )
 
 
@@ -401,8 +424,9 @@ class Traffic:
 
         headers = {"Authorization": f"Bearer {self.loop.api_key}"}
         timeout = aiohttp.ClientTimeout(total=180.0, sock_connect=10.0)
-        async with aiohttp.ClientSession(base_url=self.loop.gateway_url, headers=headers, timeout=timeout,
-                                         connector=aiohttp.TCPConnector(limit=512)) as http:
+        async with aiohttp.ClientSession(
+            base_url=self.loop.gateway_url, headers=headers, timeout=timeout, connector=aiohttp.TCPConnector(limit=512)
+        ) as http:
             tasks: set[asyncio.Task] = set()
             t0, k = time.monotonic(), 0
             while not self._stop.is_set():
@@ -418,8 +442,12 @@ class Traffic:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, http, user: str) -> None:
-        body = {"model": ALIAS, "messages": [{"role": "user", "content": random.choice(QUESTIONS)}],
-                "max_tokens": self.max_tokens, "user": user}
+        body = {
+            "model": ALIAS,
+            "messages": [{"role": "user", "content": random.choice(QUESTIONS)}],
+            "max_tokens": self.max_tokens,
+            "user": user,
+        }
         result = Result(user, time.time(), 0.0, 0)
         try:
             async with http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user}) as r:
@@ -471,8 +499,10 @@ STAGES = (
 
 def stage_rows(store, job_id: str | None = None) -> list[dict]:
     where = "WHERE job_id = %(job)s " if job_id else ""
-    result = store.query(f"SELECT * FROM flywheel.v_loop_stages {where}ORDER BY requested_at",
-                         parameters={"job": job_id} if job_id else None)
+    result = store.query(
+        f"SELECT * FROM flywheel.v_loop_stages {where}ORDER BY requested_at",
+        parameters={"job": job_id} if job_id else None,
+    )
     return list(result.named_results())
 
 
@@ -529,16 +559,25 @@ def run_good_loop(loop: LocalLoop, events: Events, traffic: Traffic, timeout: fl
 
     since = time.time()
     send_corrections(loop, events, since=since)
-    job = events.wait(lambda e: isinstance(e, RetrainJob) and e.status == "requested"
-                      and e.occurred_at.timestamp() >= since - 1, 30, "job requested")
-    done = events.wait(lambda e: isinstance(e, RetrainJob) and e.job_id == job.job_id
-                       and e.status in ("succeeded", "failed"), timeout, f"job {job.job_id} to end")
+    job = events.wait(
+        lambda e: isinstance(e, RetrainJob) and e.status == "requested" and e.occurred_at.timestamp() >= since - 1,
+        30,
+        "job requested",
+    )
+    done = events.wait(
+        lambda e: isinstance(e, RetrainJob) and e.job_id == job.job_id and e.status in ("succeeded", "failed"),
+        timeout,
+        f"job {job.job_id} to end",
+    )
     if done.status != "succeeded" or done.verdict != "accepted":
         raise AssertionError(f"job {job.job_id} ended {done.status} {done.verdict}: {done.error}")
     version = done.adapter_version
-    events.wait(lambda e: isinstance(e, Deployment) and e.version == version and e.action == "promoted", timeout,
-                f"{version} promoted",
-                fail=lambda e: isinstance(e, Deployment) and e.version == version and e.action == "rolled_back")
+    events.wait(
+        lambda e: isinstance(e, Deployment) and e.version == version and e.action == "promoted",
+        timeout,
+        f"{version} promoted",
+        fail=lambda e: isinstance(e, Deployment) and e.version == version and e.action == "rolled_back",
+    )
     return job.job_id, version
 
 
@@ -575,8 +614,10 @@ def main() -> None:
             row = wait_stage_row(loop.store(), job_id)
             failed = [r for r in traffic.results if r.status != 200]
             console.print(stage_table(row, canary_floor_s(loop.env)))
-            console.print(f"{version} promoted; traffic {len(traffic.results)} requests at "
-                          f"{traffic.achieved_rate():.1f}/s, {len(failed)} failed")
+            console.print(
+                f"{version} promoted; traffic {len(traffic.results)} requests at "
+                f"{traffic.achieved_rate():.1f}/s, {len(failed)} failed"
+            )
             console.print(f'flywheel sql "SELECT * FROM flywheel.v_loop_stages" gives the same row (job {job_id})')
             ok = row["total_s"] is not None and row["total_s"] < GOAL_S
     finally:

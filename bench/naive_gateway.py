@@ -88,8 +88,11 @@ def create_app(upstream: str, redis_url: str, model: str = "tiny") -> FastAPI:
     @app.post("/chat")
     async def chat(req: ChatRequest):
         session_id = req.session_id or uuid.uuid4().hex
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, *history(session_id),
-                    {"role": "user", "content": req.message}]
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            *history(session_id),
+            {"role": "user", "content": req.message},
+        ]
         body = {"model": model, "messages": messages}
         if req.max_tokens is not None:
             body["max_tokens"] = req.max_tokens
@@ -117,8 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="tiny")
     args = parser.parse_args(argv)
     # uvicorn's defaults, as the chapter runs it (`uvicorn app:app`)
-    uvicorn.run(create_app(args.upstream, args.redis, args.model), host=args.host, port=args.port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(args.upstream, args.redis, args.model),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -99,8 +99,9 @@ class Env:
 # -- shared set-up ---------------------------------------------------------------------------
 
 
-def chat_response_dicts(n: int, tag: str, model_version: str = "support-v7", start: float | None = None,
-                        step_s: float = 0.0) -> list[dict]:  # fmt: skip
+def chat_response_dicts(
+    n: int, tag: str, model_version: str = "support-v7", start: float | None = None, step_s: float = 0.0
+) -> list[dict]:
     """ChatResponse-sized events (about 600 bytes of JSON each) with a full envelope; event i occurred at
     start + i * step_s (default: all now)."""
     start = time.time() if start is None else start
@@ -127,7 +128,7 @@ def chat_response_dicts(n: int, tag: str, model_version: str = "support-v7", sta
             "status": "ok",
             "error": None,
             "route": "openai",
-        }  # fmt: skip
+        }
         for i in range(n)
     ]
 
@@ -148,9 +149,13 @@ def preload(bootstrap: str, topic: str, dicts: list[dict], key: str) -> None:
 
 def consumer_config(bootstrap: str, group: str) -> dict:
     return {
-        "bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
-        "enable.auto.commit": False, "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-    }  # fmt: skip
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 1000,
+    }
 
 
 # -- section: sink ------------------------------------------------------------------------------
@@ -223,9 +228,11 @@ def sink_section(env: Env) -> list[Row]:
 
 # -- sections: the faust stream worker (streams.app) ------------------------------------------------
 STREAM_WINDOW_ENV = {  # 1 s windows closing fast: output flows while the preloaded backlog is read
-    "FLYWHEEL_STREAMS_WINDOW_SECONDS": "[1]", "FLYWHEEL_STREAMS_WINDOW_GRACE_S": "1",
-    "FLYWHEEL_STREAMS_WINDOW_IDLE_S": "30", "FLYWHEEL_STREAMS_TICK_INTERVAL_S": "0.2",
-}  # fmt: skip
+    "FLYWHEEL_STREAMS_WINDOW_SECONDS": "[1]",
+    "FLYWHEEL_STREAMS_WINDOW_GRACE_S": "1",
+    "FLYWHEEL_STREAMS_WINDOW_IDLE_S": "30",
+    "FLYWHEEL_STREAMS_TICK_INTERVAL_S": "0.2",
+}
 
 
 @contextmanager
@@ -233,12 +240,23 @@ def stream_worker(bootstrap: str, data_dir: Path, agents: str, **env: str) -> It
     """`python -m streams.app` with FLYWHEEL_STREAMS_AGENTS=agents and a fresh app id (group, state)."""
     app_id = f"bench-{uuid.uuid4().hex[:6]}"
     log_path = data_dir / f"{app_id}.log"
-    environ = {**os.environ, "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap, "FLYWHEEL_DATA_DIR": str(data_dir),
-               "FLYWHEEL_STREAMS_APP_ID": app_id, "FLYWHEEL_STREAMS_STATE_DIR": str(data_dir / app_id),
-               "FLYWHEEL_STREAMS_AGENTS": agents, **env}  # fmt: skip
+    environ = {
+        **os.environ,
+        "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap,
+        "FLYWHEEL_DATA_DIR": str(data_dir),
+        "FLYWHEEL_STREAMS_APP_ID": app_id,
+        "FLYWHEEL_STREAMS_STATE_DIR": str(data_dir / app_id),
+        "FLYWHEEL_STREAMS_AGENTS": agents,
+        **env,
+    }
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.app", "worker", "--without-web", "-l", "info"],
-                                cwd=ROOT, env=environ, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.app", "worker", "--without-web", "-l", "info"],
+            cwd=ROOT,
+            env=environ,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     proc.log_path = log_path  # type: ignore[attr-defined]  # "Worker ready" marks the end of start-up
     try:
         yield proc
@@ -348,22 +366,38 @@ def metric_section(env: Env) -> list[Row]:
         Row("metric agent alone (AGENTS=metrics)", alone, "events/s", ">= 10,000", alone >= 10_000),
         Row("metric agent, all agents in one worker", shared, "events/s"),
         Row("metric agent alone / decode baseline", 100 * alone / base, "%"),
-        Row("events accounted in windows (every run)", min(t for v in accounted.values() for t in v), "events",
-            f"= {n:,}", complete),
-    ]  # fmt: skip
+        Row(
+            "events accounted in windows (every run)",
+            min(t for v in accounted.values() for t in v),
+            "events",
+            f"= {n:,}",
+            complete,
+        ),
+    ]
 
 
 def _conversation(i: int) -> tuple[ChatRequest, ChatResponse, Feedback]:
     sid, mid = f"fs{i}", f"f{i}-{uuid.uuid4().hex[:6]}"
     question = f"Question number {i} about order {uuid.uuid4().hex[:8]}?"
     return (
-        ChatRequest(session_id=sid, message_id=mid, model_alias="support",
-                    messages=[ChatMessage(role="user", content=question)]),
-        ChatResponse(session_id=sid, message_id=mid, model_alias="support", model_version="tiny",
-                     content=f"Wrong answer {i}.", latency_ms=5),
-        Feedback(session_id=sid, message_id=mid, feedback="thumbs_down",
-                 correction=f"Right answer {i} {uuid.uuid4().hex[:8]}."),
-    )  # fmt: skip
+        ChatRequest(
+            session_id=sid, message_id=mid, model_alias="support", messages=[ChatMessage(role="user", content=question)]
+        ),
+        ChatResponse(
+            session_id=sid,
+            message_id=mid,
+            model_alias="support",
+            model_version="tiny",
+            content=f"Wrong answer {i}.",
+            latency_ms=5,
+        ),
+        Feedback(
+            session_id=sid,
+            message_id=mid,
+            feedback="thumbs_down",
+            correction=f"Right answer {i} {uuid.uuid4().hex[:8]}.",
+        ),
+    )
 
 
 def run_feedback_latency(bootstrap: str, data_dir: Path, count: int, rate: float, agents: str) -> list[float]:
@@ -431,9 +465,14 @@ def feedback_section(env: Env) -> list[Row]:
         rows += [
             Row(f"feedback -> pair p50 ({label})", 1000 * _pct(lat, 0.5), "ms"),
             Row(f"feedback -> pair p99 ({label})", 1000 * p99, "ms", "< 1,000", p99 < 1.0),
-            Row(f"pairs received ({label}, {env.feedback_rate:g}/s)", got[agents], "pairs",
-                f"= {env.repeats * env.feedbacks}", got[agents] == env.repeats * env.feedbacks),
-        ]  # fmt: skip
+            Row(
+                f"pairs received ({label}, {env.feedback_rate:g}/s)",
+                got[agents],
+                "pairs",
+                f"= {env.repeats * env.feedbacks}",
+                got[agents] == env.repeats * env.feedbacks,
+            ),
+        ]
     return rows
 
 
@@ -469,8 +508,17 @@ def main(argv: list[str] | None = None) -> int:
         create_topics(bootstrap)
         client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}")
         ddl.migrate(client)
-        env = Env(bootstrap, data_dir, client, args.events, args.repeats, args.stream_events, args.feedbacks,
-                  args.feedback_rate, external_broker=bool(args.bootstrap))  # fmt: skip
+        env = Env(
+            bootstrap,
+            data_dir,
+            client,
+            args.events,
+            args.repeats,
+            args.stream_events,
+            args.feedbacks,
+            args.feedback_rate,
+            external_broker=bool(args.bootstrap),
+        )
         table = Table(title=f"pipeline bench: {args.events:,} events, median of {args.repeats} interleaved repeats")
         for column in ("section", "metric", "value", "unit", "goal", "ok"):
             table.add_column(column, justify="right" if column == "value" else "left")

@@ -139,9 +139,7 @@ def per_event_costs(dicts: list[dict]) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bootstrap", help="use this broker instead of starting Tansu")
@@ -177,9 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     for column in ("variant", "events/s (median)", "min", "max", "ratio to raw"):
         table.add_column(column, justify="left" if column == "variant" else "right")
     for name, r in rates.items():
-        table.add_row(
-            name, f"{medians[name]:,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}", f"{medians[name] / raw:.2f}"
-        )
+        table.add_row(name, f"{medians[name]:,.0f}", f"{min(r):,.0f}", f"{max(r):,.0f}", f"{medians[name] / raw:.2f}")
     console.print(table)
     s = settings
     console.print(
@@ -201,8 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("[green]PASS[/green]" if ratio_ok else "[red]FAIL[/red]")
     )
     console.print(
-        f"goal sdk >= {RATE_GOAL:,}/s: {sdk:,.0f}/s "
-        + ("[green]PASS[/green]" if rate_ok else "[red]FAIL[/red]")
+        f"goal sdk >= {RATE_GOAL:,}/s: {sdk:,.0f}/s " + ("[green]PASS[/green]" if rate_ok else "[red]FAIL[/red]")
     )
     return 0 if ratio_ok and rate_ok else 1
 

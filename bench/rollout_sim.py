@@ -80,8 +80,7 @@ class Result:
     samples: int  # responses of both versions when decided
 
 
-def simulate(rng: np.random.Generator, policy: Policy, rate: float, canary: Arm, current: Arm,
-             poll_s: float) -> Result:
+def simulate(rng: np.random.Generator, policy: Policy, rate: float, canary: Arm, current: Arm, poll_s: float) -> Result:
     """One rollout, from the first weight to promotion or rollback."""
     measured = rng.poisson(rate * RATE_WINDOW_S) / RATE_WINDOW_S
     weight = first_weight(policy.plan, measured, policy.min_canary_rate, policy.max_first_weight)
@@ -94,8 +93,14 @@ def simulate(rng: np.random.Generator, policy: Policy, rate: float, canary: Arm,
         n_c = int(rng.binomial(n, weight / 100)) if n else 0
         c.add(rng, n_c, canary)
         o.add(rng, n - n_c, current)
-        d = decide(c.figures("canary"), o.figures("current"), policy, step_elapsed_s=t - step_t,
-                   total_elapsed_s=t, step_responses=c.responses - step_start_responses)
+        d = decide(
+            c.figures("canary"),
+            o.figures("current"),
+            policy,
+            step_elapsed_s=t - step_t,
+            total_elapsed_s=t,
+            step_responses=c.responses - step_start_responses,
+        )
         if d.outcome is Outcome.HOLD:
             continue
         if d.outcome is Outcome.ROLLBACK:
@@ -106,8 +111,9 @@ def simulate(rng: np.random.Generator, policy: Policy, rate: float, canary: Arm,
         step_t, step_start_responses = t, c.responses
 
 
-def run_many(runs: int, seed: int, policy: Policy, rate: float, canary: Arm, current: Arm,
-             poll_s: float) -> list[Result]:
+def run_many(
+    runs: int, seed: int, policy: Policy, rate: float, canary: Arm, current: Arm, poll_s: float
+) -> list[Result]:
     rng = np.random.default_rng(seed)
     return [simulate(rng, policy, rate, canary, current, poll_s) for _ in range(runs)]
 
@@ -122,17 +128,21 @@ def pct(values: list[float], q: float) -> float:
 
 def outcome_table(title: str, rows: list[tuple[str, list[Result]]]) -> Table:
     table = Table(title=title)
-    for col in ("canary", "harm", "promoted", "inconclusive", "canary n p50/p90", "all n p50/p90",
-                "min p50/p90"):
+    for col in ("canary", "harm", "promoted", "inconclusive", "canary n p50/p90", "all n p50/p90", "min p50/p90"):
         table.add_column(col, justify="left" if col == "canary" else "right")
     for label, results in rows:
         can = [r.canary_samples for r in results]
         both = [r.samples for r in results]
         minutes = [r.seconds / 60 for r in results]
-        table.add_row(label, f"{share(results, 'harm'):.1%}", f"{share(results, 'promoted'):.1%}",
-                      f"{share(results, 'inconclusive'):.1%}", f"{pct(can, 50):.0f} / {pct(can, 90):.0f}",
-                      f"{pct(both, 50):.0f} / {pct(both, 90):.0f}",
-                      f"{pct(minutes, 50):.1f} / {pct(minutes, 90):.1f}")
+        table.add_row(
+            label,
+            f"{share(results, 'harm'):.1%}",
+            f"{share(results, 'promoted'):.1%}",
+            f"{share(results, 'inconclusive'):.1%}",
+            f"{pct(can, 50):.0f} / {pct(can, 90):.0f}",
+            f"{pct(both, 50):.0f} / {pct(both, 90):.0f}",
+            f"{pct(minutes, 50):.1f} / {pct(minutes, 90):.1f}",
+        )
     return table
 
 
@@ -165,13 +175,19 @@ def main(argv: list[str] | None = None) -> None:
     policy = Policy()
     console = Console(width=max(Console().width, 100))
     console.print(f"policy: {policy}")
-    console.print("versions: thumbs-down 0.2, errors 0.01, latency lognormal (median 300 ms, sigma 0.5), "
-                  f"{RATED_P:.0%} of answers rated; 'n' counts responses")
+    console.print(
+        "versions: thumbs-down 0.2, errors 0.01, latency lognormal (median 300 ms, sigma 0.5), "
+        f"{RATED_P:.0%} of answers rated; 'n' counts responses"
+    )
     base = Arm()
     neutral = run_many(args.runs, args.seed, policy, args.rate, base, base, args.poll_s)
     worse = run_many(args.runs, args.seed + 1, policy, args.rate, Arm(thumbs_down=0.4), base, args.poll_s)
-    console.print(outcome_table(f"{args.runs} rollouts at {args.rate:g} requests/s, a look every {args.poll_s:g} s",
-                                [("neutral", neutral), ("2x thumbs-down", worse)]))
+    console.print(
+        outcome_table(
+            f"{args.runs} rollouts at {args.rate:g} requests/s, a look every {args.poll_s:g} s",
+            [("neutral", neutral), ("2x thumbs-down", worse)],
+        )
+    )
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
     console.print(timing_table(args.runs, args.seed + 2, policy, rates, args.poll_s))
 

@@ -116,17 +116,23 @@ class Stub:
             }
             return b"data: " + orjson.dumps(c) + b"\n\n"
 
-        await send({"type": "http.response.body", "body": chunk({"role": "assistant", "content": ""}),
-                    "more_body": True})
+        await send(
+            {"type": "http.response.body", "body": chunk({"role": "assistant", "content": ""}), "more_body": True}
+        )
         for i, word in enumerate(words):
             piece = word if i == 0 else " " + word
             await send({"type": "http.response.body", "body": chunk({"content": piece}), "more_body": True})
         await send({"type": "http.response.body", "body": chunk({}, "stop"), "more_body": True})
         if (body.get("stream_options") or {}).get("include_usage"):
-            u = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                 "choices": [], "usage": usage}
-            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(u) + b"\n\n",
-                        "more_body": True})
+            u = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [],
+                "usage": usage,
+            }
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(u) + b"\n\n", "more_body": True})
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
@@ -143,8 +149,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=9100)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
-    uvicorn.run(Stub(args.delay_ms), host=args.host, port=args.port, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(
+        Stub(args.delay_ms),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 if __name__ == "__main__":

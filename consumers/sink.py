@@ -197,8 +197,10 @@ class Sink:
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        logger.info("sink started", extra={"group": self.group_id, "ledger_group": self.ledger_group,
-                                           "topics": len(self.topics)})  # fmt: skip
+        logger.info(
+            "sink started",
+            extra={"group": self.group_id, "ledger_group": self.ledger_group, "topics": len(self.topics)},
+        )
 
     def _ensure_topics(self) -> None:
         """Create the registry's topics first: subscribing to a missing one makes Tansu auto-create it

@@ -61,9 +61,7 @@ def main(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--infra-only", is_flag=True, help="Only the broker, Redis and the store; no workers.")
-@click.option(
-    "--timeout", default=300.0, show_default=True, help="Seconds to wait for every service to be healthy."
-)
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for every service to be healthy.")
 @click.pass_obj
 def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
     """Start the local stack under supervisord and wait until it is healthy."""
@@ -72,9 +70,7 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
         _ensure_production_version()
     try:
         with Live(Spinner("dots", text="starting supervisord"), console=console, transient=True) as live:
-            result = stack.up(
-                settings, infra_only, timeout, progress=lambda rows: live.update(_progress_view(rows))
-            )
+            result = stack.up(settings, infra_only, timeout, progress=lambda rows: live.update(_progress_view(rows)))
     except StackError as exc:
         errors.print(f"[red]flywheel up failed:[/] {exc}", markup=True, highlight=False)
         sys.exit(1)
@@ -83,9 +79,7 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
         _route_production_version()
     if result.already_running:
         console.print("stack was already running")
-    console.print(
-        f"topics created: {len(result.topics_created)}; logs in {stack.layout_for(settings).logs_dir}"
-    )
+    console.print(f"topics created: {len(result.topics_created)}; logs in {stack.layout_for(settings).logs_dir}")
 
 
 def _ensure_base_model() -> None:
@@ -181,8 +175,18 @@ def _register() -> None:
     for name in ("promote", "rollback"):
         models_group.add_command(deploy_group.commands[name])
     train_group.add_command(launch_command)
-    commands = (topics, db, schemas, produce_command, sql_command, report_command, model, models_group, train_group,
-                config_command)
+    commands = (
+        topics,
+        db,
+        schemas,
+        produce_command,
+        sql_command,
+        report_command,
+        model,
+        models_group,
+        train_group,
+        config_command,
+    )
     for command in commands:
         main.add_command(command)
     _register_demo()

@@ -85,8 +85,20 @@ class LoopTracker:
                         s.outcome, s.reason = "failed", e.error or ""
             if s.job_status == "succeeded" and s.gate_verdict == "rejected":
                 s.outcome = "rejected"
-                s.reason = next((e.error for e in events if isinstance(e, RetrainJob) and e.job_id == s.job_id
-                                 and e.status == "succeeded" and e.error), "") or "the gate rejected the adapter"
+                s.reason = (
+                    next(
+                        (
+                            e.error
+                            for e in events
+                            if isinstance(e, RetrainJob)
+                            and e.job_id == s.job_id
+                            and e.status == "succeeded"
+                            and e.error
+                        ),
+                        "",
+                    )
+                    or "the gate rejected the adapter"
+                )
         else:
             s.version = self.target_version
         if s.version:
@@ -112,11 +124,16 @@ class BusWatcher:
         self.events: list = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"flywheel-watch-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
-        })  # fmt: skip
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"flywheel-watch-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 1000,
+            }
+        )
         self._consumer.subscribe(topics)
         self._thread = threading.Thread(target=self._run, name="demo-bus", daemon=True)
         self._thread.start()
@@ -170,8 +187,16 @@ def _text(value) -> str:
 
 def swapped_pairs(pairs: Sequence) -> list[dict]:
     """The run's correction pairs with chosen and rejected swapped: an adapter that prefers the wrong answers."""
-    return [{"pair_id": f"swapped-{p.pair_id}", "prompt": [m.model_dump() for m in p.prompt],
-             "chosen": p.rejected, "rejected": p.chosen} for p in pairs if p.chosen]
+    return [
+        {
+            "pair_id": f"swapped-{p.pair_id}",
+            "prompt": [m.model_dump() for m in p.prompt],
+            "chosen": p.rejected,
+            "rejected": p.chosen,
+        }
+        for p in pairs
+        if p.chosen
+    ]
 
 
 def flywheel_executable() -> list[str]:
@@ -192,8 +217,13 @@ def train_bad_adapter(pairs: Sequence, timeout: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="flywheel-demo-") as tmp:
         path = Path(tmp) / "swapped.jsonl"
         path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        done = subprocess.run([*flywheel_executable(), "train", "dpo", "--pairs", str(path)], env=dict(os.environ),
-                              capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            [*flywheel_executable(), "train", "dpo", "--pairs", str(path)],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
     if done.returncode != 0:
         raise RuntimeError(f"flywheel train dpo failed: {(done.stderr or done.stdout)[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -207,10 +237,18 @@ def announce_adapter(bootstrap: str, alias: str, result: dict, previous: str | N
 
     producer = ChatEventProducer(ProducerSettings(kafka_bootstrap=bootstrap))
     try:
-        producer.send(Deployment(alias=alias, action="adapter_ready", version=result["version"],
-                                 previous_version=previous, adapter_path=result["path"], job_id=result["job_id"],
-                                 producer="flywheel-demo",
-                                 reason="demo --bad: trained on swapped pairs, announced regardless of the gate"))
+        producer.send(
+            Deployment(
+                alias=alias,
+                action="adapter_ready",
+                version=result["version"],
+                previous_version=previous,
+                adapter_path=result["path"],
+                job_id=result["job_id"],
+                producer="flywheel-demo",
+                reason="demo --bad: trained on swapped pairs, announced regardless of the gate",
+            )
+        )
         if producer.flush(30).pending:
             raise RuntimeError("the adapter_ready event was not delivered")
     finally:
@@ -273,10 +311,18 @@ class DemoRun:
 
 
 def _progress(run: DemoRun, traffic: Traffic, exchanges: list[Exchange], routes: dict[str, int], note: str):
-    return Progress(time.time() - run.started_at, traffic.sent, sum(e.status == 200 for e in exchanges),
-                    sum(e.status != 200 for e in exchanges), sum(e.verdict == "thumbs_up" for e in exchanges),
-                    sum(e.verdict == "thumbs_down" for e in exchanges), sum(e.corrected for e in exchanges),
-                    run.state, routes, note)
+    return Progress(
+        time.time() - run.started_at,
+        traffic.sent,
+        sum(e.status == 200 for e in exchanges),
+        sum(e.status != 200 for e in exchanges),
+        sum(e.verdict == "thumbs_up" for e in exchanges),
+        sum(e.verdict == "thumbs_down" for e in exchanges),
+        sum(e.corrected for e in exchanges),
+        run.state,
+        routes,
+        note,
+    )
 
 
 def nothing_to_correct(exchanges: Sequence[Exchange], corrected: Sequence[QA], min_asks: int = 2) -> bool:
@@ -285,8 +331,7 @@ def nothing_to_correct(exchanges: Sequence[Exchange], corrected: Sequence[QA], m
     for e in exchanges:
         if e.status == 200:
             asks[e.question] = asks.get(e.question, 0) + 1
-    return (all(asks.get(qa.question, 0) >= min_asks for qa in corrected)
-            and not any(e.corrected for e in exchanges))
+    return all(asks.get(qa.question, 0) >= min_asks for qa in corrected) and not any(e.corrected for e in exchanges)
 
 
 def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambda p: None) -> DemoRun:
@@ -303,8 +348,9 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
     plan = TrafficPlan(asked, sft_splits(intents)["test"], corrected, config.users, config.loop_share, config.seed)
     gateway = Gateway(config.gateway_url, config.api_key, config.alias, config.max_tokens, config.temperature)
     run = DemoRun(config, started_at=time.time(), corrected=corrected)
-    watcher = BusWatcher(config.kafka_bootstrap, [DPO_PAIRS.name, RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name],
-                         since=run.started_at - 1.0)
+    watcher = BusWatcher(
+        config.kafka_bootstrap, [DPO_PAIRS.name, RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name], since=run.started_at - 1.0
+    )
     tracker = LoopTracker(config.alias)
     store = redis.Redis.from_url(config.redis_url, socket_timeout=5)
     traffic = Traffic(gateway, plan, config.rate).start()
@@ -362,8 +408,9 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
     return run
 
 
-def _bad_step(config: DemoConfig, run: DemoRun, traffic: Traffic, trainer: dict, routes: dict[str, int],
-              tracker: LoopTracker) -> str:
+def _bad_step(
+    config: DemoConfig, run: DemoRun, traffic: Traffic, trainer: dict, routes: dict[str, int], tracker: LoopTracker
+) -> str:
     """The --bad run: enough pairs -> train on them swapped (in a thread) -> announce the adapter."""
     if "thread" not in trainer:
         if len(run.state.pairs) < config.bad_pairs:

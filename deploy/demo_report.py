@@ -32,8 +32,18 @@ from schemas.views import DB, ab_summary_sql
 
 logger = logging.getLogger(__name__)
 
-VERSION_COLUMNS = ("model_version", "requests", "requests_per_s", "latency_p95_ms", "error_rate", "rated",
-                   "thumbs_down", "thumbs_down_rate", "first_seen", "last_seen")
+VERSION_COLUMNS = (
+    "model_version",
+    "requests",
+    "requests_per_s",
+    "latency_p95_ms",
+    "error_rate",
+    "rated",
+    "thumbs_down",
+    "thumbs_down_rate",
+    "first_seen",
+    "last_seen",
+)
 
 
 # -- arithmetic (pure) -----------------------------------------------------------------------------------------------
@@ -50,20 +60,42 @@ def before_after(run: DemoRun) -> list[dict]:
         if qa.question not in after:
             continue
         b, a = first.get(qa.question), after[qa.question]
-        rows.append({"question": qa.question, "intent": qa.intent, "correction": qa.answer,
-                     "before": b.answer if b else None, "before_version": b.version if b else None,
-                     "before_rouge_l": b.score if b else None,
-                     "after": a.answer if a.status == 200 else None, "after_version": a.version,
-                     "after_rouge_l": a.score})
+        rows.append(
+            {
+                "question": qa.question,
+                "intent": qa.intent,
+                "correction": qa.answer,
+                "before": b.answer if b else None,
+                "before_version": b.version if b else None,
+                "before_rouge_l": b.score if b else None,
+                "after": a.answer if a.status == 200 else None,
+                "after_version": a.version,
+                "after_rouge_l": a.score,
+            }
+        )
     return rows
 
 
 def unseen_summary(unseen: Sequence[Exchange], learned_at: float = LEARNED_AT) -> dict:
-    rows = [{"question": e.question, "intent": e.intent, "answer": e.answer, "version": e.version,
-             "rouge_l": e.score, "learned": e.score is not None and e.score >= learned_at} for e in unseen]
+    rows = [
+        {
+            "question": e.question,
+            "intent": e.intent,
+            "answer": e.answer,
+            "version": e.version,
+            "rouge_l": e.score,
+            "learned": e.score is not None and e.score >= learned_at,
+        }
+        for e in unseen
+    ]
     learned = sum(r["learned"] for r in rows)
-    return {"asked": len(rows), "learned": learned, "share": learned / len(rows) if rows else None,
-            "learned_at": learned_at, "rows": rows}
+    return {
+        "asked": len(rows),
+        "learned": learned,
+        "share": learned / len(rows) if rows else None,
+        "learned_at": learned_at,
+        "rows": rows,
+    }
 
 
 def version_rows(summaries: Sequence[analytics.VersionSummary]) -> list[dict]:
@@ -72,10 +104,20 @@ def version_rows(summaries: Sequence[analytics.VersionSummary]) -> list[dict]:
     rows = []
     for s in summaries:
         span = max(1.0, (s.last_seen - s.first_seen).total_seconds())
-        rows.append({"model_version": s.model_version, "requests": s.requests, "requests_per_s": s.requests / span,
-                     "latency_p95_ms": s.latency_p95_ms, "error_rate": s.error_rate, "rated": s.rated,
-                     "thumbs_down": s.thumbs_down, "thumbs_down_rate": s.thumbs_down_rate,
-                     "first_seen": s.first_seen.isoformat(), "last_seen": s.last_seen.isoformat()})
+        rows.append(
+            {
+                "model_version": s.model_version,
+                "requests": s.requests,
+                "requests_per_s": s.requests / span,
+                "latency_p95_ms": s.latency_p95_ms,
+                "error_rate": s.error_rate,
+                "rated": s.rated,
+                "thumbs_down": s.thumbs_down,
+                "thumbs_down_rate": s.thumbs_down_rate,
+                "first_seen": s.first_seen.isoformat(),
+                "last_seen": s.last_seen.isoformat(),
+            }
+        )
     return rows
 
 
@@ -84,8 +126,13 @@ def decision(run: DemoRun) -> dict | None:
     final = next((d for d in reversed(run.state.deployments) if d.action in ("promoted", "rolled_back")), None)
     if final is None:
         return None
-    return {"version": final.version, "action": final.action, "reason": final.reason,
-            "previous_version": final.previous_version, "at": final.occurred_at.isoformat()}
+    return {
+        "version": final.version,
+        "action": final.action,
+        "reason": final.reason,
+        "previous_version": final.previous_version,
+        "at": final.occurred_at.isoformat(),
+    }
 
 
 def time_series(exchanges: Sequence[Exchange], start: float, bin_s: float = 10.0) -> dict[str, dict]:
@@ -102,17 +149,21 @@ def time_series(exchanges: Sequence[Exchange], start: float, bin_s: float = 10.0
     out = {}
     for version, per_bin in bins.items():
         keys = sorted(per_bin)
-        out[version] = {"t": [k * bin_s for k in keys],
-                        "requests_per_s": [per_bin[k][0] / bin_s for k in keys],
-                        "thumbs_down_rate": [per_bin[k][2] / per_bin[k][1] if per_bin[k][1] else None for k in keys]}
+        out[version] = {
+            "t": [k * bin_s for k in keys],
+            "requests_per_s": [per_bin[k][0] / bin_s for k in keys],
+            "thumbs_down_rate": [per_bin[k][2] / per_bin[k][1] if per_bin[k][1] else None for k in keys],
+        }
     return out
 
 
 def weight_series(samples: Sequence[tuple[float, dict[str, int]]], start: float) -> dict[str, dict]:
     """version -> {"t": [...], "weight": [...]}: every sample, 0 where the version was not routed."""
     versions = sorted({v for _, routes in samples for v in routes})
-    return {v: {"t": [at - start for at, _ in samples], "weight": [routes.get(v, 0) for _, routes in samples]}
-            for v in versions}
+    return {
+        v: {"t": [at - start for at, _ in samples], "weight": [routes.get(v, 0) for _, routes in samples]}
+        for v in versions
+    }
 
 
 # -- the store -------------------------------------------------------------------------------------------------------
@@ -120,8 +171,10 @@ def weight_series(samples: Sequence[tuple[float, dict[str, int]]], start: float)
 
 def window_condition(start: float, end: float, alias: str) -> str:
     quoted = alias.replace("\\", "\\\\").replace("'", "\\'")
-    return (f"occurred_at >= {analytics._ts(_utc(start))} AND occurred_at <= {analytics._ts(_utc(end))}"
-            f" AND model_alias = '{quoted}'")
+    return (
+        f"occurred_at >= {analytics._ts(_utc(start))} AND occurred_at <= {analytics._ts(_utc(end))}"
+        f" AND model_alias = '{quoted}'"
+    )
 
 
 def _utc(unix: float) -> datetime:
@@ -144,14 +197,22 @@ def wait_for_sink(client, run: DemoRun, timeout: float = 60.0) -> bool:
     ids = ", ".join(f"'{m}'" for m in sorted(answered) if "'" not in m and "\\" not in m)
     deadline = time.monotonic() + timeout
     while True:
-        rows = analytics._dicts(client, f"SELECT (SELECT count() FROM {DB}.chat_responses FINAL WHERE message_id IN "
-                                        f"({ids})) AS answers, (SELECT count() FROM {DB}.v_feedback_verdicts WHERE "
-                                        f"message_id IN ({ids})) AS rated")
+        rows = analytics._dicts(
+            client,
+            f"SELECT (SELECT count() FROM {DB}.chat_responses FINAL WHERE message_id IN "
+            f"({ids})) AS answers, (SELECT count() FROM {DB}.v_feedback_verdicts WHERE "
+            f"message_id IN ({ids})) AS rated",
+        )
         if rows[0]["answers"] >= len(answered) and rows[0]["rated"] >= len(rated):
             return True
         if time.monotonic() > deadline:
-            logger.warning("the store has %s of %s answers and %s of %s verdicts", rows[0]["answers"], len(answered),
-                           rows[0]["rated"], len(rated))
+            logger.warning(
+                "the store has %s of %s answers and %s of %s verdicts",
+                rows[0]["answers"],
+                len(answered),
+                rows[0]["rated"],
+                len(rated),
+            )
             return False
         time.sleep(1.0)
 
@@ -164,8 +225,9 @@ def loop_stages(client, job_id: str | None, timeout: float = 30.0) -> dict | Non
     while True:
         rows = analytics._dicts(client, f"SELECT * FROM {DB}.v_loop_stages WHERE job_id = '{job_id}'")
         row = rows[0] if rows else None
-        ended = row is not None and (row["promoted_at"] or row["rolled_back_at"] or row["failed_at"]
-                                     or row["verdict"] == "rejected")
+        ended = row is not None and (
+            row["promoted_at"] or row["rolled_back_at"] or row["failed_at"] or row["verdict"] == "rejected"
+        )
         if ended or time.monotonic() > deadline:
             return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()} if row else None
         time.sleep(1.0)
@@ -177,24 +239,49 @@ def build_report(run: DemoRun, client, run_id: str, bin_s: float = 10.0) -> dict
     state = run.state
     return {
         "run_id": run_id,
-        "window": {"start": _utc(start).isoformat(), "end": _utc(end).isoformat(), "start_unix": start,
-                   "end_unix": end, "where": window_condition(start, end, run.config.alias), "store_synced": synced},
+        "window": {
+            "start": _utc(start).isoformat(),
+            "end": _utc(end).isoformat(),
+            "start_unix": start,
+            "end_unix": end,
+            "where": window_condition(start, end, run.config.alias),
+            "store_synced": synced,
+        },
         "config": {k: v for k, v in vars(run.config).items() if k != "api_key"},
-        "outcome": {"outcome": state.outcome, "reason": state.reason, "version": state.version,
-                    "job_id": state.job_id, "gate_verdict": state.gate_verdict, "pairs": len(state.pairs),
-                    "timed_out": run.timed_out, "note": run.note, "bad_adapter": run.bad_adapter},
-        "traffic": {"asked": len(run.exchanges), "answered": sum(e.status == 200 for e in run.exchanges),
-                    "errors": sum(e.status != 200 for e in run.exchanges),
-                    "thumbs_up": sum(e.verdict == "thumbs_up" for e in run.exchanges),
-                    "thumbs_down": sum(e.verdict == "thumbs_down" for e in run.exchanges),
-                    "corrections": sum(e.corrected for e in run.exchanges)},
+        "outcome": {
+            "outcome": state.outcome,
+            "reason": state.reason,
+            "version": state.version,
+            "job_id": state.job_id,
+            "gate_verdict": state.gate_verdict,
+            "pairs": len(state.pairs),
+            "timed_out": run.timed_out,
+            "note": run.note,
+            "bad_adapter": run.bad_adapter,
+        },
+        "traffic": {
+            "asked": len(run.exchanges),
+            "answered": sum(e.status == 200 for e in run.exchanges),
+            "errors": sum(e.status != 200 for e in run.exchanges),
+            "thumbs_up": sum(e.verdict == "thumbs_up" for e in run.exchanges),
+            "thumbs_down": sum(e.verdict == "thumbs_down" for e in run.exchanges),
+            "corrections": sum(e.corrected for e in run.exchanges),
+        },
         "corrections": before_after(run),
         "unseen": unseen_summary(run.unseen),
         "stages": loop_stages(client, state.job_id),
         "versions": version_rows(window_summaries(client, start, end, run.config.alias)),
         "decision": decision(run),
-        "deployments": [{"at": d.occurred_at.isoformat(), "action": d.action, "version": d.version,
-                         "weight": d.weight, "reason": d.reason} for d in state.all_deployments],
+        "deployments": [
+            {
+                "at": d.occurred_at.isoformat(),
+                "action": d.action,
+                "version": d.version,
+                "weight": d.weight,
+                "reason": d.reason,
+            }
+            for d in state.all_deployments
+        ],
         "series": time_series(run.exchanges, start, bin_s),
         "weights": weight_series(run.route_samples, start),
     }
@@ -218,44 +305,99 @@ def _clip(text: str | None, width: int = 50) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-STAGES = (("threshold pair", "threshold_pair_at", None), ("job requested", "requested_at", "pair_to_requested_s"),
-          ("job started", "started_at", "requested_to_started_s"),
-          ("job succeeded", "succeeded_at", "started_to_succeeded_s"),
-          ("adapter_ready", "adapter_ready_at", "succeeded_to_ready_s"),
-          ("canary started", "canary_started_at", "ready_to_canary_s"),
-          ("promoted", "promoted_at", "canary_to_promoted_s"),
-          ("rolled back", "rolled_back_at", "canary_to_rolled_back_s"))
+STAGES = (
+    ("threshold pair", "threshold_pair_at", None),
+    ("job requested", "requested_at", "pair_to_requested_s"),
+    ("job started", "started_at", "requested_to_started_s"),
+    ("job succeeded", "succeeded_at", "started_to_succeeded_s"),
+    ("adapter_ready", "adapter_ready_at", "succeeded_to_ready_s"),
+    ("canary started", "canary_started_at", "ready_to_canary_s"),
+    ("promoted", "promoted_at", "canary_to_promoted_s"),
+    ("rolled back", "rolled_back_at", "canary_to_rolled_back_s"),
+)
 
 
 def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, shared by the console and report.md."""
     out = []
     o = report["outcome"]
-    out.append(("Outcome", ["outcome", "version", "job", "pairs", "reason"],
-                [[str(o["outcome"] or ("timed out" if o["timed_out"] else "-")), o["version"] or "-",
-                  (o["job_id"] or "-")[:12], str(o["pairs"]), o["reason"] or o["note"] or "-"]]))
-    out.append(("Corrected questions, before and after", ["question", "correction", "before", "ROUGE-L", "after",
-                                                          "ROUGE-L", "version"],
-                [[_clip(r["question"], 40), _clip(r["correction"], 40), _clip(r["before"], 40),
-                  _f(r["before_rouge_l"]), _clip(r["after"], 40), _f(r["after_rouge_l"]), r["after_version"] or "-"]
-                 for r in report["corrections"]]))
+    out.append(
+        (
+            "Outcome",
+            ["outcome", "version", "job", "pairs", "reason"],
+            [
+                [
+                    str(o["outcome"] or ("timed out" if o["timed_out"] else "-")),
+                    o["version"] or "-",
+                    (o["job_id"] or "-")[:12],
+                    str(o["pairs"]),
+                    o["reason"] or o["note"] or "-",
+                ]
+            ],
+        )
+    )
+    out.append(
+        (
+            "Corrected questions, before and after",
+            ["question", "correction", "before", "ROUGE-L", "after", "ROUGE-L", "version"],
+            [
+                [
+                    _clip(r["question"], 40),
+                    _clip(r["correction"], 40),
+                    _clip(r["before"], 40),
+                    _f(r["before_rouge_l"]),
+                    _clip(r["after"], 40),
+                    _f(r["after_rouge_l"]),
+                    r["after_version"] or "-",
+                ]
+                for r in report["corrections"]
+            ],
+        )
+    )
     u = report["unseen"]
-    out.append((f"Unseen paraphrases: {u['learned']}/{u['asked']} answered with the correction "
-                f"(ROUGE-L >= {u['learned_at']}), share {_pct(u['share'])}", ["question", "answer", "ROUGE-L"],
-                [[_clip(r["question"], 50), _clip(r["answer"], 50), _f(r["rouge_l"])] for r in u["rows"]]))
+    out.append(
+        (
+            f"Unseen paraphrases: {u['learned']}/{u['asked']} answered with the correction "
+            f"(ROUGE-L >= {u['learned_at']}), share {_pct(u['share'])}",
+            ["question", "answer", "ROUGE-L"],
+            [[_clip(r["question"], 50), _clip(r["answer"], 50), _f(r["rouge_l"])] for r in u["rows"]],
+        )
+    )
     stages = report["stages"] or {}
-    out.append((f"Loop stages of job {(stages.get('job_id') or '-')[:12]} (flywheel.v_loop_stages)",
-                ["stage", "at", "seconds from the previous stage"],
-                [[name, str(stages.get(at) or "-"), _f(stages.get(secs), "{:.1f}") if secs else "-"]
-                 for name, at, secs in STAGES if stages.get(at)]))
-    out.append(("Per model version over the run's window", ["version", "requests", "req/s", "p95 ms", "error rate",
-                                                           "rated", "down", "down rate"],
-                [[v["model_version"], str(v["requests"]), _f(v["requests_per_s"]), _f(v["latency_p95_ms"], "{:.0f}"),
-                  _pct(v["error_rate"]), str(v["rated"]), str(v["thumbs_down"]), _pct(v["thumbs_down_rate"])]
-                 for v in report["versions"]]))
+    out.append(
+        (
+            f"Loop stages of job {(stages.get('job_id') or '-')[:12]} (flywheel.v_loop_stages)",
+            ["stage", "at", "seconds from the previous stage"],
+            [
+                [name, str(stages.get(at) or "-"), _f(stages.get(secs), "{:.1f}") if secs else "-"]
+                for name, at, secs in STAGES
+                if stages.get(at)
+            ],
+        )
+    )
+    out.append(
+        (
+            "Per model version over the run's window",
+            ["version", "requests", "req/s", "p95 ms", "error rate", "rated", "down", "down rate"],
+            [
+                [
+                    v["model_version"],
+                    str(v["requests"]),
+                    _f(v["requests_per_s"]),
+                    _f(v["latency_p95_ms"], "{:.0f}"),
+                    _pct(v["error_rate"]),
+                    str(v["rated"]),
+                    str(v["thumbs_down"]),
+                    _pct(v["thumbs_down_rate"]),
+                ]
+                for v in report["versions"]
+            ],
+        )
+    )
     d = report["decision"]
-    out.append(("Rollout decision", ["version", "action", "reason"],
-                [[d["version"], d["action"], d["reason"]]] if d else []))
+    out.append(
+        ("Rollout decision", ["version", "action", "reason"], [[d["version"], d["action"], d["reason"]]] if d else [])
+    )
     return out
 
 
@@ -291,10 +433,11 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    plots = (("requests_per_s.png", "Requests per second", "requests/s", report["series"], "requests_per_s", 1.0),
-             ("thumbs_down_rate.png", "Thumbs-down rate", "% of rated answers", report["series"], "thumbs_down_rate",
-              100.0),
-             ("canary_weight.png", "Routing weight (canary)", "% of users", report["weights"], "weight", 1.0))
+    plots = (
+        ("requests_per_s.png", "Requests per second", "requests/s", report["series"], "requests_per_s", 1.0),
+        ("thumbs_down_rate.png", "Thumbs-down rate", "% of rated answers", report["series"], "thumbs_down_rate", 100.0),
+        ("canary_weight.png", "Routing weight (canary)", "% of users", report["weights"], "weight", 1.0),
+    )
     written = []
     for name, title, ylabel, data, key, scale in plots:
         if not data:
@@ -304,8 +447,9 @@ def write_plots(report: dict, out_dir: Path) -> list[Path]:
             points = [(t, v * scale) for t, v in zip(s["t"], s[key], strict=True) if v is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
-                (ax.step if key == "weight" else ax.plot)(xs, ys, label=version, **({"where": "post"}
-                                                                                     if key == "weight" else {}))
+                (ax.step if key == "weight" else ax.plot)(
+                    xs, ys, label=version, **({"where": "post"} if key == "weight" else {})
+                )
         for d in report["deployments"]:
             if d["action"] in ("promoted", "rolled_back"):
                 at = datetime.fromisoformat(d["at"]).timestamp() - report["window"]["start_unix"]

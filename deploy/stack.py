@@ -118,9 +118,7 @@ def _wait_healthy(
                 continue
             info = processes.get(service.name) if service.managed else None
             if service.managed and info is None:
-                raise StackError(
-                    f"{service.name} is not in the running supervisord config; run `flywheel down` first"
-                )
+                raise StackError(f"{service.name} is not in the running supervisord config; run `flywheel down` first")
             if info is not None and info.state in FAILED_STATES:
                 raise ServiceUnhealthyError(
                     service.name,
@@ -146,9 +144,7 @@ def _status_of(service: Service, info, check: bool) -> ServiceStatus:
     pid = info.pid if info is not None else None
     state = info.state if info is not None else "EXTERNAL"
     if not check:
-        return ServiceStatus(
-            service.name, pid, state, service.address, False, info.description if info else ""
-        )
+        return ServiceStatus(service.name, pid, state, service.address, False, info.description if info else "")
     health = service.check()
     return ServiceStatus(service.name, pid, state, service.address, health.ok, health.detail)
 
@@ -171,9 +167,7 @@ def status(settings: CommonSettings) -> list[ServiceStatus]:
         if info is None and alive:
             continue  # not part of the running stack (e.g. `up --infra-only`)
         if info is None:
-            rows.append(
-                ServiceStatus(service.name, None, "NOT RUNNING", service.address, False, "not started")
-            )
+            rows.append(ServiceStatus(service.name, None, "NOT RUNNING", service.address, False, "not started"))
         else:
             rows.append(_status_of(service, info, check=info.state == "RUNNING"))
     return rows

@@ -97,16 +97,16 @@ def busy_with(samples: list[tuple[str, dict[str, str], float]], version: str) ->
     without the LoRA gauge every running or waiting request counts (a bound from above). None when
     neither metric is exposed.
     """
-    totals = [value for name, _, value in samples
-              if name in ("vllm:num_requests_running", "vllm:num_requests_waiting")]
+    totals = [value for name, _, value in samples if name in ("vllm:num_requests_running", "vllm:num_requests_waiting")]
     total = int(sum(totals)) if totals else None
     if total == 0:  # an idle engine serves no version (the LoRA gauge keeps its last state when idle)
         return 0
     lora = [(value, labels) for name, labels, value in samples if name == "vllm:lora_requests_info"]
     if lora:
         _, labels = max(lora, key=lambda s: s[0])
-        names = [n for key in ("running_lora_adapters", "waiting_lora_adapters")
-                 for n in labels.get(key, "").split(",") if n]
+        names = [
+            n for key in ("running_lora_adapters", "waiting_lora_adapters") for n in labels.get(key, "").split(",") if n
+        ]
         return names.count(version)
     return total
 
@@ -153,8 +153,10 @@ class AdapterAdmin:
                 raise AdapterLoadError(version, worker, f"/v1/models: HTTP {models.status_code}")
             if version not in {card["id"] for card in models.json().get("data", [])}:
                 raise AdapterLoadError(version, worker, "not listed by /v1/models")
-            smoke = await self.http.post(f"{worker}/v1/chat/completions", json={
-                "model": version, "messages": SMOKE_MESSAGES, "max_tokens": 4, "temperature": 0})
+            smoke = await self.http.post(
+                f"{worker}/v1/chat/completions",
+                json={"model": version, "messages": SMOKE_MESSAGES, "max_tokens": 4, "temperature": 0},
+            )
         except httpx.HTTPError as exc:
             raise AdapterLoadError(version, worker, f"verify call failed: {exc!r}") from exc
         if smoke.status_code != 200:

@@ -94,8 +94,11 @@ class Gateway:
     async def start(cls, settings: GatewaySettings) -> Gateway:
         metrics = GatewayMetrics()
         redis_pool = BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.gateway_redis_max_connections,
-            timeout=settings.gateway_redis_pool_timeout_s, socket_timeout=2.0, socket_connect_timeout=2.0,
+            settings.redis_url,
+            max_connections=settings.gateway_redis_max_connections,
+            timeout=settings.gateway_redis_pool_timeout_s,
+            socket_timeout=2.0,
+            socket_connect_timeout=2.0,
             health_check_interval=30,
         )
         redis = Redis(connection_pool=redis_pool)
@@ -118,10 +121,12 @@ class Gateway:
         except RedisError as exc:
             log.error("first worker/routes refresh failed", extra={"error": repr(exc)})
         tasks = [asyncio.create_task(refresher.run(), name="flywheel-refresh")]
-        log.info("gateway started", extra={"workers": [w.url for w in pool.workers.values()],
-                                           "alias": settings.model_alias})
-        return cls(settings, metrics, redis, keys, gate, sessions, pool, routes, refresher, publisher, serving,
-                   upstream, tasks)
+        log.info(
+            "gateway started", extra={"workers": [w.url for w in pool.workers.values()], "alias": settings.model_alias}
+        )
+        return cls(
+            settings, metrics, redis, keys, gate, sessions, pool, routes, refresher, publisher, serving, upstream, tasks
+        )
 
     async def stop(self) -> None:
         for task in self.tasks:
@@ -133,8 +138,12 @@ class Gateway:
 
     async def health(self) -> tuple[bool, dict]:
         ready = self.pool.ready_count()
-        workers = {"ok": ready > 0, "ready": ready, "known": len(self.pool.workers),
-                   "refresh_error": self.refresher.last_error}
+        workers = {
+            "ok": ready > 0,
+            "ready": ready,
+            "known": len(self.pool.workers),
+            "refresh_error": self.refresher.last_error,
+        }
         try:
             await asyncio.wait_for(self.redis.ping(), 1.0)
             redis = {"ok": True}
@@ -218,8 +227,7 @@ def error_response(request: Request, exc: Exception) -> Response:
 
 
 def _json_error(status: int, message: str, code: str | None = None, headers=None, param=None) -> Response:
-    return Response(error_body(status, message, code, param), status_code=status, media_type=JSON,
-                    headers=headers)
+    return Response(error_body(status, message, code, param), status_code=status, media_type=JSON, headers=headers)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
@@ -239,8 +247,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
     hot = {}
-    app.add_middleware(ObserveMiddleware, metrics_ref=lambda: holder["g"].metrics if "g" in holder else None,
-                       hot=hot)
+    app.add_middleware(ObserveMiddleware, metrics_ref=lambda: holder["g"].metrics if "g" in holder else None, hot=hot)
 
     def g() -> Gateway:
         return holder["g"]
@@ -267,13 +274,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         headers = request.headers
         user_id = headers.get("x-user-id")
         if user_id is not None and len(user_id) > MAX_USER_ID:
-            raise GatewayError(422, f"invalid request: X-User-Id: at most {MAX_USER_ID} characters",
-                               "invalid_request", param="X-User-Id")
+            raise GatewayError(
+                422,
+                f"invalid request: X-User-Id: at most {MAX_USER_ID} characters",
+                "invalid_request",
+                param="X-User-Id",
+            )
         key = await g().gate.authenticate(headers.get("authorization"), scope)
         return Caller(key, user_id or f"key-{key.key_id}", request.state.request_id)
 
     def hot_route(path: str, **kwargs):
         """A POST route served by ObserveMiddleware directly (and listed by FastAPI, which never sees it)."""
+
         def register(fn):
             hot[("POST", path)] = fn
             return app.post(path, **kwargs)(fn)
@@ -315,15 +327,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @app.get("/admin/workers")
     async def admin_workers(caller: Caller = admin_scope):
         gw = g()
-        routes = {a: [{"version": r.version, "weight": r.weight} for r in gw.routes.versions(a)]
-                  for a in gw.routes.aliases}
+        routes = {
+            a: [{"version": r.version, "weight": r.weight} for r in gw.routes.versions(a)] for a in gw.routes.aliases
+        }
         return Response(orjson.dumps({"workers": gw.pool.snapshot(), "routes": routes}), media_type=JSON)
 
     @app.get("/health")
     async def health():
         ok, checks = await g().health()
-        return Response(orjson.dumps({"status": "ok" if ok else "degraded", "checks": checks}),
-                        status_code=200 if ok else 503, media_type=JSON)
+        return Response(
+            orjson.dumps({"status": "ok" if ok else "degraded", "checks": checks}),
+            status_code=200 if ok else 503,
+            media_type=JSON,
+        )
 
     @app.get("/metrics")
     async def metrics():
@@ -395,9 +411,17 @@ def main() -> None:
     settings = GatewaySettings()
     setup_logging(settings.log_level)
     # proxy_headers off: nothing reads the client address, and the middleware cost ~1% per request.
-    options = dict(host=settings.gateway_host, port=settings.gateway_port, loop="uvloop", http="httptools",
-                   access_log=settings.gateway_access_log, log_config=None, lifespan="on", timeout_keep_alive=30,
-                   proxy_headers=False)
+    options = dict(
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.gateway_access_log,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=30,
+        proxy_headers=False,
+    )
     if settings.gateway_workers > 1:  # each worker process builds its own app from the same settings
         uvicorn.run("inference.app:worker_app", factory=True, workers=settings.gateway_workers, **options)
     else:

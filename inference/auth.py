@@ -54,14 +54,26 @@ class ApiKey:
         return scope in self.scopes
 
     def to_json(self) -> bytes:
-        return orjson.dumps({"key_id": self.key_id, "name": self.name, "scopes": sorted(self.scopes),
-                             "rate_per_minute": self.rate_per_minute, "created_at": self.created_at})
+        return orjson.dumps(
+            {
+                "key_id": self.key_id,
+                "name": self.name,
+                "scopes": sorted(self.scopes),
+                "rate_per_minute": self.rate_per_minute,
+                "created_at": self.created_at,
+            }
+        )
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> ApiKey:
         d = orjson.loads(raw)
-        return cls(key_id=d["key_id"], name=d["name"], scopes=frozenset(d["scopes"]),
-                   rate_per_minute=int(d["rate_per_minute"]), created_at=float(d.get("created_at", 0.0)))
+        return cls(
+            key_id=d["key_id"],
+            name=d["name"],
+            scopes=frozenset(d["scopes"]),
+            rate_per_minute=int(d["rate_per_minute"]),
+            created_at=float(d.get("created_at", 0.0)),
+        )
 
 
 def parse_bearer(header: str | None) -> str | None:
@@ -170,8 +182,10 @@ class ApiKeyStore:
         """Delete the key; True when it existed. Other processes stop honouring it within cache_ttl_s."""
         if not _KEY_ID_RE.fullmatch(key_id):
             return False
-        digests = [d.decode() if isinstance(d, bytes) else d
-                   async for d, _ in self.redis.hscan_iter(APIKEYS_KEY, match=f"{key_id}*")]
+        digests = [
+            d.decode() if isinstance(d, bytes) else d
+            async for d, _ in self.redis.hscan_iter(APIKEYS_KEY, match=f"{key_id}*")
+        ]
         self._cache.discard_where(lambda d: d.startswith(key_id))
         if not digests:
             return False

@@ -64,8 +64,7 @@ class ClickHouseMetrics:
 
     def __call__(self, alias: str, versions: Sequence[str], since: datetime) -> dict[str, Figures]:
         since_utc = since.astimezone(UTC).replace(tzinfo=None)  # the column is DateTime64(3, 'UTC')
-        result = self.client.query(_SQL, parameters={"alias": alias, "versions": tuple(versions),
-                                                     "since": since_utc})
+        result = self.client.query(_SQL, parameters={"alias": alias, "versions": tuple(versions), "since": since_utc})
         figures = {v: Figures(v) for v in versions}
         for version, responses, errors, rated, down, *latency in result.result_rows:
             p95, mean, sd = (None if x is None else float(x) for x in latency)

@@ -113,14 +113,16 @@ class Controller:
             self.ensure_runner(alias)
 
     async def consume(self, stop: asyncio.Event) -> None:
-        consumer = Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "group.id": CONTROLLER_GROUP_ID,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,  # fast joins on the embedded broker (ENVIRONMENT.md)
-            "heartbeat.interval.ms": 1000,
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": CONTROLLER_GROUP_ID,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,  # fast joins on the embedded broker (ENVIRONMENT.md)
+                "heartbeat.interval.ms": 1000,
+            }
+        )
         consumer.subscribe([MODEL_DEPLOYMENTS.name])
         try:
             while not stop.is_set():
@@ -139,17 +141,25 @@ class Controller:
                 else:
                     if event.action == "adapter_ready":
                         queued = await self.enqueue(event)
-                        log.info("adapter_ready %s", "queued" if queued else "already handled",
-                                 extra={**ids, "alias": event.alias, "version": event.version,
-                                        "event_id": str(event.event_id)})
+                        log.info(
+                            "adapter_ready %s",
+                            "queued" if queued else "already handled",
+                            extra={
+                                **ids,
+                                "alias": event.alias,
+                                "version": event.version,
+                                "event_id": str(event.event_id),
+                            },
+                        )
                 # Committed only once the event is in the durable queue.
                 await asyncio.to_thread(consumer.commit, message=msg, asynchronous=False)
         finally:
             consumer.close()
 
 
-async def serve(settings: ControllerSettings, metrics: MetricsSource | None = None,
-                stop: asyncio.Event | None = None) -> None:
+async def serve(
+    settings: ControllerSettings, metrics: MetricsSource | None = None, stop: asyncio.Event | None = None
+) -> None:
     stop = stop or asyncio.Event()
     redis = Redis.from_url(settings.redis_url, decode_responses=True)
     admin = AdapterAdmin(settings.adapter_timeout_s)

@@ -73,8 +73,15 @@ class ControllerSettings(ProducerSettings):
         return value
 
     def policy(self) -> Policy:
-        return Policy(plan=tuple(self.canary_plan), step_s=self.canary_step_s,
-                      min_step_samples=self.canary_min_step_samples, alpha=self.canary_alpha,
-                      thumbs_down_margin=self.canary_thumbs_down_margin, error_margin=self.canary_error_margin,
-                      latency_ratio=self.canary_latency_ratio, max_duration_s=self.canary_max_duration_s,
-                      min_canary_rate=self.canary_min_canary_rate, max_first_weight=self.canary_max_first_weight)
+        return Policy(
+            plan=tuple(self.canary_plan),
+            step_s=self.canary_step_s,
+            min_step_samples=self.canary_min_step_samples,
+            alpha=self.canary_alpha,
+            thumbs_down_margin=self.canary_thumbs_down_margin,
+            error_margin=self.canary_error_margin,
+            latency_ratio=self.canary_latency_ratio,
+            max_duration_s=self.canary_max_duration_s,
+            min_canary_rate=self.canary_min_canary_rate,
+            max_first_weight=self.canary_max_first_weight,
+        )

@@ -73,8 +73,15 @@ def _routes_of(raw: dict) -> dict[str, int]:
 
 
 class Deployer:
-    def __init__(self, settings: ControllerSettings, redis: Redis, admin: AdapterAdmin, publish: Publish,
-                 metrics: MetricsSource | None = None, policy: Policy | None = None):
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        redis: Redis,
+        admin: AdapterAdmin,
+        publish: Publish,
+        metrics: MetricsSource | None = None,
+        policy: Policy | None = None,
+    ):
         self.settings = settings
         self.redis = redis  # decode_responses=True
         self.admin = admin
@@ -107,8 +114,9 @@ class Deployer:
         window = self.settings.canary_rate_window_s
         versions = sorted(await self.routes(alias)) or [await self.current_version(alias)]
         try:
-            figures = await asyncio.to_thread(self.metrics, alias, versions,
-                                              datetime.now(UTC) - timedelta(seconds=window))
+            figures = await asyncio.to_thread(
+                self.metrics, alias, versions, datetime.now(UTC) - timedelta(seconds=window)
+            )
         except Exception as exc:  # the store may be down: start at the plan's first weight
             log.warning("traffic rate unknown: %s", exc, extra={"alias": alias})
             return None
@@ -116,8 +124,14 @@ class Deployer:
 
     # --- transitions ---------------------------------------------------------------------------------
 
-    async def _transition(self, alias: str, expect_id: str | None, routes: dict[str, int] | None,
-                          record: dict[str, str] | None, event: Deployment | None) -> None:
+    async def _transition(
+        self,
+        alias: str,
+        expect_id: str | None,
+        routes: dict[str, int] | None,
+        record: dict[str, str] | None,
+        event: Deployment | None,
+    ) -> None:
         """Atomically: check the rollout id, replace the routes and the record; then publish `event`."""
         rkey = ROLLOUT_KEY.format(alias=alias)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -148,16 +162,40 @@ class Deployer:
         pending = await self.redis.hget(rkey, "pending")
         if pending and json.loads(pending).get("event_id") == str(event.event_id):
             await self.redis.hdel(rkey, "pending")
-        log.info("deployment %s", event.action, extra={"alias": alias, "version": event.version,
-                                                        "weight": event.weight, "reason": event.reason,
-                                                        "event_id": str(event.event_id)})
+        log.info(
+            "deployment %s",
+            event.action,
+            extra={
+                "alias": alias,
+                "version": event.version,
+                "weight": event.weight,
+                "reason": event.reason,
+                "event_id": str(event.event_id),
+            },
+        )
 
-    def _event(self, alias: str, action: str, version: str, previous: str | None, weight: int | None,
-               reason: str, rec: dict[str, str] | None = None) -> Deployment:
+    def _event(
+        self,
+        alias: str,
+        action: str,
+        version: str,
+        previous: str | None,
+        weight: int | None,
+        reason: str,
+        rec: dict[str, str] | None = None,
+    ) -> Deployment:
         rec = rec or {}
-        return Deployment(alias=alias, action=action, version=version, previous_version=previous, weight=weight,
-                          reason=reason, adapter_path=rec.get("path") or None, job_id=rec.get("job_id") or None,
-                          producer=PRODUCER_NAME)
+        return Deployment(
+            alias=alias,
+            action=action,
+            version=version,
+            previous_version=previous,
+            weight=weight,
+            reason=reason,
+            adapter_path=rec.get("path") or None,
+            job_id=rec.get("job_id") or None,
+            producer=PRODUCER_NAME,
+        )
 
     async def begin(self, ready: Deployment) -> dict[str, str] | None:
         """Record a new rollout for an adapter_ready event; None when it is a redelivery."""
@@ -169,8 +207,16 @@ class Deployer:
         if current == version:
             log.info("adapter already serving; skipped", extra={"alias": alias, "version": version})
             return None
-        rec = {"id": uuid.uuid4().hex, "phase": "loading", "current": current, "canary": version,
-               "path": ready.adapter_path or "", "job_id": ready.job_id or "", "weight": "0", "retire": "[]"}
+        rec = {
+            "id": uuid.uuid4().hex,
+            "phase": "loading",
+            "current": current,
+            "canary": version,
+            "path": ready.adapter_path or "",
+            "job_id": ready.job_id or "",
+            "weight": "0",
+            "retire": "[]",
+        }
         await self._transition(alias, None, None, rec, None)
         if ready.adapter_path:
             await self.redis.hset(PATHS_KEY.format(alias=alias), version, ready.adapter_path)
@@ -193,9 +239,16 @@ class Deployer:
         weight = first_weight(p.plan, rate, p.min_canary_rate, p.max_first_weight)
         traffic = "unknown" if rate is None else f"{rate:.2f}/s"
         rec = {**rec, "phase": "canary", "weight": str(weight), "started_at": f"{time.time():.3f}"}
-        event = self._event(alias, "canary_started", version, rec["current"], weight,
-                            f"loaded and verified on every ready worker; canary at {weight}% (alias traffic "
-                            f"{traffic} over {self.settings.canary_rate_window_s:.0f} s)", rec)
+        event = self._event(
+            alias,
+            "canary_started",
+            version,
+            rec["current"],
+            weight,
+            f"loaded and verified on every ready worker; canary at {weight}% (alias traffic "
+            f"{traffic} over {self.settings.canary_rate_window_s:.0f} s)",
+            rec,
+        )
         await self._transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
         await self._catch_up(version, path)
         return True
@@ -217,14 +270,16 @@ class Deployer:
                 except ValueError:
                     continue
                 # Only records kept by a worker's heartbeat (inference/worker.py) are rewritten with `adapters`.
-                if record.get("url") in pending and (version in (record.get("adapters") or [])
-                                                     or "heartbeat_at" not in record):
+                if record.get("url") in pending and (
+                    version in (record.get("adapters") or []) or "heartbeat_at" not in record
+                ):
                     pending.discard(record["url"])
             if not pending:
                 break
             if time.monotonic() > deadline:  # the adapter answers on every worker (verified): route it anyway
-                log.warning("workers do not advertise the adapter yet", extra={"version": version,
-                                                                               "workers": sorted(pending)})
+                log.warning(
+                    "workers do not advertise the adapter yet", extra={"version": version, "workers": sorted(pending)}
+                )
                 break
             await asyncio.sleep(0.5)
         await asyncio.sleep(self.settings.route_propagation_s)
@@ -257,16 +312,20 @@ class Deployer:
                     raise Superseded(f"rollout {rec['id']} of {alias} was superseded")
                 figures = await asyncio.to_thread(self.metrics, alias, [canary, current], started)
                 step = await asyncio.to_thread(self.metrics, alias, [canary], step_started)
-                d = decide(figures[canary], figures[current], self.policy, step_elapsed_s=time.monotonic() - t0,
-                           total_elapsed_s=(datetime.now(UTC) - started).total_seconds(),
-                           step_responses=step[canary].responses)
+                d = decide(
+                    figures[canary],
+                    figures[current],
+                    self.policy,
+                    step_elapsed_s=time.monotonic() - t0,
+                    total_elapsed_s=(datetime.now(UTC) - started).total_seconds(),
+                    step_responses=step[canary].responses,
+                )
                 if d.outcome is not Outcome.HOLD:
                     break
                 log.info("canary hold: %s", d.reason, extra={"alias": alias, "version": canary, "weight": weight})
                 if d.category != announced and d.category not in QUIET_HOLDS:
                     announced = d.category
-                    await self._announce_hold(alias, self._event(alias, "hold", canary, current, weight,
-                                                                 d.reason, rec))
+                    await self._announce_hold(alias, self._event(alias, "hold", canary, current, weight, d.reason, rec))
             if d.outcome is Outcome.ROLLBACK:
                 await self.rollback(alias, rec, f"{d.reason} (at {weight}%)")
                 return Outcome.ROLLBACK
@@ -330,8 +389,10 @@ class Deployer:
         # Forget the record only if it is still ours (an operator may have started another).
         if await self.redis.hget(rkey, "id") == rec["id"]:
             await self.redis.delete(rkey)
-        log.info("rollout finished", extra={"alias": alias, "version": rec.get("canary"),
-                                            "outcome": rec.get("outcome"), "retired": retire})
+        log.info(
+            "rollout finished",
+            extra={"alias": alias, "version": rec.get("canary"), "outcome": rec.get("outcome"), "retired": retire},
+        )
 
     # --- the service's entry points ------------------------------------------------------------------
 
@@ -355,8 +416,11 @@ class Deployer:
         if not rec:
             return
         action = resume_action(rec["phase"], await self.routes(alias), rec["current"], rec["canary"])
-        log.warning("resuming rollout: %s", action.reason, extra={"alias": alias, "version": rec["canary"],
-                                                                   "action": action.action})
+        log.warning(
+            "resuming rollout: %s",
+            action.reason,
+            extra={"alias": alias, "version": rec["canary"], "action": action.action},
+        )
         if action.action == "rollback":
             await self.rollback(alias, rec, f"controller restart: {action.reason}")
             return
@@ -379,8 +443,9 @@ class Deployer:
             return path
         raise AdapterLoadError(version, "-", f"no path known (not in {ADAPTERS_KEY} nor rolled out on {alias})")
 
-    async def operator_promote(self, alias: str, version: str, reason: str = "operator",
-                               path: str | None = None) -> None:
+    async def operator_promote(
+        self, alias: str, version: str, reason: str = "operator", path: str | None = None
+    ) -> None:
         """Route all of `alias` to `version` now (loading it first if needed); supersedes a running rollout.
 
         `path`: the adapter directory of a version the controller has never rolled out (e.g. the first one)."""
@@ -388,8 +453,16 @@ class Deployer:
             await self.redis.hset(PATHS_KEY.format(alias=alias), version, path)
         active = await self.record(alias)
         current = active.get("current") or await self.current_version(alias)
-        rec = {"id": uuid.uuid4().hex, "phase": "loading", "current": current, "canary": version,
-               "path": "", "job_id": "", "weight": "0", "retire": "[]"}
+        rec = {
+            "id": uuid.uuid4().hex,
+            "phase": "loading",
+            "current": current,
+            "canary": version,
+            "path": "",
+            "job_id": "",
+            "weight": "0",
+            "retire": "[]",
+        }
         if self.is_adapter(version):
             rec["path"] = await self._path_of(alias, version)
             await self.redis.hset(ADAPTERS_KEY, version, rec["path"])
@@ -416,8 +489,16 @@ class Deployer:
             await self.redis.hset(ADAPTERS_KEY, target["version"], target["path"])
             await self.admin.load(target["version"], target["path"], await ready_workers(self.redis))
         # The serving version is the "canary" being rolled back; the target becomes current.
-        rec = {"id": uuid.uuid4().hex, "phase": "canary", "current": target["version"], "canary": serving,
-               "path": "", "job_id": "", "weight": "100", "retire": "[]"}
+        rec = {
+            "id": uuid.uuid4().hex,
+            "phase": "canary",
+            "current": target["version"],
+            "canary": serving,
+            "path": "",
+            "job_id": "",
+            "weight": "100",
+            "retire": "[]",
+        }
         await self._transition(alias, None, None, rec, None)
         await self.rollback(alias, rec, f"{reason}: rolled back by hand to {target['version']}")
         # The rolled-back release leaves the list so that a second rollback goes one further back.

@@ -102,8 +102,10 @@ class Spool:
 
     def segments(self) -> list[Path]:
         current = self._current
-        return sorted((p for p in self.dir.glob("spool-*.jsonl") if p != current),
-                      key=lambda p: tuple(int(x) for x in p.stem.split("-")[1:]))
+        return sorted(
+            (p for p in self.dir.glob("spool-*.jsonl") if p != current),
+            key=lambda p: tuple(int(x) for x in p.stem.split("-")[1:]),
+        )
 
     def has_records(self) -> bool:
         """Anything not yet replayed: buffered, in the open segment, or in closed ones."""
@@ -170,12 +172,14 @@ class EventPublisher:
         self.spool = Spool(settings.spool_dir, settings.gateway_spool_flush_s)
         self._routes = {cls: (t.name, t.key_field) for cls, t in BY_EVENT.items()}
         self._config = settings.kafka_config()
-        self._config.update({
-            "error_cb": self._on_error,
-            "on_delivery": self._on_delivery,
-            "delivery.report.only.error": True,  # successes cost nothing; failures carry the message
-            "log_level": 3,  # librdkafka's connect errors are reported through error_cb
-        })
+        self._config.update(
+            {
+                "error_cb": self._on_error,
+                "on_delivery": self._on_delivery,
+                "delivery.report.only.error": True,  # successes cost nothing; failures carry the message
+                "log_level": 3,  # librdkafka's connect errors are reported through error_cb
+            }
+        )
         self.spooling = False  # True while the broker is unreachable: events go straight to disk
         self.fatal: KafkaError | None = None
         self.last_error: str | None = None
@@ -308,8 +312,9 @@ class EventPublisher:
     def _probe(self, timeout: float) -> bool:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "log_level": 0,
-                             "error_cb": lambda _e: None})
+        admin = AdminClient(
+            {"bootstrap.servers": self.settings.kafka_bootstrap, "log_level": 0, "error_cb": lambda _e: None}
+        )
         try:
             admin.list_topics(timeout=timeout)
             return True

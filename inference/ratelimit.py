@@ -82,8 +82,7 @@ class RateLimiter:
     async def hit(self, key_id: str, limit_per_minute: int) -> Decision:
         """Count one request against the key; one round trip."""
         _check(limit_per_minute)
-        reply = await self._script(keys=[RATELIMIT_KEY.format(key_id=key_id)],
-                                   args=[limit_per_minute, self.period_ms])
+        reply = await self._script(keys=[RATELIMIT_KEY.format(key_id=key_id)], args=[limit_per_minute, self.period_ms])
         return Decision.from_reply(reply)
 
     def queue(self, pipe: Pipeline, key_id: str, limit_per_minute: int) -> None:

@@ -68,8 +68,9 @@ class Figures:
 
     def describe(self) -> str:
         p95 = "-" if self.latency_p95_ms is None else f"{self.latency_p95_ms:.0f}ms"
-        return (f"{self.version}: n={self.responses} err={self.errors} rated={self.rated} "
-                f"down={self.thumbs_down} p95={p95}")
+        return (
+            f"{self.version}: n={self.responses} err={self.errors} rated={self.rated} down={self.thumbs_down} p95={p95}"
+        )
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,7 @@ def next_weight(plan: tuple[int, ...], weight: int) -> int:
     return next((w for w in plan if w > weight), 100)
 
 
-def first_weight(plan: tuple[int, ...], total_rate: float | None, min_canary_rate: float,
-                 max_first_weight: int) -> int:
+def first_weight(plan: tuple[int, ...], total_rate: float | None, min_canary_rate: float, max_first_weight: int) -> int:
     """The canary's first weight: the plan's first that gives it `min_canary_rate` responses/s of `total_rate`.
 
     Capped at `max_first_weight` (and below 100: the canary always runs before it takes everything); the
@@ -179,16 +179,26 @@ class Check:
 def checks(canary: Figures, current: Figures, policy: Policy) -> list[Check]:
     """The three sequential tests over the same window of both versions."""
     a = policy.alpha
-    down = msprt_proportions(canary.thumbs_down, canary.rated, current.thumbs_down, current.rated,
-                             policy.thumbs_down_tau ** 2, a)
-    errors = msprt_proportions(canary.errors, canary.responses, current.errors, current.responses,
-                               policy.error_tau ** 2, a)
+    down = msprt_proportions(
+        canary.thumbs_down, canary.rated, current.thumbs_down, current.rated, policy.thumbs_down_tau**2, a
+    )
+    errors = msprt_proportions(
+        canary.errors, canary.responses, current.errors, current.responses, policy.error_tau**2, a
+    )
     latency = None
     if canary.latency_mean_ms is not None and current.latency_mean_ms is not None:
         tau = policy.latency_tau_rel * max(current.latency_mean_ms, 1.0)
-        latency = msprt_means(canary.latency_mean_ms, canary.latency_sd_ms or 0.0, canary.ok,
-                              current.latency_mean_ms, current.latency_sd_ms or 0.0, current.ok,
-                              tau * tau, a, ratio=policy.latency_ratio)
+        latency = msprt_means(
+            canary.latency_mean_ms,
+            canary.latency_sd_ms or 0.0,
+            canary.ok,
+            current.latency_mean_ms,
+            current.latency_sd_ms or 0.0,
+            current.ok,
+            tau * tau,
+            a,
+            ratio=policy.latency_ratio,
+        )
 
     def rate(x: float | None) -> str:
         return "-" if x is None else f"{x:.3f}"
@@ -197,19 +207,39 @@ def checks(canary: Figures, current: Figures, policy: Policy) -> list[Check]:
         return "-" if x is None else f"{x:.0f}ms"
 
     return [
-        Check("thumbs-down", down, policy.thumbs_down_margin,
-              f"{rate(canary.thumbs_down_rate)} vs {rate(current.thumbs_down_rate)}",
-              f"rated {canary.rated}/{current.rated}"),
-        Check("errors", errors, policy.error_margin, f"{rate(canary.error_rate)} vs {rate(current.error_rate)}",
-              f"responses {canary.responses}/{current.responses}"),
-        Check("latency", latency, 0.0,
-              f"mean {ms(canary.latency_mean_ms)} vs {policy.latency_ratio:g} x {ms(current.latency_mean_ms)}",
-              f"ok {canary.ok}/{current.ok}"),
+        Check(
+            "thumbs-down",
+            down,
+            policy.thumbs_down_margin,
+            f"{rate(canary.thumbs_down_rate)} vs {rate(current.thumbs_down_rate)}",
+            f"rated {canary.rated}/{current.rated}",
+        ),
+        Check(
+            "errors",
+            errors,
+            policy.error_margin,
+            f"{rate(canary.error_rate)} vs {rate(current.error_rate)}",
+            f"responses {canary.responses}/{current.responses}",
+        ),
+        Check(
+            "latency",
+            latency,
+            0.0,
+            f"mean {ms(canary.latency_mean_ms)} vs {policy.latency_ratio:g} x {ms(current.latency_mean_ms)}",
+            f"ok {canary.ok}/{current.ok}",
+        ),
     ]
 
 
-def decide(canary: Figures, current: Figures, policy: Policy, *, step_elapsed_s: float, total_elapsed_s: float,
-           step_responses: int) -> Decision:
+def decide(
+    canary: Figures,
+    current: Figures,
+    policy: Policy,
+    *,
+    step_elapsed_s: float,
+    total_elapsed_s: float,
+    step_responses: int,
+) -> Decision:
     """The decision at one look.
 
     `canary`, `current`: cumulative figures since the canary started (the same window for both);
@@ -223,19 +253,26 @@ def decide(canary: Figures, current: Figures, policy: Policy, *, step_elapsed_s:
     waiting = [c for c in results if not c.passed]
     if waiting and total_elapsed_s >= policy.max_duration_s:  # evidence that passes may still finish its steps
         what = "; ".join(c.wait_text() for c in waiting)
-        return Decision(Outcome.ROLLBACK, f"inconclusive after {total_elapsed_s / 60:.0f} min "
-                                          f"(max {policy.max_duration_s / 60:.0f}): {what}", "inconclusive")
+        return Decision(
+            Outcome.ROLLBACK,
+            f"inconclusive after {total_elapsed_s / 60:.0f} min (max {policy.max_duration_s / 60:.0f}): {what}",
+            "inconclusive",
+        )
     if step_elapsed_s < policy.step_s:
-        return Decision(Outcome.HOLD, f"waiting: step running ({step_elapsed_s:.0f}/{policy.step_s:.0f}s)",
-                        "step time")
+        return Decision(Outcome.HOLD, f"waiting: step running ({step_elapsed_s:.0f}/{policy.step_s:.0f}s)", "step time")
     if step_responses < policy.min_step_samples:
-        return Decision(Outcome.HOLD, f"waiting: {step_responses}/{policy.min_step_samples} canary responses "
-                                      "in this step", "step samples")
+        return Decision(
+            Outcome.HOLD,
+            f"waiting: {step_responses}/{policy.min_step_samples} canary responses in this step",
+            "step samples",
+        )
     if waiting:
-        return Decision(Outcome.HOLD, "waiting: " + "; ".join(c.wait_text() for c in waiting),
-                        "evidence: " + ", ".join(c.metric for c in waiting))
-    return Decision(Outcome.ADVANCE, "no harm at the margins: " + "; ".join(c.pass_text() for c in results),
-                    "advance")
+        return Decision(
+            Outcome.HOLD,
+            "waiting: " + "; ".join(c.wait_text() for c in waiting),
+            "evidence: " + ", ".join(c.metric for c in waiting),
+        )
+    return Decision(Outcome.ADVANCE, "no harm at the margins: " + "; ".join(c.pass_text() for c in results), "advance")
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,7 @@ class WorkerPool:
     workers: dict[str, Worker] = field(default_factory=dict)
     _rr: int = 0  # tie-breaker rotation, so equal loads spread over workers
 
-    def set_workers(
-        self, discovered: Iterable[str] | Mapping[str, frozenset[str]], static: Iterable[str] = ()
-    ) -> None:
+    def set_workers(self, discovered: Iterable[str] | Mapping[str, frozenset[str]], static: Iterable[str] = ()) -> None:
         """Replace the worker list, keeping the counters of workers still present.
 
         `discovered` maps each worker's URL to the versions it has loaded (a plain list of URLs:

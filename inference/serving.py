@@ -187,21 +187,27 @@ class ChatServing:
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
 
-    async def chat_completions(self, req: ChatCompletionRequest, caller: Caller, session_header: str | None,
-                               state: Any) -> Response:
+    async def chat_completions(
+        self, req: ChatCompletionRequest, caller: Caller, session_header: str | None, state: Any
+    ) -> Response:
         user_id = req.user or caller.user_id
         session_id = _session_id(session_header)
         message_id = new_message_id()
         await self.gate.admit_and_remember(caller.key, message_id, user_id, session_id)
         turn = self._turn("openai", caller, session_id, user_id, req.model, req.stream, message_id)
         state.model_version = turn.version
-        self._publish_request(turn, [_event_message(m.role, m.text()) for m in req.messages],
-                              req.max_tokens or req.max_completion_tokens, req.temperature)
+        self._publish_request(
+            turn,
+            [_event_message(m.role, m.text()) for m in req.messages],
+            req.max_tokens or req.max_completion_tokens,
+            req.temperature,
+        )
         body = req.upstream_body(turn.version)
         if req.stream:
             stream = await self._open_stream(turn, body)
-            return StreamingResponse(self._relay(turn, stream, req.wants_usage),
-                                     media_type="text/event-stream", headers=turn.headers())
+            return StreamingResponse(
+                self._relay(turn, stream, req.wants_usage), media_type="text/event-stream", headers=turn.headers()
+            )
         data = await self._complete(turn, body)
         data["id"] = turn.message_id
         return Response(orjson.dumps(data), media_type=JSON, headers=turn.headers())
@@ -229,28 +235,38 @@ class ChatServing:
 
         async def record() -> None:
             try:
-                await self.sessions.record_turn(session_id, turn.user_id, turn.message_id, req.message,
-                                                turn.content)
+                await self.sessions.record_turn(session_id, turn.user_id, turn.message_id, req.message, turn.content)
             except SessionNotOwned as exc:  # another user took the new session id since admission
                 raise _not_owned(exc) from None
 
         if stream:
             body["stream_options"] = {"include_usage": True}
             upstream = await self._open_stream(turn, body)
-            return StreamingResponse(self._relay(turn, upstream, False, record),
-                                     media_type="text/event-stream", headers=turn.headers())
+            return StreamingResponse(
+                self._relay(turn, upstream, False, record), media_type="text/event-stream", headers=turn.headers()
+            )
         data = await self._complete(turn, body)
         await record()
         usage = data.get("usage")
-        out = {"session_id": session_id, "message_id": turn.message_id, "model": turn.version,
-               "content": turn.content, "finish_reason": turn.finish_reason, "usage": usage}
+        out = {
+            "session_id": session_id,
+            "message_id": turn.message_id,
+            "model": turn.version,
+            "content": turn.content,
+            "finish_reason": turn.finish_reason,
+            "usage": usage,
+        }
         return Response(orjson.dumps(out), media_type=JSON, headers=turn.headers())
 
     async def delete_session(self, session_id: str, caller: Caller) -> Response:
         await self.gate.admit(caller.key)
         if not valid_id(session_id):
-            raise GatewayError(422, f"invalid session id {session_id!r}: 1-128 characters of A-Z a-z 0-9 _ -",
-                               "invalid_session_id", param="session_id")
+            raise GatewayError(
+                422,
+                f"invalid session id {session_id!r}: 1-128 characters of A-Z a-z 0-9 _ -",
+                "invalid_session_id",
+                param="session_id",
+            )
         try:
             deleted = await self.sessions.delete(session_id, caller.user_id)
         except SessionNotOwned as exc:
@@ -265,21 +281,43 @@ class ChatServing:
         await self.gate.admit(caller.key)
         owner = await self.sessions.message_owner(req.message_id)
         if owner is None:
-            raise GatewayError(404, f"message {req.message_id!r} not found (unknown or expired)",
-                               "message_not_found", param="message_id")
+            raise GatewayError(
+                404,
+                f"message {req.message_id!r} not found (unknown or expired)",
+                "message_not_found",
+                param="message_id",
+            )
         owner_user, owner_session = owner
         if owner_user != caller.user_id:
-            raise GatewayError(403, f"message {req.message_id!r} belongs to another user", "not_message_owner",
-                               param="message_id")
+            raise GatewayError(
+                403, f"message {req.message_id!r} belongs to another user", "not_message_owner", param="message_id"
+            )
         if owner_session is not None and owner_session != req.session_id:
-            raise GatewayError(404, f"message {req.message_id!r} not found in session {req.session_id!r}",
-                               "message_not_found", param="session_id")
-        event = Feedback(session_id=req.session_id, message_id=req.message_id, user_id=caller.user_id,
-                         feedback=req.feedback, comment=req.comment, correction=req.correction,
-                         producer="gateway")
+            raise GatewayError(
+                404,
+                f"message {req.message_id!r} not found in session {req.session_id!r}",
+                "message_not_found",
+                param="session_id",
+            )
+        event = Feedback(
+            session_id=req.session_id,
+            message_id=req.message_id,
+            user_id=caller.user_id,
+            feedback=req.feedback,
+            comment=req.comment,
+            correction=req.correction,
+            producer="gateway",
+        )
         self.publisher.publish(event)
-        log.info("feedback accepted", extra={"request_id": caller.request_id, "session_id": req.session_id,
-                                             "message_id": req.message_id, "feedback": req.feedback})
+        log.info(
+            "feedback accepted",
+            extra={
+                "request_id": caller.request_id,
+                "session_id": req.session_id,
+                "message_id": req.message_id,
+                "feedback": req.feedback,
+            },
+        )
         out = {"event_id": str(event.event_id), "message_id": req.message_id, "status": "accepted"}
         return Response(orjson.dumps(out), status_code=202, media_type=JSON)
 
@@ -290,32 +328,63 @@ class ChatServing:
         data = []
         for alias in self.routes.aliases:
             versions = self.routes.versions(alias)
-            data.append({"id": alias, "object": "model", "created": created, "owned_by": "flywheel",
-                         "versions": [{"version": r.version, "weight": r.weight} for r in versions]})
+            data.append(
+                {
+                    "id": alias,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "flywheel",
+                    "versions": [{"version": r.version, "weight": r.weight} for r in versions],
+                }
+            )
             for r in versions:
                 if r.version != alias:
-                    data.append({"id": r.version, "object": "model", "created": created, "owned_by": "flywheel",
-                                 "parent": alias, "weight": r.weight})
+                    data.append(
+                        {
+                            "id": r.version,
+                            "object": "model",
+                            "created": created,
+                            "owned_by": "flywheel",
+                            "parent": alias,
+                            "weight": r.weight,
+                        }
+                    )
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
     # -- shared steps ------------------------------------------------------------------------------
 
-    def _turn(self, route: str, caller: Caller, session_id: str, user_id: str, model: str | None,
-              stream: bool, message_id: str | None = None) -> Turn:
+    def _turn(
+        self,
+        route: str,
+        caller: Caller,
+        session_id: str,
+        user_id: str,
+        model: str | None,
+        stream: bool,
+        message_id: str | None = None,
+    ) -> Turn:
         try:
             alias, version = self.routes.resolve(model, user_id)
         except UnknownModel as exc:
             raise GatewayError(404, str(exc), "model_not_found", param="model") from None
-        return Turn(route, caller.request_id, session_id, message_id or new_message_id(), user_id, alias, version,
-                    stream)
+        return Turn(
+            route, caller.request_id, session_id, message_id or new_message_id(), user_id, alias, version, stream
+        )
 
-    def _publish_request(self, turn: Turn, messages: list[dict[str, str]], max_tokens: int | None,
-                         temperature: float | None) -> None:
+    def _publish_request(
+        self, turn: Turn, messages: list[dict[str, str]], max_tokens: int | None, temperature: float | None
+    ) -> None:
         try:
             event = ChatRequest(
-                session_id=turn.session_id, message_id=turn.message_id, user_id=turn.user_id,
-                model_alias=turn.alias, messages=messages,
-                max_tokens=max_tokens, temperature=temperature, stream=turn.stream, route=turn.route,
+                session_id=turn.session_id,
+                message_id=turn.message_id,
+                user_id=turn.user_id,
+                model_alias=turn.alias,
+                messages=messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                stream=turn.stream,
+                route=turn.route,
                 producer="gateway",
             )
         except Exception as exc:  # an event we cannot build must not fail the request; it is visible
@@ -346,8 +415,9 @@ class ChatServing:
         turn.worker = stream.worker.url
         return stream
 
-    async def _relay(self, turn: Turn, stream: UpstreamStream, forward_usage: bool,
-                     on_done=None) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, turn: Turn, stream: UpstreamStream, forward_usage: bool, on_done=None
+    ) -> AsyncIterator[bytes]:
         """Forward each upstream chunk as it arrives, with the message id as `id`; events at the end."""
         mid = turn.message_id
         try:
@@ -434,31 +504,64 @@ class ChatServing:
         latency_ms = latency * 1000
         ttft_ms = turn.ttft_s * 1000 if turn.ttft_s is not None else None
         try:
-            self.publisher.publish(ChatResponse(
-                session_id=turn.session_id, message_id=turn.message_id, user_id=turn.user_id,
-                model_alias=turn.alias, model_version=version, worker=turn.worker, content=turn.content,
-                finish_reason=turn.finish_reason, prompt_tokens=turn.prompt_tokens,
-                completion_tokens=turn.completion_tokens, ttft_ms=ttft_ms, latency_ms=latency_ms,
-                status=turn.status, error=turn.error, route=turn.route, producer="gateway",
-            ))
-            self.publisher.publish(InferenceLatency(
-                model_version=version, worker=turn.worker, session_id=turn.session_id,
-                message_id=turn.message_id, route=turn.route, prompt_tokens=turn.prompt_tokens,
-                completion_tokens=turn.completion_tokens, ttft_ms=ttft_ms, latency_ms=latency_ms,
-                tokens_per_s=tps, status=turn.status, producer="gateway",
-            ))
+            self.publisher.publish(
+                ChatResponse(
+                    session_id=turn.session_id,
+                    message_id=turn.message_id,
+                    user_id=turn.user_id,
+                    model_alias=turn.alias,
+                    model_version=version,
+                    worker=turn.worker,
+                    content=turn.content,
+                    finish_reason=turn.finish_reason,
+                    prompt_tokens=turn.prompt_tokens,
+                    completion_tokens=turn.completion_tokens,
+                    ttft_ms=ttft_ms,
+                    latency_ms=latency_ms,
+                    status=turn.status,
+                    error=turn.error,
+                    route=turn.route,
+                    producer="gateway",
+                )
+            )
+            self.publisher.publish(
+                InferenceLatency(
+                    model_version=version,
+                    worker=turn.worker,
+                    session_id=turn.session_id,
+                    message_id=turn.message_id,
+                    route=turn.route,
+                    prompt_tokens=turn.prompt_tokens,
+                    completion_tokens=turn.completion_tokens,
+                    ttft_ms=ttft_ms,
+                    latency_ms=latency_ms,
+                    tokens_per_s=tps,
+                    status=turn.status,
+                    producer="gateway",
+                )
+            )
         except Exception as exc:
             log.error("response events invalid", extra={**turn.ids(), "error": repr(exc)})
             m.event("failed", 2)
         # DEBUG for a served turn: one JSON line per request cost 4% of the CPU; /metrics counts them
         level = logging.DEBUG if turn.status == "ok" else logging.WARNING
         if log.isEnabledFor(level):
-            log.log(level, "chat turn", extra={
-                **turn.ids(), "user_id": turn.user_id, "route": turn.route, "model_version": version,
-                "worker": turn.worker, "status": turn.status, "error": turn.error,
-                "latency_ms": round(latency_ms, 2), "ttft_ms": ttft_ms,
-                "completion_tokens": turn.completion_tokens,
-            })
+            log.log(
+                level,
+                "chat turn",
+                extra={
+                    **turn.ids(),
+                    "user_id": turn.user_id,
+                    "route": turn.route,
+                    "model_version": version,
+                    "worker": turn.worker,
+                    "status": turn.status,
+                    "error": turn.error,
+                    "latency_ms": round(latency_ms, 2),
+                    "ttft_ms": ttft_ms,
+                    "completion_tokens": turn.completion_tokens,
+                },
+            )
 
 
 def _session_id(header: str | None) -> str:

@@ -106,8 +106,7 @@ def parse_history(raw: list[bytes | str]) -> list[dict]:
     return [orjson.loads(m) for m in raw]
 
 
-def parse_session(history: list[bytes | str], owner: bytes | str | None, session_id: str,
-                  user_id: str) -> list[dict]:
+def parse_session(history: list[bytes | str], owner: bytes | str | None, session_id: str, user_id: str) -> list[dict]:
     """The replies queued by `SessionStore.queue_session` as the history; SessionNotOwned for another user's."""
     if owner is not None:
         if isinstance(owner, bytes):
@@ -138,19 +137,33 @@ class SessionStore:
         self.queue_history(pipe, session_id)
         pipe.get(OWNER_KEY.format(session_id=session_id))
 
-    async def record_turn(self, session_id: str, user_id: str, message_id: str,
-                          user_msg: str, assistant_msg: str) -> None:
+    async def record_turn(
+        self, session_id: str, user_id: str, message_id: str, user_msg: str, assistant_msg: str
+    ) -> None:
         """Append one turn, remember who owns the answer and the session, mark the session active: one round
         trip. Raises SessionNotOwned (and writes nothing) when another user owns the session."""
         _checked(session_id, "session id")
         now = time.time()
         written = await self._record_turn(
-            keys=[HISTORY_KEY.format(session_id=session_id), self._message_key(message_id), ACTIVE_KEY,
-                  OWNER_KEY.format(session_id=session_id)],
-            args=[orjson.dumps({"role": "user", "content": user_msg}),
-                  orjson.dumps({"role": "assistant", "content": assistant_msg}),
-                  2 * self.max_turns, self.ttl_s, _owner_json(user_id, session_id), self.message_ttl_s,
-                  repr(now), repr(now - self.ttl_s), session_id, user_id])
+            keys=[
+                HISTORY_KEY.format(session_id=session_id),
+                self._message_key(message_id),
+                ACTIVE_KEY,
+                OWNER_KEY.format(session_id=session_id),
+            ],
+            args=[
+                orjson.dumps({"role": "user", "content": user_msg}),
+                orjson.dumps({"role": "assistant", "content": assistant_msg}),
+                2 * self.max_turns,
+                self.ttl_s,
+                _owner_json(user_id, session_id),
+                self.message_ttl_s,
+                repr(now),
+                repr(now - self.ttl_s),
+                session_id,
+                user_id,
+            ],
+        )
         if not written:
             raise SessionNotOwned(session_id)
 
@@ -160,8 +173,7 @@ class SessionStore:
 
     async def remember_message(self, message_id: str, user_id: str, session_id: str | None) -> None:
         """Record the owner of a message that has no history (the OpenAI-compatible route)."""
-        await self.redis.set(self._message_key(message_id), _owner_json(user_id, session_id),
-                             ex=self.message_ttl_s)
+        await self.redis.set(self._message_key(message_id), _owner_json(user_id, session_id), ex=self.message_ttl_s)
 
     @staticmethod
     def _message_key(message_id: str) -> str:
@@ -183,7 +195,8 @@ class SessionStore:
         _checked(session_id, "session id")
         deleted = await self._delete(
             keys=[HISTORY_KEY.format(session_id=session_id), OWNER_KEY.format(session_id=session_id), ACTIVE_KEY],
-            args=[session_id, user_id or ""])
+            args=[session_id, user_id or ""],
+        )
         if deleted < 0:
             raise SessionNotOwned(session_id)
         return deleted > 0

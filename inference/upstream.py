@@ -62,14 +62,24 @@ class UpstreamHTTPError(UpstreamFailure):
 
 
 def make_client(settings: GatewaySettings) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=settings.gateway_max_connections, limit_per_host=0,
-                                     keepalive_timeout=settings.gateway_upstream_keepalive_s, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.gateway_connect_timeout_s,
-                                    sock_read=settings.gateway_read_timeout_s)
+    connector = aiohttp.TCPConnector(
+        limit=settings.gateway_max_connections,
+        limit_per_host=0,
+        keepalive_timeout=settings.gateway_upstream_keepalive_s,
+        ttl_dns_cache=300,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=settings.gateway_connect_timeout_s, sock_read=settings.gateway_read_timeout_s
+    )
     # No cookie jar: the one client serves every user, so a cookie an upstream set would go out with the
     # next user's request (aiohttp's default jar keeps cookies of host names, ignores IP addresses').
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent",), cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 def is_connection_failure(exc: BaseException) -> bool:
@@ -122,8 +132,7 @@ class Upstream:
 
     def _failed(self, worker: Worker, exc: BaseException) -> None:
         ejected = self.pool.failed(worker)
-        log.warning("upstream connection failure", extra={"worker": worker.url, "error": repr(exc),
-                                                          "ejected": ejected})
+        log.warning("upstream connection failure", extra={"worker": worker.url, "error": repr(exc), "ejected": ejected})
 
     def _retry_or_raise(self, worker: Worker, exc: Exception, attempt: int, starting: bool) -> None:
         """Return when the request may be retried on another worker; raise the gateway's error otherwise."""

@@ -134,13 +134,23 @@ class Worker:
         wanted: list[str] = []
         was_healthy, self.healthy = self.healthy, self.vllm.healthy()  # checked every beat: a hung server drops out
         if self.healthy != was_healthy:
-            log.info("vLLM %s", "healthy" if self.healthy else "unhealthy",
-                     extra={"index": self.index, "after_s": round(time.time() - self.started_at, 1)})
+            log.info(
+                "vLLM %s",
+                "healthy" if self.healthy else "unhealthy",
+                extra={"index": self.index, "after_s": round(time.time() - self.started_at, 1)},
+            )
         if self.healthy:
             self.ever_healthy = True
             loaded, wanted = self.sync_adapters()
-        record = readiness_record(self.settings, self.index, healthy=self.healthy, loaded=loaded,
-                                  wanted=wanted, started_at=self.started_at, pid=os.getpid())
+        record = readiness_record(
+            self.settings,
+            self.index,
+            healthy=self.healthy,
+            loaded=loaded,
+            wanted=wanted,
+            started_at=self.started_at,
+            pid=os.getpid(),
+        )
         self.redis.set(self.key, encode_record(record), ex=self.settings.ready_ttl_s)
 
     def run(self) -> int:

@@ -96,16 +96,26 @@ class WorkerSettings(CommonSettings):
 def vllm_command(settings: WorkerSettings, index: int, python: str | None = None) -> list[str]:
     """The vLLM OpenAI server command line for worker `index` (same flags on CPU and GPU but dtype/memory)."""
     cmd = [
-        python or sys.executable, "-m", settings.vllm_module,
-        "--model", str(settings.base_model_dir),
-        "--served-model-name", settings.served_model_name,
-        "--host", settings.worker_host,
-        "--port", str(settings.port(index)),
-        "--max-model-len", str(settings.max_model_len),
+        python or sys.executable,
+        "-m",
+        settings.vllm_module,
+        "--model",
+        str(settings.base_model_dir),
+        "--served-model-name",
+        settings.served_model_name,
+        "--host",
+        settings.worker_host,
+        "--port",
+        str(settings.port(index)),
+        "--max-model-len",
+        str(settings.max_model_len),
         "--enable-lora",
-        "--max-lora-rank", str(settings.max_lora_rank),
-        "--max-loras", str(settings.max_loras),
-        "--generation-config", "vllm",  # sampling defaults from the request, not the checkpoint
+        "--max-lora-rank",
+        str(settings.max_lora_rank),
+        "--max-loras",
+        str(settings.max_loras),
+        "--generation-config",
+        "vllm",  # sampling defaults from the request, not the checkpoint
         "--disable-uvicorn-access-log",
     ]
     if settings.device == "cpu":

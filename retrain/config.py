@@ -131,10 +131,16 @@ class DPOJobConfig(TrainConfig):
     chosen_repeats: int = field(default=1, metadata={"help": "copies of each chosen answer in the supervised stage"})
 
     def _checks(self) -> dict[str, bool]:
-        return {**super()._checks(), "beta": self.beta > 0, "sft_weight": self.sft_weight >= 0,
-                "sft_learning_rate": self.sft_learning_rate > 0, "sft_epochs": self.sft_epochs > 0,
-                "replay_rows": self.replay_rows >= 0, "chosen_repeats": self.chosen_repeats >= 1,
-                "method": self.method in ("dpo", "sft", "sft+dpo")}
+        return {
+            **super()._checks(),
+            "beta": self.beta > 0,
+            "sft_weight": self.sft_weight >= 0,
+            "sft_learning_rate": self.sft_learning_rate > 0,
+            "sft_epochs": self.sft_epochs > 0,
+            "replay_rows": self.replay_rows >= 0,
+            "chosen_repeats": self.chosen_repeats >= 1,
+            "method": self.method in ("dpo", "sft", "sft+dpo"),
+        }
 
     def to_trl(self, output_dir: str | Path, use_cpu: bool):
         """TRL's DPOConfig; with `sft_weight` the loss is sigmoid DPO + sft_weight x NLL on chosen (RPO)."""
@@ -146,8 +152,9 @@ class DPOJobConfig(TrainConfig):
     def sft_stage(self) -> SFTJobConfig:
         """The supervised stage's config: this job's settings with the stage's learning rate and epochs."""
         shared = {f.name: getattr(self, f.name) for f in fields(TrainConfig)}
-        return SFTJobConfig(**{**shared, "learning_rate": self.sft_learning_rate,
-                               "num_train_epochs": self.sft_epochs, "max_steps": -1})
+        return SFTJobConfig(
+            **{**shared, "learning_rate": self.sft_learning_rate, "num_train_epochs": self.sft_epochs, "max_steps": -1}
+        )
 
 
 def _coerce(name: str, kind: Any, value: Any) -> Any:
@@ -177,8 +184,9 @@ def merge(base: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig
     return replace(base, **clean)
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                cls: type[TrainConfig] = DPOJobConfig) -> Any:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, cls: type[TrainConfig] = DPOJobConfig
+) -> Any:
     """Defaults < YAML file at `path` < `overrides` (None values ignored), as a `cls`."""
     cfg = cls()
     if path is not None:

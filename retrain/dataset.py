@@ -89,8 +89,9 @@ def query_pairs(client, pair_ids: Sequence[str]) -> dict[str, Pair | None]:
     return found
 
 
-def fetch_pairs(client, pair_ids: Sequence[str], wait_s: float = 30.0, poll_s: float = 1.0,
-                job_id: str = "") -> list[Pair]:  # fmt: skip
+def fetch_pairs(
+    client, pair_ids: Sequence[str], wait_s: float = 30.0, poll_s: float = 1.0, job_id: str = ""
+) -> list[Pair]:
     """Exactly the pairs named, in the job's order; waits up to `wait_s` for the sink to catch up.
 
     Raises PairsMissing naming how many (and which, first few) never arrived.
@@ -103,8 +104,9 @@ def fetch_pairs(client, pair_ids: Sequence[str], wait_s: float = 30.0, poll_s: f
         if not missing:
             break
         if time.monotonic() >= deadline:
-            raise PairsMissing(f"{len(missing)} of {len(wanted)} pairs not in the store after {wait_s:.0f} s: "
-                               f"{missing[:5]}")  # fmt: skip
+            raise PairsMissing(
+                f"{len(missing)} of {len(wanted)} pairs not in the store after {wait_s:.0f} s: {missing[:5]}"
+            )
         log.info("waiting for pairs", extra={"job_id": job_id, "missing": len(missing), "wanted": len(wanted)})
         time.sleep(poll_s)
     pairs = [found[p] for p in wanted if found[p] is not None]

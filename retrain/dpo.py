@@ -28,6 +28,7 @@ from retrain.training import DPO_LOG_KEYS, LogProgress, TrainResult, prepare
 
 log = logging.getLogger(__name__)
 
+
 def train_dpo(
     train_dataset,
     base_model: str | Path,
@@ -45,9 +46,16 @@ def train_dpo(
     started = time.monotonic()
     device, tokenizer, model, peft_config = prepare(base_model, parent_adapter, config, device)
     output_dir = Path(output_dir)
-    log.info("dpo start", extra={"job_id": job_id, "pairs": len(train_dataset), "device": device,
-                                 "parent": str(parent_adapter) if parent_adapter else None,
-                                 "config": config.to_dict()})  # fmt: skip
+    log.info(
+        "dpo start",
+        extra={
+            "job_id": job_id,
+            "pairs": len(train_dataset),
+            "device": device,
+            "parent": str(parent_adapter) if parent_adapter else None,
+            "config": config.to_dict(),
+        },
+    )
     trainer = DPOTrainer(
         model=model,
         args=config.to_trl(output_dir / "trainer", use_cpu=device == "cpu"),
@@ -62,7 +70,9 @@ def train_dpo(
     steps = [h for h in trainer.state.log_history if "loss" in h]
     final = {ours: float(steps[-1][theirs]) for theirs, ours in DPO_LOG_KEYS.items() if steps and theirs in steps[-1]}
     seconds = time.monotonic() - started
-    log.info("dpo done", extra={"job_id": job_id, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
-                                **final})  # fmt: skip
-    return TrainResult(adapter_dir, seconds, trainer.state.global_step, len(train_dataset), final,
-                       list(trainer.state.log_history))  # fmt: skip
+    log.info(
+        "dpo done", extra={"job_id": job_id, "seconds": round(seconds, 2), "steps": trainer.state.global_step, **final}
+    )
+    return TrainResult(
+        adapter_dir, seconds, trainer.state.global_step, len(train_dataset), final, list(trainer.state.log_history)
+    )

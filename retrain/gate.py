@@ -88,9 +88,11 @@ class Generations:
         return sum(s >= at_least for s in scores) / len(scores) if scores else None
 
     def shares(self, t: Thresholds) -> dict[str, float | None]:
-        return {"corrected": self.share(self.corrected, t.learn_rouge),
-                "paraphrases": self.share(self.paraphrases, t.learn_rouge),
-                "kept": self.share(self.kept, t.keep_rouge)}  # 1.0 / 0.0 flags pass / fail at any keep_rouge
+        return {
+            "corrected": self.share(self.corrected, t.learn_rouge),
+            "paraphrases": self.share(self.paraphrases, t.learn_rouge),
+            "kept": self.share(self.kept, t.keep_rouge),
+        }  # 1.0 / 0.0 flags pass / fail at any keep_rouge
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,11 @@ def decide(generations: Generations, t: Thresholds) -> Verdict:
     """The gate's decision over the candidate's generations: a reason per failed check, every figure named."""
     shares = generations.shares(t)
     minimum = {"corrected": t.min_corrected, "paraphrases": t.min_paraphrases, "kept": t.min_kept}
-    counts = {"corrected": len(generations.corrected), "paraphrases": len(generations.paraphrases),
-              "kept": len(generations.kept)}
+    counts = {
+        "corrected": len(generations.corrected),
+        "paraphrases": len(generations.paraphrases),
+        "kept": len(generations.kept),
+    }
     reasons, figures = [], []
     for name, share in shares.items():
         if share is None:
@@ -164,9 +169,9 @@ class Scorer:
         if not full_text.startswith(prompt_text):
             raise ValueError("chat template does not extend the generation prompt with the answer")
         p = tok(prompt_text, add_special_tokens=False)["input_ids"]
-        c = tok(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+        c = tok(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
         keep_prompt = max(1, self.max_length - len(c))  # truncate the prompt from the left, as TRL keeps the end
-        return p[len(p) - min(len(p), keep_prompt):], c[: self.max_length]
+        return p[len(p) - min(len(p), keep_prompt) :], c[: self.max_length]
 
     def logp(self, adapter: str | None, prompt: Sequence[dict], answer: str) -> tuple[float, int]:
         """(sum of log p(answer tokens | prompt), number of answer tokens); adapter None: the base model."""
@@ -180,7 +185,7 @@ class Scorer:
             logps = torch.log_softmax(logits, dim=-1)
             targets = ids[0, 1:]
             token_logp = logps.gather(1, targets[:, None])[:, 0]
-            self._cache[key] = float(token_logp[len(p) - 1:].sum())
+            self._cache[key] = float(token_logp[len(p) - 1 :].sum())
         return self._cache[key], len(c)
 
     def evaluate(
@@ -215,14 +220,24 @@ class GateReport:
 
     def metrics(self) -> dict[str, float]:
         shares = {f"{k}_share": v for k, v in self.generations.shares(self.thresholds).items() if v is not None}
-        return {**shares, **self.candidate.to_metrics(""), **self.current.to_metrics("current_"),
-                "accepted": float(self.verdict.accepted)}
+        return {
+            **shares,
+            **self.candidate.to_metrics(""),
+            **self.current.to_metrics("current_"),
+            "accepted": float(self.verdict.accepted),
+        }
 
     def to_json(self) -> dict:
-        return {"verdict": self.verdict.name, "reasons": list(self.verdict.reasons),
-                "figures": list(self.verdict.figures), "current": self.current_name,
-                "generations": asdict(self.generations), "thresholds": asdict(self.thresholds),
-                "candidate_scores": asdict(self.candidate), "current_scores": asdict(self.current)}
+        return {
+            "verdict": self.verdict.name,
+            "reasons": list(self.verdict.reasons),
+            "figures": list(self.verdict.figures),
+            "current": self.current_name,
+            "generations": asdict(self.generations),
+            "thresholds": asdict(self.thresholds),
+            "candidate_scores": asdict(self.candidate),
+            "current_scores": asdict(self.current),
+        }
 
 
 def load_regression(path: str | Path | None) -> list[GoldenItem]:
@@ -230,8 +245,9 @@ def load_regression(path: str | Path | None) -> list[GoldenItem]:
     return [] if path is None else load_golden(path, need_expected=False)
 
 
-def kept_scores(candidate: Sequence[str], current: Sequence[str], items: Sequence[GoldenItem],
-                t: Thresholds) -> list[float]:
+def kept_scores(
+    candidate: Sequence[str], current: Sequence[str], items: Sequence[GoldenItem], t: Thresholds
+) -> list[float]:
     """Per regression item (see the module docstring): right answers still right, or answers unchanged."""
     scores = []
     for new, old, item in zip(candidate, current, items, strict=True):
@@ -242,10 +258,22 @@ def kept_scores(candidate: Sequence[str], current: Sequence[str], items: Sequenc
     return scores
 
 
-def run_gate(base_model: str | Path, candidate_dir: str | Path, current_dir: str | Path | None, current_name: str,
-             trained: Sequence[Pair], heldout: Sequence[Pair], regression: Sequence[GoldenItem],
-             golden: Sequence[GoldenItem], beta: float, thresholds: Thresholds, max_length: int = 1024,
-             device: str = "cpu", job_id: str = "", max_new_tokens: int = 64) -> GateReport:
+def run_gate(
+    base_model: str | Path,
+    candidate_dir: str | Path,
+    current_dir: str | Path | None,
+    current_name: str,
+    trained: Sequence[Pair],
+    heldout: Sequence[Pair],
+    regression: Sequence[GoldenItem],
+    golden: Sequence[GoldenItem],
+    beta: float,
+    thresholds: Thresholds,
+    max_length: int = 1024,
+    device: str = "cpu",
+    job_id: str = "",
+    max_new_tokens: int = 64,
+) -> GateReport:
     """Generate with the candidate and the current adapter (None: the base model), score, decide."""
     gen = Generator(base_model, device=device, max_new_tokens=max_new_tokens)
     gen.load("candidate", candidate_dir)
@@ -257,13 +285,22 @@ def run_gate(base_model: str | Path, candidate_dir: str | Path, current_dir: str
     before = gen.answers([item.prompt for item in regression], adapter=current)
     chosen = [p.chosen for p in trained] + [p.chosen for p in heldout]
     learned = [rouge_l(a, c) for a, c in zip(answers, chosen, strict=False)]
-    kept = kept_scores(answers[len(asked):], before, regression, thresholds)
-    generations = Generations(tuple(learned[:len(trained)]), tuple(learned[len(trained):]), tuple(kept))
+    kept = kept_scores(answers[len(asked) :], before, regression, thresholds)
+    generations = Generations(tuple(learned[: len(trained)]), tuple(learned[len(trained) :]), tuple(kept))
     scorer = Scorer(gen, max_length=max_length)
     candidate_scores = scorer.evaluate("candidate", heldout, golden, beta)
     current_scores = scorer.evaluate(current, heldout, golden, beta)
     verdict = decide(generations, thresholds)
-    log.info("gate verdict", extra={"job_id": job_id, "verdict": verdict.name, "reasons": list(verdict.reasons),
-                                    "figures": list(verdict.figures), "current_name": current_name,
-                                    "candidate": asdict(candidate_scores), "current": asdict(current_scores)})
+    log.info(
+        "gate verdict",
+        extra={
+            "job_id": job_id,
+            "verdict": verdict.name,
+            "reasons": list(verdict.reasons),
+            "figures": list(verdict.figures),
+            "current_name": current_name,
+            "candidate": asdict(candidate_scores),
+            "current": asdict(current_scores),
+        },
+    )
     return GateReport(verdict, generations, candidate_scores, current_scores, current_name, thresholds)

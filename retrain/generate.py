@@ -61,12 +61,14 @@ class Generator:
         torch, tok = self.torch, self.tokenizer
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start:start + self.batch_size]
+            batch = prompts[start : start + self.batch_size]
             texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in batch]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with torch.no_grad(), self.using(adapter):
-                ids = self.model.generate(**enc, do_sample=False, max_new_tokens=self.max_new_tokens,
-                                          pad_token_id=tok.pad_token_id)
-            out.extend(t.strip() for t in tok.batch_decode(ids[:, enc["input_ids"].shape[1]:],
-                                                           skip_special_tokens=True))
+                ids = self.model.generate(
+                    **enc, do_sample=False, max_new_tokens=self.max_new_tokens, pad_token_id=tok.pad_token_id
+                )
+            out.extend(
+                t.strip() for t in tok.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+            )
         return out

@@ -25,8 +25,13 @@ import click
 ZERO2 = Path(__file__).resolve().parent.parent / "deploy" / "deepspeed" / "zero2.json"
 
 
-def build_command(n_gpus: int, job_args: list[str], ds_config: str | Path = ZERO2,
-                  launcher: str = "deepspeed", python: str = sys.executable) -> list[str]:  # fmt: skip
+def build_command(
+    n_gpus: int,
+    job_args: list[str],
+    ds_config: str | Path = ZERO2,
+    launcher: str = "deepspeed",
+    python: str = sys.executable,
+) -> list[str]:
     """The argv that runs `retrain.cli dpo <job_args>` on `n_gpus` devices."""
     if n_gpus <= 1:
         return [python, "-m", "retrain.cli", "dpo", *job_args]
@@ -34,8 +39,21 @@ def build_command(n_gpus: int, job_args: list[str], ds_config: str | Path = ZERO
     if launcher == "deepspeed":
         return ["deepspeed", "--num_gpus", str(n_gpus), "--module", "retrain.cli", "dpo", *job_args, "--deepspeed", ds]
     if launcher == "accelerate":
-        return ["accelerate", "launch", "--num_processes", str(n_gpus), "--use_deepspeed",
-                "--deepspeed_config_file", ds, "-m", "retrain.cli", "dpo", *job_args, "--deepspeed", ds]  # fmt: skip
+        return [
+            "accelerate",
+            "launch",
+            "--num_processes",
+            str(n_gpus),
+            "--use_deepspeed",
+            "--deepspeed_config_file",
+            ds,
+            "-m",
+            "retrain.cli",
+            "dpo",
+            *job_args,
+            "--deepspeed",
+            ds,
+        ]
     raise ValueError(f"unknown launcher {launcher!r} (deepspeed or accelerate)")
 
 

@@ -27,7 +27,8 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, out_dir: str 
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_model).save_pretrained(out)
-    (out / "flywheel-merge.json").write_text(json.dumps(
-        {"base_model": str(base_model), "adapter": str(adapter_dir), "version": name}, indent=2) + "\n")
+    (out / "flywheel-merge.json").write_text(
+        json.dumps({"base_model": str(base_model), "adapter": str(adapter_dir), "version": name}, indent=2) + "\n"
+    )
     log.info("merged", extra={"adapter": str(adapter_dir), "out": str(out)})
     return out

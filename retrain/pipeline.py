@@ -53,10 +53,14 @@ class JobOutcome:
 
 
 def thresholds(settings: RetrainSettings) -> Thresholds:
-    return Thresholds(learn_rouge=settings.gate_learn_rouge, keep_rouge=settings.gate_keep_rouge,
-                      right_rouge=settings.gate_right_rouge,
-                      min_corrected=settings.gate_min_corrected, min_paraphrases=settings.gate_min_paraphrases,
-                      min_kept=settings.gate_min_kept)
+    return Thresholds(
+        learn_rouge=settings.gate_learn_rouge,
+        keep_rouge=settings.gate_keep_rouge,
+        right_rouge=settings.gate_right_rouge,
+        min_corrected=settings.gate_min_corrected,
+        min_paraphrases=settings.gate_min_paraphrases,
+        min_kept=settings.gate_min_kept,
+    )
 
 
 def row(prompt: Sequence[dict], answer: str) -> dict:
@@ -97,23 +101,46 @@ def supervised_rows(train: Sequence[Pair], keep: Sequence[dict], config: DPOJobC
     return rows
 
 
-def train_candidate(settings: RetrainSettings, config: DPOJobConfig, train: Sequence[Pair], keep: Sequence[dict],
-                    parent_dir: Path | None, work: Path, job_id: str,
-                    publish: Callable[[int, float, dict[str, float]], None] | None = None) -> TrainResult:
+def train_candidate(
+    settings: RetrainSettings,
+    config: DPOJobConfig,
+    train: Sequence[Pair],
+    keep: Sequence[dict],
+    parent_dir: Path | None,
+    work: Path,
+    job_id: str,
+    publish: Callable[[int, float, dict[str, float]], None] | None = None,
+) -> TrainResult:
     """Train the candidate adapter by the config's method; the last stage's result (seconds summed)."""
     adapter, seconds, result = parent_dir, 0.0, None
     if config.method in ("sft", "sft+dpo"):
         from retrain.sft import train_sft
 
         rows = supervised_rows(train, keep, config)
-        result = train_sft(rows, settings.base_model_dir, work / "sft", config.sft_stage(), parent_adapter=adapter,
-                           job_id=job_id, device=settings.retrain_device, publish=publish)
+        result = train_sft(
+            rows,
+            settings.base_model_dir,
+            work / "sft",
+            config.sft_stage(),
+            parent_adapter=adapter,
+            job_id=job_id,
+            device=settings.retrain_device,
+            publish=publish,
+        )
         adapter, seconds = result.adapter_dir, result.seconds
     if config.method in ("dpo", "sft+dpo"):
         from retrain.dpo import train_dpo
 
-        result = train_dpo(to_dataset(train), settings.base_model_dir, work / "dpo", config, parent_adapter=adapter,
-                           job_id=job_id, device=settings.retrain_device, publish=publish)
+        result = train_dpo(
+            to_dataset(train),
+            settings.base_model_dir,
+            work / "dpo",
+            config,
+            parent_adapter=adapter,
+            job_id=job_id,
+            device=settings.retrain_device,
+            publish=publish,
+        )
         seconds += result.seconds
     assert result is not None  # the config validates `method`
     result.seconds = seconds
@@ -134,18 +161,38 @@ def run_job(
     parent_dir = registry.show(parent).path if parent else None
     train, heldout = split_pairs(pairs, config.eval_fraction)
     keep = kept_rows(read_rows(parent_dir), pairs)
-    log.info("job split", extra={"job_id": job_id, "train": len(train), "heldout": len(heldout), "parent": parent,
-                                 "method": config.method, "replay_pool": len(keep)})
+    log.info(
+        "job split",
+        extra={
+            "job_id": job_id,
+            "train": len(train),
+            "heldout": len(heldout),
+            "parent": parent,
+            "method": config.method,
+            "replay_pool": len(keep),
+        },
+    )
     work = settings.work_dir / "jobs" / job_id
     shutil.rmtree(work, ignore_errors=True)
     try:
         result = train_candidate(settings, config, train, keep, parent_dir, work, job_id, publish)
         write_jsonl([*keep, *(row(p.prompt, p.chosen) for p in pairs)], result.adapter_dir / TRAIN_ROWS)
         started = time.monotonic()
-        report = run_gate(settings.base_model_dir, result.adapter_dir, parent_dir, parent or settings.served_model_name,
-                          train, heldout, regression_prompts(settings, pairs), load_golden(settings.retrain_golden),
-                          config.beta, thresholds(settings), max_length=config.max_length,
-                          device=pick_device(settings.retrain_device), job_id=job_id)
+        report = run_gate(
+            settings.base_model_dir,
+            result.adapter_dir,
+            parent_dir,
+            parent or settings.served_model_name,
+            train,
+            heldout,
+            regression_prompts(settings, pairs),
+            load_golden(settings.retrain_golden),
+            config.beta,
+            thresholds(settings),
+            max_length=config.max_length,
+            device=pick_device(settings.retrain_device),
+            job_id=job_id,
+        )
         gate_seconds = time.monotonic() - started
         metadata = {
             "kind": config.method,
@@ -164,13 +211,25 @@ def run_job(
         version = registry.register(alias, result.adapter_dir, metadata)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    metrics = {**report.metrics(), "train_seconds": result.seconds, "gate_seconds": gate_seconds,
-               "train_pairs": float(len(train)), "steps": float(result.steps),
-               **{f"train_{k}": v for k, v in result.final.items()}}
-    log.info("job registered", extra={"job_id": job_id, "version": version.name, "verdict": report.verdict.name,
-                                      "figures": list(report.verdict.figures),
-                                      "train_seconds": round(result.seconds, 2),
-                                      "gate_seconds": round(gate_seconds, 2)})
+    metrics = {
+        **report.metrics(),
+        "train_seconds": result.seconds,
+        "gate_seconds": gate_seconds,
+        "train_pairs": float(len(train)),
+        "steps": float(result.steps),
+        **{f"train_{k}": v for k, v in result.final.items()},
+    }
+    log.info(
+        "job registered",
+        extra={
+            "job_id": job_id,
+            "version": version.name,
+            "verdict": report.verdict.name,
+            "figures": list(report.verdict.figures),
+            "train_seconds": round(result.seconds, 2),
+            "gate_seconds": round(gate_seconds, 2),
+        },
+    )
     previous = parent or settings.served_model_name
     return JobOutcome(version, report, previous, parent, result.seconds, gate_seconds, metrics)
 

@@ -206,8 +206,7 @@ class Registry:
 
     def _write_pointer(self, adir: Path, version: str | None, history: list[str], reason: str) -> None:
         tmp = adir / f".{POINTER}.{uuid.uuid4().hex}"
-        data = {"version": version, "history": history, "reason": reason,
-                "updated_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        data = {"version": version, "history": history, "reason": reason, "updated_at": datetime.now(UTC).isoformat()}
         _write_durable(tmp, json.dumps(data, indent=2) + "\n")
         os.replace(tmp, adir / POINTER)
         _fsync_dir(adir)

@@ -28,8 +28,9 @@ class RetrainSettings(CommonSettings):
     # JSONL of {"prompt": [messages]} or {"question": text}, with "expected" where a reference is known:
     # questions whose right answers a new version must keep (retrain.gate). The default holds the demo shop's
     # validation questions and answers (retrain/demo), which no training row contains.
-    retrain_regression: Path | None = Field(PACKAGE_DIR / "golden" / "regression.jsonl",
-                                            description="regression prompts JSONL (none: no regression check)")
+    retrain_regression: Path | None = Field(
+        PACKAGE_DIR / "golden" / "regression.jsonl", description="regression prompts JSONL (none: no regression check)"
+    )
     # Where versions live; default <data_dir>/adapters.
     retrain_registry_dir: Path | None = Field(None, description="adapter registry root")
     # Scratch space of running jobs (checkpoints, the adapter before registration); default <data_dir>/retrain.

@@ -30,6 +30,7 @@ from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, prepare
 
 log = logging.getLogger(__name__)
 
+
 def plain_loss_trainer():
     """TRL's SFTTrainer with the model's own cross-entropy on the answer tokens instead of TRL's fused LM head.
 
@@ -74,9 +75,17 @@ def train_sft(
     columns = ("prompt", "completion")
     train = Dataset.from_list([{k: r[k] for k in columns} for r in rows])
     evaluate = Dataset.from_list([{k: r[k] for k in columns} for r in eval_rows]) if eval_rows else None
-    log.info("sft start", extra={"job_id": job_id, "rows": len(rows), "eval_rows": len(eval_rows), "device": device,
-                                 "parent": str(parent_adapter) if parent_adapter else None,
-                                 "config": config.to_dict()})
+    log.info(
+        "sft start",
+        extra={
+            "job_id": job_id,
+            "rows": len(rows),
+            "eval_rows": len(eval_rows),
+            "device": device,
+            "parent": str(parent_adapter) if parent_adapter else None,
+            "config": config.to_dict(),
+        },
+    )
     trainer = plain_loss_trainer()(
         model=model,
         args=config.to_trl(output_dir / "trainer", use_cpu=device == "cpu", evaluate=evaluate is not None),
@@ -96,6 +105,7 @@ def train_sft(
     if evals:
         final["eval_loss"] = float(evals[-1])
     seconds = time.monotonic() - started
-    log.info("sft done", extra={"job_id": job_id, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
-                                **final})
+    log.info(
+        "sft done", extra={"job_id": job_id, "seconds": round(seconds, 2), "steps": trainer.state.global_step, **final}
+    )
     return TrainResult(adapter_dir, seconds, trainer.state.global_step, len(rows), final, history)

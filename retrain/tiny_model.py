@@ -59,8 +59,18 @@ TINY_ARCH = dict(
     hidden_act="silu",
 )
 
-_PRODUCTS = ["headphones", "laptop bag", "coffee maker", "running shoes", "desk lamp", "phone case",
-             "backpack", "water bottle", "keyboard", "blender"]
+_PRODUCTS = [
+    "headphones",
+    "laptop bag",
+    "coffee maker",
+    "running shoes",
+    "desk lamp",
+    "phone case",
+    "backpack",
+    "water bottle",
+    "keyboard",
+    "blender",
+]
 _ZH_PRODUCTS = ["耳机", "电脑包", "咖啡机", "跑鞋", "台灯", "手机壳", "背包", "水杯", "键盘", "搅拌机"]
 _EN_TEMPLATES = [
     "Where is my order {order}? It was supposed to arrive on {day}.",
@@ -102,8 +112,13 @@ def corpus(seed: int = 0, lines: int = 600) -> list[str]:
     rng = random.Random(seed)
     out = []
     for i in range(lines):
-        fill = dict(order=f"#{rng.randint(10000, 99999)}", day=rng.choice(_DAYS), n=rng.randint(2, 9),
-                    country=rng.choice(_COUNTRIES), color=rng.choice(_COLORS))
+        fill = dict(
+            order=f"#{rng.randint(10000, 99999)}",
+            day=rng.choice(_DAYS),
+            n=rng.randint(2, 9),
+            country=rng.choice(_COUNTRIES),
+            color=rng.choice(_COLORS),
+        )
         if i % 3 == 2:
             out.append(rng.choice(_ZH_TEMPLATES).format(product=rng.choice(_ZH_PRODUCTS), **fill))
         else:
@@ -128,8 +143,9 @@ def _train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
-def build_tiny_model(out_dir: Path, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE,
-                     arch: dict | None = None) -> Path:
+def build_tiny_model(
+    out_dir: Path, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE, arch: dict | None = None
+) -> Path:
     """Write a random-weight tiny Qwen2 chat model with its tokenizer to `out_dir`; return it.
 
     `arch` overrides Qwen2Config fields of TINY_ARCH (e.g. Qwen2.5-0.5B's sizes for the GPU bench); its

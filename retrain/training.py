@@ -15,8 +15,12 @@ from transformers import TrainerCallback
 log = logging.getLogger(__name__)
 
 # What TRL's trainers log, under our names.
-DPO_LOG_KEYS = {"loss": "loss", "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
-                "learning_rate": "learning_rate"}  # fmt: skip
+DPO_LOG_KEYS = {
+    "loss": "loss",
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "learning_rate": "learning_rate",
+}
 SFT_LOG_KEYS = {"loss": "loss", "learning_rate": "learning_rate", "mean_token_accuracy": "token_accuracy"}
 
 
@@ -33,8 +37,13 @@ class TrainResult:
 class LogProgress(TrainerCallback):
     """Every TRL log step to `log` (with the job id) and to `publish(step, epoch, values)`."""
 
-    def __init__(self, job_id: str, publish: Callable[[int, float, dict[str, float]], None] | None = None,
-                 keys: dict[str, str] = DPO_LOG_KEYS, message: str = "dpo step"):  # fmt: skip
+    def __init__(
+        self,
+        job_id: str,
+        publish: Callable[[int, float, dict[str, float]], None] | None = None,
+        keys: dict[str, str] = DPO_LOG_KEYS,
+        message: str = "dpo step",
+    ):
         self.job_id = job_id
         self.publish = publish
         self.keys = keys
@@ -44,8 +53,10 @@ class LogProgress(TrainerCallback):
         if not logs or "loss" not in logs:  # the final summary (train_loss, runtime) is logged separately
             return
         values = {ours: float(logs[theirs]) for theirs, ours in self.keys.items() if theirs in logs}
-        log.info(self.message, extra={"job_id": self.job_id, "step": state.global_step,
-                                      "epoch": round(state.epoch or 0.0, 3), **values})  # fmt: skip
+        log.info(
+            self.message,
+            extra={"job_id": self.job_id, "step": state.global_step, "epoch": round(state.epoch or 0.0, 3), **values},
+        )
         if self.publish is not None:
             self.publish(state.global_step, float(state.epoch or 0.0), values)
 
@@ -79,8 +90,13 @@ def load_policy(base_model: str | Path, parent_adapter: str | Path | None, confi
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype)
     if parent_adapter is not None:
         return tokenizer, PeftModel.from_pretrained(model, str(parent_adapter), is_trainable=True), None
-    peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                             target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    peft_config = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
     return tokenizer, model, peft_config
 
 
@@ -95,9 +111,14 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
-                                 "{task.total} steps"), TextColumn("{task.fields[loss]}"), TimeElapsedColumn(),
-                                 TimeRemainingColumn())
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} steps"),
+            TextColumn("{task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
         self.progress.start()
         self.task = self.progress.add_task(self.description, total=state.max_steps, loss="")
 

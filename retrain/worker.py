@@ -84,24 +84,27 @@ class RetrainWorker:
         self.settings = settings
         self.registry = Registry(settings.registry_dir)
         self.journal = Journal(settings.work_dir / "journal")
-        self.producer = ChatEventProducer(ProducerSettings(kafka_bootstrap=settings.kafka_bootstrap,
-                                                           producer_client_id=PRODUCER_NAME))  # fmt: skip
+        self.producer = ChatEventProducer(
+            ProducerSettings(kafka_bootstrap=settings.kafka_bootstrap, producer_client_id=PRODUCER_NAME)
+        )
         self._store = None
         self._stop = False
 
     # -- bus ---------------------------------------------------------------------------------------
 
     def consumer(self) -> Consumer:
-        return Consumer({
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "group.id": RETRAIN_GROUP_ID,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": self.settings.retrain_session_timeout_ms,
-            "heartbeat.interval.ms": max(1000, self.settings.retrain_session_timeout_ms // 6),
-            # Training blocks the poll loop: a job may take this long before the worker leaves the group.
-            "max.poll.interval.ms": int(self.settings.retrain_max_job_s * 1000),
-        })  # fmt: skip
+        return Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "group.id": RETRAIN_GROUP_ID,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": self.settings.retrain_session_timeout_ms,
+                "heartbeat.interval.ms": max(1000, self.settings.retrain_session_timeout_ms // 6),
+                # Training blocks the poll loop: a job may take this long before the worker leaves the group.
+                "max.poll.interval.ms": int(self.settings.retrain_max_job_s * 1000),
+            }
+        )
 
     def emit(self, *events: Event) -> None:
         """Send and wait for the broker's acknowledgement of every event."""
@@ -123,8 +126,14 @@ class RetrainWorker:
     # -- jobs --------------------------------------------------------------------------------------
 
     def _job_event(self, job: RetrainJob, status: str, **fields) -> RetrainJob:
-        return RetrainJob(job_id=job.job_id, base_model=job.base_model, status=status, pair_ids=job.pair_ids,
-                          producer=PRODUCER_NAME, **fields)  # fmt: skip
+        return RetrainJob(
+            job_id=job.job_id,
+            base_model=job.base_model,
+            status=status,
+            pair_ids=job.pair_ids,
+            producer=PRODUCER_NAME,
+            **fields,
+        )
 
     def _cleanup(self, job_id: str) -> None:
         shutil.rmtree(self.settings.work_dir / "jobs" / job_id, ignore_errors=True)
@@ -155,10 +164,14 @@ class RetrainWorker:
         started = time.monotonic()
         try:
             config = load_config(self.settings.retrain_config)
-            pairs = fetch_pairs(self.store(), job.pair_ids, self.settings.retrain_pairs_wait_s,
-                                self.settings.retrain_pairs_poll_s, job_id=job.job_id)  # fmt: skip
-            outcome = run_job(self.settings, config, pairs, job.job_id, self.registry,
-                              publish=self._publisher(job))  # fmt: skip
+            pairs = fetch_pairs(
+                self.store(),
+                job.pair_ids,
+                self.settings.retrain_pairs_wait_s,
+                self.settings.retrain_pairs_poll_s,
+                job_id=job.job_id,
+            )
+            outcome = run_job(self.settings, config, pairs, job.job_id, self.registry, publish=self._publisher(job))
         except Exception as exc:  # any failure of the job itself ends it `failed`, with the error
             log.exception("job failed", extra=ids)
             self._cleanup(job.job_id)
@@ -168,35 +181,72 @@ class RetrainWorker:
             return
         version = outcome.version
         events: list[Event] = [
-            TrainingMetrics(job_id=job.job_id, base_model=job.base_model, adapter_version=version.name, split="eval",
-                            step=int(outcome.metrics.get("steps", 0)), epoch=config.num_train_epochs,
-                            reward_margin=outcome.gate.candidate.reward_margin,
-                            reward_accuracy=outcome.gate.candidate.preference_accuracy, producer=PRODUCER_NAME),
-            self._job_event(job, "succeeded", parent_version=parent, adapter_version=version.name,
-                            verdict=outcome.gate.verdict.name,
-                            error="; ".join(outcome.gate.verdict.reasons) or None,
-                            metrics={**outcome.metrics, "job_seconds": time.monotonic() - started}),
-        ]  # fmt: skip
+            TrainingMetrics(
+                job_id=job.job_id,
+                base_model=job.base_model,
+                adapter_version=version.name,
+                split="eval",
+                step=int(outcome.metrics.get("steps", 0)),
+                epoch=config.num_train_epochs,
+                reward_margin=outcome.gate.candidate.reward_margin,
+                reward_accuracy=outcome.gate.candidate.preference_accuracy,
+                producer=PRODUCER_NAME,
+            ),
+            self._job_event(
+                job,
+                "succeeded",
+                parent_version=parent,
+                adapter_version=version.name,
+                verdict=outcome.gate.verdict.name,
+                error="; ".join(outcome.gate.verdict.reasons) or None,
+                metrics={**outcome.metrics, "job_seconds": time.monotonic() - started},
+            ),
+        ]
         if outcome.accepted:
-            events.append(Deployment(alias=self.settings.model_alias, action="adapter_ready", version=version.name,
-                                     previous_version=outcome.previous_version, adapter_path=str(version.path),
-                                     job_id=job.job_id, reason="passed the evaluation gate",
-                                     producer=PRODUCER_NAME))  # fmt: skip
+            events.append(
+                Deployment(
+                    alias=self.settings.model_alias,
+                    action="adapter_ready",
+                    version=version.name,
+                    previous_version=outcome.previous_version,
+                    adapter_path=str(version.path),
+                    job_id=job.job_id,
+                    reason="passed the evaluation gate",
+                    producer=PRODUCER_NAME,
+                )
+            )
         self.emit(*events)
         self.journal.set(job.job_id, "ended")
-        log.info("job succeeded", extra={**ids, "version": version.name, "verdict": outcome.gate.verdict.name,
-                                         "reasons": list(outcome.gate.verdict.reasons),
-                                         "train_seconds": round(outcome.train_seconds, 2),
-                                         "job_seconds": round(time.monotonic() - started, 2)})  # fmt: skip
+        log.info(
+            "job succeeded",
+            extra={
+                **ids,
+                "version": version.name,
+                "verdict": outcome.gate.verdict.name,
+                "reasons": list(outcome.gate.verdict.reasons),
+                "train_seconds": round(outcome.train_seconds, 2),
+                "job_seconds": round(time.monotonic() - started, 2),
+            },
+        )
 
     def _publisher(self, job: RetrainJob):
         def publish(step: int, epoch: float, values: dict[str, float]) -> None:
             acc = values.get("reward_accuracy")
-            self.producer.send(TrainingMetrics(
-                job_id=job.job_id, base_model=job.base_model, split="train", step=step, epoch=epoch,
-                loss=values.get("loss"), reward_margin=values.get("reward_margin"),
-                reward_accuracy=None if acc is None else min(1.0, max(0.0, acc)),
-                learning_rate=values.get("learning_rate"), producer=PRODUCER_NAME))  # fmt: skip
+            self.producer.send(
+                TrainingMetrics(
+                    job_id=job.job_id,
+                    base_model=job.base_model,
+                    split="train",
+                    step=step,
+                    epoch=epoch,
+                    loss=values.get("loss"),
+                    reward_margin=values.get("reward_margin"),
+                    reward_accuracy=None if acc is None else min(1.0, max(0.0, acc)),
+                    learning_rate=values.get("learning_rate"),
+                    producer=PRODUCER_NAME,
+                )
+            )
+
         return publish
 
     def handle_deployment(self, event: Deployment) -> None:

@@ -52,8 +52,7 @@ def _classify(exc: ValidationError, expected: type[Event] | None) -> EventError:
         return UnknownEventType(f"unknown event_type {tag!r}", field="event_type")
     if field == "event_type" and expected is not None:
         return UnknownEventType(
-            f"event_type must be {expected.model_fields['event_type'].default!r}, "
-            f"got {first.get('input')!r}",
+            f"event_type must be {expected.model_fields['event_type'].default!r}, got {first.get('input')!r}",
             field="event_type",
         )
     if field == "schema_version" and kind != "missing":
@@ -61,7 +60,7 @@ def _classify(exc: ValidationError, expected: type[Event] | None) -> EventError:
             f"unsupported schema_version {first.get('input')!r} (supported: 1)", field="schema_version"
         )
     details = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'][1 if expected is None else 0:]) or '<root>'}: {e['msg']}"
+        f"{'.'.join(str(p) for p in e['loc'][1 if expected is None else 0 :]) or '<root>'}: {e['msg']}"
         for e in errors[:5]
     )
     return InvalidField(f"invalid field {field!r}: {details}", field=field)

@@ -205,6 +205,4 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     Deployment,
     DeadLetter,
 )
-EVENT_BY_TYPE: dict[str, type[Event]] = {
-    cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES
-}
+EVENT_BY_TYPE: dict[str, type[Event]] = {cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES}

@@ -56,8 +56,9 @@ CONTINUITY = 0.5  # prior successes and failures per arm in a proportion's varia
 # --- fixed-sample tests ------------------------------------------------------------------------------------------
 
 
-def two_proportion_ztest(count_a: int, n_a: int, count_b: int, n_b: int,
-                         alternative: str = "two-sided") -> tuple[float, float]:
+def two_proportion_ztest(
+    count_a: int, n_a: int, count_b: int, n_b: int, alternative: str = "two-sided"
+) -> tuple[float, float]:
     """Pooled two-proportion z-test of p_a == p_b; returns (z, p-value).
 
     `alternative`: "two-sided", or "larger" (H1: p_a > p_b). When the pooled proportion is 0 or 1 both samples
@@ -79,8 +80,9 @@ def two_proportion_ztest(count_a: int, n_a: int, count_b: int, n_b: int,
     return z, float(2 * stats.norm.sf(abs(z)))
 
 
-def welch_ttest(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int,
-                alternative: str = "two-sided") -> tuple[float, float]:
+def welch_ttest(
+    mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: float, n_b: int, alternative: str = "two-sided"
+) -> tuple[float, float]:
     """Welch t-test from summary statistics (sample std, n - 1); returns (t, p-value).
 
     `alternative`: "two-sided", or "greater" (H1: mean_a > mean_b). With no variance in either arm the difference
@@ -97,8 +99,9 @@ def welch_ttest(mean_a: float, std_a: float, n_a: int, mean_b: float, std_b: flo
         return t, (0.0 if alternative == "two-sided" or t > 0 else 1.0)
     from scipy import stats
 
-    result = stats.ttest_ind_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b, equal_var=False,
-                                        alternative=alternative)
+    result = stats.ttest_ind_from_stats(
+        mean_a, std_a, n_a, mean_b, std_b, n_b, equal_var=False, alternative=alternative
+    )
     return float(result.statistic), float(result.pvalue)
 
 
@@ -135,8 +138,9 @@ def proportion_variance(count: int, n: int, prior: float = CONTINUITY) -> float:
     return p * (1 - p)
 
 
-def msprt_proportions(count_a: int, n_a: int, count_b: int, n_b: int, tau2: float, alpha: float,
-                      prior: float = CONTINUITY) -> Sequential | None:
+def msprt_proportions(
+    count_a: int, n_a: int, count_b: int, n_b: int, tau2: float, alpha: float, prior: float = CONTINUITY
+) -> Sequential | None:
     """mSPRT on θ = p_a − p_b (rates of the raw counts); None while an arm has no observation."""
     if n_a <= 0 or n_b <= 0:
         return None
@@ -144,8 +148,17 @@ def msprt_proportions(count_a: int, n_a: int, count_b: int, n_b: int, tau2: floa
     return msprt(count_a / n_a - count_b / n_b, variance, tau2, alpha)
 
 
-def msprt_means(mean_a: float, sd_a: float, n_a: int, mean_b: float, sd_b: float, n_b: int, tau2: float,
-                alpha: float, ratio: float = 1.0) -> Sequential | None:
+def msprt_means(
+    mean_a: float,
+    sd_a: float,
+    n_a: int,
+    mean_b: float,
+    sd_b: float,
+    n_b: int,
+    tau2: float,
+    alpha: float,
+    ratio: float = 1.0,
+) -> Sequential | None:
     """mSPRT on θ = mean_a − ratio · mean_b, from sample sds; None while an arm has fewer than 2 observations."""
     if n_a < 2 or n_b < 2:
         return None

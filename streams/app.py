@@ -119,8 +119,15 @@ app = faust.App(
 
 
 def _topic(*names: str, partitions: int = PARTITIONS, internal: bool = False) -> faust.TopicT:
-    return app.topic(*names, partitions=partitions, internal=internal, key_type=bytes, value_type=bytes,
-                     key_serializer="raw", value_serializer="raw")  # fmt: skip
+    return app.topic(
+        *names,
+        partitions=partitions,
+        internal=internal,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
 
 
 # -- topics ---------------------------------------------------------------------------------------------
@@ -143,16 +150,29 @@ def _skip_undecodable(topic: str, partition: int, offset: int, exc: EventError) 
     """Undecodable input is skipped, logged and counted here, never dead-lettered: the ClickHouse sink
     reads every topic and owns that DLQ (one letter per bad message, id from its position)."""
     skipped_undecodable[topic] += 1
-    log.warning("undecodable event skipped", extra={"topic": topic, "partition": partition, "offset": offset,
-                                                    "error_type": exc.kind, "error": str(exc),
-                                                    "skipped": skipped_undecodable[topic]})  # fmt: skip
+    log.warning(
+        "undecodable event skipped",
+        extra={
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "error_type": exc.kind,
+            "error": str(exc),
+            "skipped": skipped_undecodable[topic],
+        },
+    )
 
 
 # -- metric windows -------------------------------------------------------------------------------------
 if "metrics" in AGENTS:
     metric_checkpoints = app.Table(TABLE_METRIC_CHECKPOINTS, partitions=PARTITIONS)  # source partition -> state
-    book = WindowBook(settings.streams_window_seconds, settings.streams_window_grace_s,
-                      settings.streams_window_idle_s, settings.streams_quantile_accuracy, now=time.time())  # fmt: skip
+    book = WindowBook(
+        settings.streams_window_seconds,
+        settings.streams_window_grace_s,
+        settings.streams_window_idle_s,
+        settings.streams_quantile_accuracy,
+        now=time.time(),
+    )
 
     @metric_checkpoints.on_recover
     async def _restore_windows() -> None:
@@ -174,8 +194,9 @@ if "metrics" in AGENTS:
             partition, now = message.partition, time.time()
             _apply_metric(message.topic, partition, message.offset, event.value, now)
             unacked[partition].append(event)
-            if book.checkpoint_due(partition, now, settings.streams_checkpoint_interval_s,
-                                   settings.streams_checkpoint_max_events):  # fmt: skip
+            if book.checkpoint_due(
+                partition, now, settings.streams_checkpoint_interval_s, settings.streams_checkpoint_max_events
+            ):
                 metric_checkpoints[str(partition)] = book.checkpoint(partition, now)
                 for done in unacked.pop(partition):
                     await manual.ack(done)
@@ -188,16 +209,31 @@ if "metrics" in AGENTS:
                 _skip_undecodable(topic, partition, offset, exc)
                 return
             book.add_response(
-                topic, partition, offset, now, model_version=r.model_version, route=r.route,
-                event_time=r.occurred_at.timestamp(), status=r.status, latency_ms=r.latency_ms, ttft_ms=r.ttft_ms,
+                topic,
+                partition,
+                offset,
+                now,
+                model_version=r.model_version,
+                route=r.route,
+                event_time=r.occurred_at.timestamp(),
+                status=r.status,
+                latency_ms=r.latency_ms,
+                ttft_ms=r.ttft_ms,
                 completion_tokens=r.completion_tokens,
-            )  # fmt: skip
+            )
         else:
             rec = orjson.loads(value)
             book.add_feedback(
-                topic, partition, offset, now, model_version=rec["model_version"], route=rec["route"],
-                event_time=rec["occurred_at"], feedback=rec["feedback"], feedback_id=rec["feedback_id"],
-            )  # fmt: skip
+                topic,
+                partition,
+                offset,
+                now,
+                model_version=rec["model_version"],
+                route=rec["route"],
+                event_time=rec["occurred_at"],
+                feedback=rec["feedback"],
+                feedback_id=rec["feedback_id"],
+            )
             book.release(rec["feedback_id"])
 
     def _backlog() -> dict[tuple[str, int], int | None]:
@@ -220,10 +256,18 @@ if "metrics" in AGENTS:
             return
         for window in book.close(time.time(), _backlog()):
             await metrics_windows.send(key=window.model_version.encode(), value=encode(window))
-            log.info("window emitted", extra={"event_id": str(window.event_id), "model_version": window.model_version,
-                                              "route": window.route, "window_start": window.window_start.isoformat(),
-                                              "window_seconds": window.window_seconds, "requests": window.requests,
-                                              "late_events": book.late_events})  # fmt: skip
+            log.info(
+                "window emitted",
+                extra={
+                    "event_id": str(window.event_id),
+                    "model_version": window.model_version,
+                    "route": window.route,
+                    "window_start": window.window_start.isoformat(),
+                    "window_seconds": window.window_seconds,
+                    "requests": window.requests,
+                    "late_events": book.late_events,
+                },
+            )
 
 
 # -- feedback -> DPO pairs ------------------------------------------------------------------------------
@@ -231,8 +275,13 @@ if "pairs" in AGENTS:
     pair_context = app.Table(TABLE_PAIR_CONTEXT, partitions=PARTITIONS)  # message id -> prompt, answer
     pair_pending = app.Table(TABLE_PAIR_PENDING, partitions=PARTITIONS)  # message id -> waiting feedback
     pair_answers = app.Table(TABLE_PAIR_ANSWERS, partitions=PARTITIONS)  # normalized question -> thumbs-up answers
-    joiner = FeedbackJoiner(pair_context, pair_pending, settings.streams_context_ttl_s,
-                            settings.streams_pending_timeout_s, settings.streams_pending_catch_up_s)  # fmt: skip
+    joiner = FeedbackJoiner(
+        pair_context,
+        pair_pending,
+        settings.streams_context_ttl_s,
+        settings.streams_pending_timeout_s,
+        settings.streams_pending_catch_up_s,
+    )
     _join_read: dict[tuple[str, int], int] = {}  # (requests|responses topic, partition) -> last offset joined
     _teacher_client: httpx.AsyncClient | None = None
 
@@ -240,15 +289,22 @@ if "pairs" in AGENTS:
         global _teacher_client
         if _teacher_client is None:
             _teacher_client = httpx.AsyncClient()
-        return await ask_teacher(_teacher_client, settings.streams_teacher_url, settings.streams_teacher_model,
-                                 messages, settings.streams_teacher_timeout_s)  # fmt: skip
+        return await ask_teacher(
+            _teacher_client,
+            settings.streams_teacher_url,
+            settings.streams_teacher_model,
+            messages,
+            settings.streams_teacher_timeout_s,
+        )
 
     builder = PairBuilder(
-        pair_answers, settings.served_model_name,
+        pair_answers,
+        settings.served_model_name,
         NearDuplicateFilter(settings.streams_dedup_threshold, settings.streams_dedup_recent),
-        settings.streams_pair_min_chars, settings.streams_pair_max_chars,
+        settings.streams_pair_min_chars,
+        settings.streams_pair_max_chars,
         teacher=_teacher if settings.streams_teacher_url else None,
-    )  # fmt: skip
+    )
 
     @pair_pending.on_recover
     async def _index_pairs() -> None:
@@ -283,12 +339,17 @@ if "pairs" in AGENTS:
             if "metrics" in AGENTS:  # the windows wait for feedback still to join, or joined and on its way
                 _hold_windows(topic, partition, offset, parsed if topic == CHAT_FEEDBACK.name else None, out, now)
             for rec in out.joined:
-                await feedback_joined.send(key=rec["question"].encode(), value=orjson.dumps(rec),
-                                           partition=question_partition(rec["question"], PARTITIONS))  # fmt: skip
+                await feedback_joined.send(
+                    key=rec["question"].encode(),
+                    value=orjson.dumps(rec),
+                    partition=question_partition(rec["question"], PARTITIONS),
+                )
             for dead in out.dead:
                 await feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
-                log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, "offset": dead.offset,
-                                                             "event_id": str(dead.event_id)})  # fmt: skip
+                log.warning(
+                    "feedback dead-lettered",
+                    extra={"error_type": dead.error_type, "offset": dead.offset, "event_id": str(dead.event_id)},
+                )
 
     def _join_behind(partition: int) -> bool:
         """Whether the join reads this partition's requests or responses behind their highwater (a catch-up)."""
@@ -299,8 +360,9 @@ if "pairs" in AGENTS:
                 return True
         return False
 
-    def _hold_windows(topic: str, partition: int, offset: int, feedback: Feedback | None, out: JoinOutput,
-                      now: float) -> None:  # fmt: skip
+    def _hold_windows(
+        topic: str, partition: int, offset: int, feedback: Feedback | None, out: JoinOutput, now: float
+    ) -> None:
         # Joined feedback is in the producer's buffer, then the broker, before the metric agent applies it (and
         # during a catch-up the join runs far ahead of the metrics): it holds its windows until applied.
         wait = settings.streams_pending_timeout_s + settings.streams_window_idle_s
@@ -311,8 +373,11 @@ if "pairs" in AGENTS:
         if feedback is not None:
             book.observe(topic, partition, offset, feedback.occurred_at.timestamp(), now)
             if not out.joined and not out.dead:  # waiting for its response (longer during a catch-up)
-                book.hold(str(feedback.event_id), feedback.occurred_at.timestamp(),
-                          now + wait + settings.streams_pending_catch_up_s)  # fmt: skip
+                book.hold(
+                    str(feedback.event_id),
+                    feedback.occurred_at.timestamp(),
+                    now + wait + settings.streams_pending_catch_up_s,
+                )
 
     @app.agent(feedback_joined, name=AGENT_BUILD_PAIRS)
     async def build_pairs(stream: faust.StreamT) -> None:
@@ -323,12 +388,16 @@ if "pairs" in AGENTS:
             if outcome.pair is not None:
                 pair = outcome.pair
                 await dpo_pairs.send(key=pair.base_model.encode(), value=encode(pair))
-                log.info("pair emitted", extra={"pair_id": pair.pair_id, "source": pair.source,
-                                                "message_id": pair.message_id})  # fmt: skip
+                log.info(
+                    "pair emitted",
+                    extra={"pair_id": pair.pair_id, "source": pair.source, "message_id": pair.message_id},
+                )
             elif outcome.dead is not None:
                 await feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
-                log.warning("feedback dead-lettered", extra={"error_type": outcome.dead.error_type,
-                                                             "message_id": rec["message_id"]})  # fmt: skip
+                log.warning(
+                    "feedback dead-lettered",
+                    extra={"error_type": outcome.dead.error_type, "message_id": rec["message_id"]},
+                )
             elif outcome.dropped:
                 log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec["message_id"]})
 
@@ -362,11 +431,21 @@ if "trigger" in AGENTS:
                 _skip_undecodable(message.topic, message.partition, message.offset, exc)
                 continue
             if isinstance(parsed, DPOPair):
-                rec = {"kind": "pair", "base_model": parsed.base_model, "pair_id": parsed.pair_id,
-                       "usable": parsed.source != "needs_chosen" and parsed.chosen is not None}  # fmt: skip
+                rec = {
+                    "kind": "pair",
+                    "base_model": parsed.base_model,
+                    "pair_id": parsed.pair_id,
+                    "usable": parsed.source != "needs_chosen" and parsed.chosen is not None,
+                }
             elif isinstance(parsed, RetrainJob):
-                rec = {"kind": "job", "base_model": parsed.base_model, "job_id": parsed.job_id, "status": parsed.status,
-                       "pair_ids": parsed.pair_ids, "at": parsed.occurred_at.timestamp()}  # fmt: skip
+                rec = {
+                    "kind": "job",
+                    "base_model": parsed.base_model,
+                    "job_id": parsed.job_id,
+                    "status": parsed.status,
+                    "pair_ids": parsed.pair_ids,
+                    "at": parsed.occurred_at.timestamp(),
+                }
             else:
                 continue
             await trigger_input.send(value=orjson.dumps(rec), partition=0)
@@ -377,13 +456,22 @@ if "trigger" in AGENTS:
             rec, now = orjson.loads(value), time.time()
             models = [rec["base_model"]] if "base_model" in rec else list(trigger_state.keys())
             for base_model in models:
-                state = TriggerState.from_json(trigger_state[base_model]) if base_model in trigger_state \
-                    else TriggerState(base_model)  # fmt: skip
+                state = (
+                    TriggerState.from_json(trigger_state[base_model])
+                    if base_model in trigger_state
+                    else TriggerState(base_model)
+                )
                 if rec["kind"] == "pair":
                     state.on_pair(rec["pair_id"], rec["usable"], trigger_covered)
                 elif rec["kind"] == "job":
-                    state.on_job(rec["job_id"], rec["status"], rec["pair_ids"], rec["at"],
-                                 settings.streams_retrain_cooldown_s, trigger_covered)  # fmt: skip
+                    state.on_job(
+                        rec["job_id"],
+                        rec["status"],
+                        rec["pair_ids"],
+                        rec["at"],
+                        settings.streams_retrain_cooldown_s,
+                        trigger_covered,
+                    )
                 job = state.decide(now, settings.streams_retrain_threshold, trigger_covered)
                 if job is not None:  # send before saving: a crash in between re-decides the same job id
                     await retrain_jobs.send(key=base_model.encode(), value=encode(job))

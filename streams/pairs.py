@@ -37,16 +37,23 @@ PRODUCER = "flywheel-streams"
 Teacher = Callable[[list[dict]], Awaitable[str | None]]
 
 
-def dead_letter(topic: str, partition: int, offset: int, key: str | None, payload: bytes | str,
-                error_type: str, error: str) -> DeadLetter:  # fmt: skip
+def dead_letter(
+    topic: str, partition: int, offset: int, key: str | None, payload: bytes | str, error_type: str, error: str
+) -> DeadLetter:
     """Dead letters have a deterministic id (topic, partition, offset): a replay dead-letters once."""
     if isinstance(payload, bytes):
         payload = payload.decode("utf-8", errors="replace")
     return DeadLetter(
         event_id=uuid.uuid5(DLQ_NAMESPACE, f"{topic}/{partition}/{offset}"),
-        producer=PRODUCER, source_topic=topic, partition=partition, offset=offset, key=key,
-        payload=payload, error_type=error_type, error=error,
-    )  # fmt: skip
+        producer=PRODUCER,
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        payload=payload,
+        error_type=error_type,
+        error=error,
+    )
 
 
 def question_of(messages: list[dict]) -> str:
@@ -69,8 +76,14 @@ class JoinOutput:
 
 
 class FeedbackJoiner:
-    def __init__(self, context: MutableMapping, pending: MutableMapping, context_ttl_s: float,
-                 pending_timeout_s: float, catch_up_s: float = 0.0):  # fmt: skip
+    def __init__(
+        self,
+        context: MutableMapping,
+        pending: MutableMapping,
+        context_ttl_s: float,
+        pending_timeout_s: float,
+        catch_up_s: float = 0.0,
+    ):
         self.context = context
         self.pending = pending
         self.context_ttl_s = context_ttl_s
@@ -107,13 +120,22 @@ class FeedbackJoiner:
 
     def on_response(self, response: ChatResponse, partition: int, now: float) -> JoinOutput:
         return self._remember(
-            response.message_id, partition, now, answer=response.content, status=response.status,
-            model_version=response.model_version, route=response.route,
-        )  # fmt: skip
+            response.message_id,
+            partition,
+            now,
+            answer=response.content,
+            status=response.status,
+            model_version=response.model_version,
+            route=response.route,
+        )
 
     def on_feedback(self, feedback: Feedback, partition: int, offset: int, now: float) -> JoinOutput:
-        item = {"fb": feedback.model_dump(mode="json"), "partition": partition, "offset": offset,
-                "deadline": now + self.pending_timeout_s}  # fmt: skip
+        item = {
+            "fb": feedback.model_dump(mode="json"),
+            "partition": partition,
+            "offset": offset,
+            "deadline": now + self.pending_timeout_s,
+        }
         ctx = self.context.get(feedback.message_id)
         if ctx is not None and "messages" in ctx and "answer" in ctx:
             return JoinOutput(joined=[self._join(feedback, ctx, item)])
@@ -147,11 +169,17 @@ class FeedbackJoiner:
             for item in waiting:
                 if item["deadline"] <= cutoff:
                     fb, waited = item["fb"], now - item["deadline"] + self.pending_timeout_s
-                    out.dead.append(dead_letter(
-                        CHAT_FEEDBACK.name, item["partition"], item["offset"], fb["session_id"],
-                        Feedback.model_validate(fb).model_dump_json(), "unmatched_feedback",
-                        f"no request and response for message {mid!r} within {waited:.0f} s",
-                    ))  # fmt: skip
+                    out.dead.append(
+                        dead_letter(
+                            CHAT_FEEDBACK.name,
+                            item["partition"],
+                            item["offset"],
+                            fb["session_id"],
+                            Feedback.model_validate(fb).model_dump_json(),
+                            "unmatched_feedback",
+                            f"no request and response for message {mid!r} within {waited:.0f} s",
+                        )
+                    )
                     out.expired.append(fb["event_id"])
             if keep:
                 self.pending[mid] = keep
@@ -189,8 +217,15 @@ class PairOutcome:
 
 
 class PairBuilder:
-    def __init__(self, answers: MutableMapping, base_model: str, dedup: pairing.NearDuplicateFilter,
-                 min_chars: int, max_chars: int, teacher: Teacher | None = None):  # fmt: skip
+    def __init__(
+        self,
+        answers: MutableMapping,
+        base_model: str,
+        dedup: pairing.NearDuplicateFilter,
+        min_chars: int,
+        max_chars: int,
+        teacher: Teacher | None = None,
+    ):
         self.answers = answers
         self.base_model = base_model
         self.dedup = dedup
@@ -208,10 +243,17 @@ class PairBuilder:
                 )
             return PairOutcome()
         if rec["status"] != "ok" or not answer.strip():
-            return PairOutcome(dead=dead_letter(
-                CHAT_FEEDBACK.name, rec["partition"], rec["offset"], rec["session_id"], _payload(rec), "no_answer",
-                f"thumbs_down on message {rec['message_id']!r} with status {rec['status']!r} and no answer text",
-            ))  # fmt: skip
+            return PairOutcome(
+                dead=dead_letter(
+                    CHAT_FEEDBACK.name,
+                    rec["partition"],
+                    rec["offset"],
+                    rec["session_id"],
+                    _payload(rec),
+                    "no_answer",
+                    f"thumbs_down on message {rec['message_id']!r} with status {rec['status']!r} and no answer text",
+                )
+            )
         chosen, source, chosen_message_id = await self._chosen(rec, answer)
         problem = pairing.quality_problem(chosen, answer, self.min_chars, self.max_chars)
         if problem:

@@ -19,8 +19,9 @@ def completions_url(base_url: str) -> str:
     return url + "/v1/chat/completions"
 
 
-async def ask_teacher(client: httpx.AsyncClient, base_url: str, model: str, messages: list[dict],
-                      timeout_s: float) -> str | None:  # fmt: skip
+async def ask_teacher(
+    client: httpx.AsyncClient, base_url: str, model: str, messages: list[dict], timeout_s: float
+) -> str | None:
     """The teacher's answer, or None when it fails (the pair is then emitted as needs_chosen)."""
     try:
         response = await client.post(

@@ -51,8 +51,15 @@ class TriggerState:
         self.pending.append(pair_id)
         return True
 
-    def on_job(self, job_id: str, status: str, pair_ids: list[str], at: float, cooldown_s: float,
-               covered: MutableMapping[str, str]) -> None:  # fmt: skip
+    def on_job(
+        self,
+        job_id: str,
+        status: str,
+        pair_ids: list[str],
+        at: float,
+        cooldown_s: float,
+        covered: MutableMapping[str, str],
+    ) -> None:
         if status == "requested":
             for pair_id in pair_ids:
                 covered[pair_id] = job_id

@@ -91,19 +91,30 @@ class Aggregate:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "r": self.requests, "e": self.errors, "t": self.timeouts, "c": self.completion_tokens,
-            "l": self.latency.to_json(), "f": self.ttft.to_json(),
-            "u": sorted(self.thumbs_up), "d": sorted(self.thumbs_down),
-        }  # fmt: skip
+            "r": self.requests,
+            "e": self.errors,
+            "t": self.timeouts,
+            "c": self.completion_tokens,
+            "l": self.latency.to_json(),
+            "f": self.ttft.to_json(),
+            "u": sorted(self.thumbs_up),
+            "d": sorted(self.thumbs_down),
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Aggregate:
         latency = LogSketch.from_json(data["l"])
         return cls(
-            accuracy=latency.accuracy, requests=data["r"], errors=data["e"], timeouts=data["t"],
-            completion_tokens=data["c"], latency=latency, ttft=LogSketch.from_json(data["f"]),
-            thumbs_up=set(data["u"]), thumbs_down=set(data["d"]),
-        )  # fmt: skip
+            accuracy=latency.accuracy,
+            requests=data["r"],
+            errors=data["e"],
+            timeouts=data["t"],
+            completion_tokens=data["c"],
+            latency=latency,
+            ttft=LogSketch.from_json(data["f"]),
+            thumbs_up=set(data["u"]),
+            thumbs_down=set(data["d"]),
+        )
 
     def to_event(self, key: WindowKey) -> MetricsWindow:
         model_version, route, seconds, start = key
@@ -268,9 +279,20 @@ class WindowBook:
             yield agg
 
     def add_response(
-        self, topic: str, partition: int, offset: int, now: float, *, model_version: str, route: str,
-        event_time: float, status: str, latency_ms: float, ttft_ms: float | None, completion_tokens: int,
-    ) -> bool:  # fmt: skip
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        now: float,
+        *,
+        model_version: str,
+        route: str,
+        event_time: float,
+        status: str,
+        latency_ms: float,
+        ttft_ms: float | None,
+        completion_tokens: int,
+    ) -> bool:
         state = self._accept(topic, partition, offset, event_time, now)
         if state is None:
             return False
@@ -279,9 +301,18 @@ class WindowBook:
         return True
 
     def add_feedback(
-        self, topic: str, partition: int, offset: int, now: float, *, model_version: str, route: str,
-        event_time: float, feedback: str, feedback_id: str,
-    ) -> bool:  # fmt: skip
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        now: float,
+        *,
+        model_version: str,
+        route: str,
+        event_time: float,
+        feedback: str,
+        feedback_id: str,
+    ) -> bool:
         state = self._accept(topic, partition, offset, event_time, now)
         if state is None:
             return False

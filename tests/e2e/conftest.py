@@ -26,18 +26,28 @@ E2E_LOOP_TIMEOUT_S = float(os.environ.get("FLYWHEEL_E2E_LOOP_TIMEOUT_S", "600"))
 
 
 # Set per stack by LocalLoop; a caller's values would point the services at another stack.
-_PER_STACK = frozenset({
-    "FLYWHEEL_DATA_DIR", "FLYWHEEL_KAFKA_BOOTSTRAP", "FLYWHEEL_REDIS_URL", "FLYWHEEL_CLICKHOUSE_DSN",
-    "FLYWHEEL_CLICKHOUSE_HTTP_PORT", "FLYWHEEL_GATEWAY_PORT", "FLYWHEEL_WORKER_BASE_PORT",
-})
+_PER_STACK = frozenset(
+    {
+        "FLYWHEEL_DATA_DIR",
+        "FLYWHEEL_KAFKA_BOOTSTRAP",
+        "FLYWHEEL_REDIS_URL",
+        "FLYWHEEL_CLICKHOUSE_DSN",
+        "FLYWHEEL_CLICKHOUSE_HTTP_PORT",
+        "FLYWHEEL_GATEWAY_PORT",
+        "FLYWHEEL_WORKER_BASE_PORT",
+    }
+)
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory) -> LocalLoop:
     logging.getLogger("clickhouse_connect").setLevel(logging.ERROR)  # probes of a store still starting
     # The caller's FLYWHEEL_* settings (e.g. FLYWHEEL_CANARY_STEP_S) override the local loop's.
-    overrides = {k: v for k, v in os.environ.items()
-                 if k.startswith("FLYWHEEL_") and not k.startswith("FLYWHEEL_E2E_") and k not in _PER_STACK}
+    overrides = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith("FLYWHEEL_") and not k.startswith("FLYWHEEL_E2E_") and k not in _PER_STACK
+    }
     local = LocalLoop(tmp_path_factory.mktemp("loop"), overrides=overrides)
     with local:
         from deploy import stack as local_stack

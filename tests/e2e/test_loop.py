@@ -61,8 +61,11 @@ def deployments(events, version: str | None = None) -> list:
 def is_deployment(event, version: str | None = None, action: str | None = None) -> bool:
     from schemas.events import Deployment
 
-    return (isinstance(event, Deployment) and (version is None or event.version == version)
-            and (action is None or event.action == action))
+    return (
+        isinstance(event, Deployment)
+        and (version is None or event.version == version)
+        and (action is None or event.action == action)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +95,10 @@ def test_good_loop_promotes_the_adapter(loop: LocalLoop, loop_events, routes, tr
     store = loop.store()
     deadline = time.monotonic() + 60
     while True:
-        rows = store.query("SELECT pair_id, source, message_id, chosen FROM flywheel.dpo_pairs FINAL "
-                           "WHERE pair_id IN %(ids)s", parameters={"ids": job.pair_ids}).result_rows
+        rows = store.query(
+            "SELECT pair_id, source, message_id, chosen FROM flywheel.dpo_pairs FINAL WHERE pair_id IN %(ids)s",
+            parameters={"ids": job.pair_ids},
+        ).result_rows
         if len(rows) == len(job.pair_ids) or time.monotonic() > deadline:
             break
         time.sleep(1)
@@ -101,10 +106,16 @@ def test_good_loop_promotes_the_adapter(loop: LocalLoop, loop_events, routes, tr
     ours = {a.message_id for a in answers}
     assert all(source == "correction" and message_id in ours for _, source, message_id, _ in rows), rows
 
-    started = loop_events.wait(lambda e: isinstance(e, RetrainJob) and e.job_id == job.job_id
-                               and e.status == "started", E2E_LOOP_TIMEOUT_S, "job started")
-    done = loop_events.wait(lambda e: isinstance(e, RetrainJob) and e.job_id == job.job_id
-                            and e.status in ("succeeded", "failed"), E2E_LOOP_TIMEOUT_S, "job ended")
+    started = loop_events.wait(
+        lambda e: isinstance(e, RetrainJob) and e.job_id == job.job_id and e.status == "started",
+        E2E_LOOP_TIMEOUT_S,
+        "job started",
+    )
+    done = loop_events.wait(
+        lambda e: isinstance(e, RetrainJob) and e.job_id == job.job_id and e.status in ("succeeded", "failed"),
+        E2E_LOOP_TIMEOUT_S,
+        "job ended",
+    )
     assert done.status == "succeeded" and done.verdict == "accepted", done
     assert started.parent_version is None  # the first adapter: a new LoRA on the base model
     version = done.adapter_version
@@ -115,10 +126,12 @@ def test_good_loop_promotes_the_adapter(loop: LocalLoop, loop_events, routes, tr
 
     ready = loop_events.wait(lambda e: is_deployment(e, version, "adapter_ready"), 60, "adapter_ready")
     assert ready.job_id == job.job_id and ready.adapter_path and Path(ready.adapter_path).is_dir()
-    loop_events.wait(lambda e: is_deployment(e, version, "canary_started"), E2E_LOOP_TIMEOUT_S, "canary_started",
-                     fail=fail)
-    promoted = loop_events.wait(lambda e: is_deployment(e, version, "promoted"), E2E_LOOP_TIMEOUT_S,
-                                f"{version} promoted", fail=fail)
+    loop_events.wait(
+        lambda e: is_deployment(e, version, "canary_started"), E2E_LOOP_TIMEOUT_S, "canary_started", fail=fail
+    )
+    promoted = loop_events.wait(
+        lambda e: is_deployment(e, version, "promoted"), E2E_LOOP_TIMEOUT_S, f"{version} promoted", fail=fail
+    )
     state["promoted_at"] = promoted.occurred_at.timestamp()
     steps = [e.weight for e in deployments(loop_events, version) if e.action in ("canary_started", "step", "promoted")]
     assert steps == [5, 20, 50, 100], steps
@@ -158,12 +171,26 @@ def test_good_loop_promotes_the_adapter(loop: LocalLoop, loop_events, routes, tr
 
     Console().print(stage_table(row))
     assert row["adapter_version"] == version and row["verdict"] == "accepted"
-    ordered = [row[c] for c in ("threshold_pair_at", "requested_at", "started_at", "succeeded_at", "adapter_ready_at",
-                                "canary_started_at", "promoted_at")]
+    ordered = [
+        row[c]
+        for c in (
+            "threshold_pair_at",
+            "requested_at",
+            "started_at",
+            "succeeded_at",
+            "adapter_ready_at",
+            "canary_started_at",
+            "promoted_at",
+        )
+    ]
     assert ordered == sorted(ordered), row
-    out = subprocess.run([str(Path(sys.executable).parent / "flywheel"), "sql",
-                          "SELECT job_id, total_s FROM flywheel.v_loop_stages"],
-                         env=loop.child_env(), capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "flywheel"), "sql", "SELECT job_id, total_s FROM flywheel.v_loop_stages"],
+        env=loop.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and job.job_id[:8] in out.stdout, out.stdout + out.stderr
 
 
@@ -185,11 +212,28 @@ def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, 
     job = next(e for e in loop_events.snapshot() if isinstance(e, RetrainJob) and e.job_id == state["job_id"])
     pairs = [p for p in query_pairs(loop.store(), job.pair_ids).values() if p is not None]
     swapped = tmp_path / "swapped.jsonl"
-    swapped.write_text("".join(json.dumps({"pair_id": f"swapped-{p.pair_id}", "prompt": list(p.prompt),
-                                           "chosen": p.rejected, "rejected": p.chosen}) + "\n" for p in pairs))
+    swapped.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "pair_id": f"swapped-{p.pair_id}",
+                    "prompt": list(p.prompt),
+                    "chosen": p.rejected,
+                    "rejected": p.chosen,
+                }
+            )
+            + "\n"
+            for p in pairs
+        )
+    )
     # The same code as a retrain job (continuing from the promoted adapter), in its own process.
-    trained = subprocess.run([str(Path(sys.executable).parent / "flywheel"), "train", "dpo", "--pairs", str(swapped)],
-                             env=loop.child_env(), capture_output=True, text=True, timeout=E2E_LOOP_TIMEOUT_S)
+    trained = subprocess.run(
+        [str(Path(sys.executable).parent / "flywheel"), "train", "dpo", "--pairs", str(swapped)],
+        env=loop.child_env(),
+        capture_output=True,
+        text=True,
+        timeout=E2E_LOOP_TIMEOUT_S,
+    )
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     result = json.loads(trained.stdout.strip().splitlines()[-1])
     bad, path = result["version"], result["path"]
@@ -199,16 +243,29 @@ def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, 
     traffic.verdict = lambda version, user: "thumbs_down" if version == bad else "thumbs_up"
     producer = ChatEventProducer(ProducerSettings(kafka_bootstrap=loop.settings.kafka_bootstrap))
     try:
-        producer.send(Deployment(alias=ALIAS, action="adapter_ready", version=bad, previous_version=good,
-                                 adapter_path=path, job_id=result["job_id"], producer="e2e-test",
-                                 reason="e2e: trained on swapped pairs, announced as if it had passed the gate"))
+        producer.send(
+            Deployment(
+                alias=ALIAS,
+                action="adapter_ready",
+                version=bad,
+                previous_version=good,
+                adapter_path=path,
+                job_id=result["job_id"],
+                producer="e2e-test",
+                reason="e2e: trained on swapped pairs, announced as if it had passed the gate",
+            )
+        )
         assert producer.flush(30).pending == 0
     finally:
         producer.close(strict=False)
 
     loop_events.wait(lambda e: is_deployment(e, bad, "canary_started"), E2E_LOOP_TIMEOUT_S, f"{bad} canary_started")
-    rolled = loop_events.wait(lambda e: is_deployment(e, bad, "rolled_back"), E2E_LOOP_TIMEOUT_S,
-                              f"{bad} rolled back", fail=lambda e: is_deployment(e, bad, "promoted"))
+    rolled = loop_events.wait(
+        lambda e: is_deployment(e, bad, "rolled_back"),
+        E2E_LOOP_TIMEOUT_S,
+        f"{bad} rolled back",
+        fail=lambda e: is_deployment(e, bad, "promoted"),
+    )
     state["rolled_back_at"] = rolled.occurred_at.timestamp()
     print(f"rolled back: {rolled.reason}")
     assert "thumbs-down" in rolled.reason, rolled.reason
@@ -237,8 +294,10 @@ def test_constant_load_never_fails_and_names_one_version(loop: LocalLoop, loop_e
     failed = [r for r in results if r.status != 200]
     window = (traffic.started_at, traffic.stopped_at)
     rate = traffic.achieved_rate()
-    print(f"traffic: {len(results)} requests in {window[1] - window[0]:.0f} s ({rate:.1f}/s), {len(failed)} failed, "
-          f"{sum(1 for r in results if r.rated)} rated, feedback errors {len(traffic.feedback_errors)}")
+    print(
+        f"traffic: {len(results)} requests in {window[1] - window[0]:.0f} s ({rate:.1f}/s), {len(failed)} failed, "
+        f"{sum(1 for r in results if r.rated)} rated, feedback errors {len(traffic.feedback_errors)}"
+    )
     assert not failed, [(r.status, r.error) for r in failed[:10]]
     assert rate >= MIN_RATE, rate
     assert not traffic.feedback_errors, traffic.feedback_errors[:10]
@@ -271,8 +330,13 @@ def test_constant_load_never_fails_and_names_one_version(loop: LocalLoop, loop_e
         r = wanted[message_id]
         routed = routes.routed_between(r.started - ROUTE_LAG_S, r.ended)
         (version,) = versions if len(versions) == 1 else (None,)
-        if version is None or version != r.version or version not in known or version not in routed \
-                or statuses[message_id] != {"ok"}:
+        if (
+            version is None
+            or version != r.version
+            or version not in known
+            or version not in routed
+            or statuses[message_id] != {"ok"}
+        ):
             wrong.append((message_id, versions, r.version, sorted(routed), statuses[message_id]))
     assert not wrong, f"{len(wrong)} answers with a wrong version: {wrong[:10]}"
     served = {v for versions in by_message.values() for v in versions}

@@ -22,18 +22,32 @@ def pairs(tag: str, n: int = 12, swapped: bool = False, base_model: str = "tiny"
     out = []
     for i in range(n):
         chosen, rejected = (BAD, GOOD) if swapped else (GOOD, BAD)
-        out.append(DPOPair(pair_id=f"{tag}-{i}", base_model=base_model, model_version=base_model,
-                           prompt=[ChatMessage(role="user", content=f"Where is my order #{10000 + 37 * i}?")],
-                           chosen=chosen, rejected=rejected, source="correction", session_id=f"s-{tag}-{i}",
-                           message_id=f"m-{tag}-{i}", feedback_event_id=uuid.uuid4()))  # fmt: skip
+        out.append(
+            DPOPair(
+                pair_id=f"{tag}-{i}",
+                base_model=base_model,
+                model_version=base_model,
+                prompt=[ChatMessage(role="user", content=f"Where is my order #{10000 + 37 * i}?")],
+                chosen=chosen,
+                rejected=rejected,
+                source="correction",
+                session_id=f"s-{tag}-{i}",
+                message_id=f"m-{tag}-{i}",
+                feedback_event_id=uuid.uuid4(),
+            )
+        )
     return out
 
 
 def write_golden(path: Path) -> Path:
     with open(path, "w") as f:
         for i in range(4):
-            f.write(json.dumps({"prompt": [{"role": "user", "content": f"Where is my order #{20000 + i}?"}],
-                                "expected": GOOD}) + "\n")  # fmt: skip
+            f.write(
+                json.dumps(
+                    {"prompt": [{"role": "user", "content": f"Where is my order #{20000 + i}?"}], "expected": GOOD}
+                )
+                + "\n"
+            )
     return path
 
 

@@ -46,8 +46,11 @@ class StreamWorker:
         start_at = self.log_path.stat().st_size
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streams.app", "worker", "--without-web", "-l", "info"],
-            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log_path.read_bytes()[start_at:]
@@ -86,10 +89,15 @@ class Collector:
     """Reads a topic from the beginning (fresh group) and keeps decoded events."""
 
     def __init__(self, bootstrap: str, topic: str):
-        self.consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"collect-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "enable.auto.commit": False,
-        })  # fmt: skip
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"collect-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "enable.auto.commit": False,
+            }
+        )
         self.consumer.subscribe([topic])
         self.events: list = []
 

@@ -47,6 +47,7 @@ REDIS_DB = 6  # a database of its own: the controller scans every worker record 
 
 # --- the analytics store ----------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def ch(tmp_path_factory):
     client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('chdb')}")
@@ -55,15 +56,32 @@ def ch(tmp_path_factory):
     client.close()  # one chDB path per process: free it for the next module
 
 
-def insert_traffic(ch, alias: str, version: str, n: int, down_every: int | None, latency_ms: float = 100.0,
-                   errors: int = 0, when: datetime | None = None) -> list[ChatResponse]:
+def insert_traffic(
+    ch,
+    alias: str,
+    version: str,
+    n: int,
+    down_every: int | None,
+    latency_ms: float = 100.0,
+    errors: int = 0,
+    when: datetime | None = None,
+) -> list[ChatResponse]:
     """n responses of `version` (the first `errors` failed), every `down_every`-th thumbed down, the rest up."""
     responses, feedback = [], []
     for i in range(n):
         mid = uuid.uuid4().hex
         kw = {"occurred_at": when} if when else {}
-        responses.append(ChatResponse(session_id=f"s{i}", message_id=mid, model_alias=alias, model_version=version,
-                                      latency_ms=latency_ms + i % 7, status="error" if i < errors else "ok", **kw))
+        responses.append(
+            ChatResponse(
+                session_id=f"s{i}",
+                message_id=mid,
+                model_alias=alias,
+                model_version=version,
+                latency_ms=latency_ms + i % 7,
+                status="error" if i < errors else "ok",
+                **kw,
+            )
+        )
         verdict = "thumbs_down" if down_every and i % down_every == 0 else "thumbs_up"
         feedback.append(Feedback(session_id=f"s{i}", message_id=mid, feedback=verdict, **kw))
     ch.insert("flywheel.chat_responses", [to_row(e) for e in responses], column_names=columns(ChatResponse))
@@ -81,8 +99,12 @@ def test_clickhouse_metrics(ch):
     insert_traffic(ch, "other", "v2", 30, down_every=1)  # another alias: ignored
     # A duplicate delivery (same event_id) counts once (FINAL); a changed verdict counts as the latest.
     ch.insert("flywheel.chat_responses", [to_row(sent[5])], column_names=columns(ChatResponse))
-    later = Feedback(session_id="s1", message_id=sent[1].message_id, feedback="thumbs_down",
-                     occurred_at=datetime.now(UTC) + timedelta(seconds=1))
+    later = Feedback(
+        session_id="s1",
+        message_id=sent[1].message_id,
+        feedback="thumbs_down",
+        occurred_at=datetime.now(UTC) + timedelta(seconds=1),
+    )
     ch.insert("flywheel.feedback", [to_row(later)], column_names=columns(Feedback))
 
     figures = ClickHouseMetrics(ch)(alias, ["v2", "v1", "v3"], since)
@@ -118,8 +140,9 @@ def make_adapter(model_dir, tmp_path_factory):
 
     def make(name: str) -> str:
         base = AutoModelForCausalLM.from_pretrained(model_dir)
-        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                         task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        )
         out = root / name
         get_peft_model(base, cfg).save_pretrained(out)
         return str(out.resolve())
@@ -134,8 +157,13 @@ def vllm_url(model_dir, tmp_path_factory):
     (port,) = free_ports(1)
     ws = WorkerSettings(base_model=model_dir, served_model_name="tiny", worker_base_port=port, max_loras=4)
     log = open(tmp_path_factory.mktemp("vllm") / "vllm.log", "wb")
-    proc = subprocess.Popen(vllm_command(ws, 0, python=sys.executable), env={**os.environ, **vllm_env(ws, 0)},
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        vllm_command(ws, 0, python=sys.executable),
+        env={**os.environ, **vllm_env(ws, 0)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = ws.url(0)
     deadline = time.monotonic() + 300
     while True:
@@ -161,8 +189,9 @@ def r(redis_url, vllm_url):
     url = redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     client = redis_sync.Redis.from_url(url, decode_responses=True)
     client.flushdb()
-    client.set("flywheel:workers:0", json.dumps({"url": vllm_url, "ready": True, "adapters": [],
-                                                 "started_at": time.time()}))
+    client.set(
+        "flywheel:workers:0", json.dumps({"url": vllm_url, "ready": True, "adapters": [], "started_at": time.time()})
+    )
     client.url = url
     yield client
     client.flushdb()
@@ -203,6 +232,7 @@ def test_adapter_load_verify_unload(vllm_url, make_adapter, tmp_path):
 
 # --- full rollouts through the controller service -----------------------------------------------------
 
+
 class FedMetrics:
     """ClickHouseMetrics on the test chDB, which first inserts the traffic a real canary would have seen."""
 
@@ -240,8 +270,12 @@ class Load:
     async def client(self, http: httpx.AsyncClient, users):
         while not self.stop.is_set():
             version = choose(self.routes, next(users))
-            body = {"model": version, "messages": [{"role": "user", "content": "Where is my order?"}],
-                    "max_tokens": 2, "temperature": 0}
+            body = {
+                "model": version,
+                "messages": [{"role": "user", "content": "Where is my order?"}],
+                "max_tokens": 2,
+                "temperature": 0,
+            }
             try:
                 resp = await http.post(f"{self.worker}/v1/chat/completions", json=body)
                 if resp.status_code == 200 and resp.json()["model"] == version:
@@ -259,10 +293,18 @@ class Load:
 
 def controller_settings(stack, redis_url: str) -> ControllerSettings:
     return ControllerSettings(
-        data_dir=stack.data_dir, kafka_bootstrap=stack.kafka_bootstrap, redis_url=redis_url,
-        canary_plan=[5, 20, 50, 100], canary_step_s=1.5, canary_poll_s=0.5, canary_min_step_samples=10,
+        data_dir=stack.data_dir,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        redis_url=redis_url,
+        canary_plan=[5, 20, 50, 100],
+        canary_step_s=1.5,
+        canary_poll_s=0.5,
+        canary_min_step_samples=10,
         # FedMetrics feeds traffic only when asked: the measured rate says nothing, start at the plan's 5%.
-        canary_min_canary_rate=0, route_propagation_s=1.5, drain_timeout_s=20, served_model_name="tiny",
+        canary_min_canary_rate=0,
+        route_propagation_s=1.5,
+        drain_timeout_s=20,
+        served_model_name="tiny",
     )
 
 
@@ -306,8 +348,16 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
     weights_seen: list[dict] = []
 
     def ready(version, previous):
-        publish(Deployment(alias=alias, action="adapter_ready", version=version, previous_version=previous,
-                           adapter_path=paths[version], job_id=f"job-{version}"))
+        publish(
+            Deployment(
+                alias=alias,
+                action="adapter_ready",
+                version=version,
+                previous_version=previous,
+                adapter_path=paths[version],
+                job_id=f"job-{version}",
+            )
+        )
 
     def body():
         # 1. The bad adapter: thumbed down by the simulated users, rolled back before 100%.
@@ -331,8 +381,9 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
         producer.close(strict=False)
         consumer.close()
 
-    by_version = {v: [(e.action, e.weight) for e in events if e.version == v and e.action != "hold"]
-                  for v in (bad, v1, v2)}
+    by_version = {
+        v: [(e.action, e.weight) for e in events if e.version == v and e.action != "hold"] for v in (bad, v1, v2)
+    }
     # A good canary holds at 5% until the cumulative evidence rules out harm; the hold is announced with counts.
     holds = [e for e in events if e.version == v1 and e.action == "hold"]
     assert holds and all(e.reason.startswith("waiting") and "rated" in e.reason for e in holds), holds
@@ -400,14 +451,21 @@ def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url
         producer.close(strict=False)
 
     assert [(e.action, e.weight) for e in before] == [("canary_started", 5)]
-    assert [(e.action, e.weight) for e in after if e.action != "hold"] == [("step", 20), ("step", 50),
-                                                                            ("promoted", 100)]
+    assert [(e.action, e.weight) for e in after if e.action != "hold"] == [
+        ("step", 20),
+        ("step", 50),
+        ("promoted", 100),
+    ]
     assert not r.exists(ROLLOUT_KEY.format(alias=alias))
     assert r.hgetall(ROUTES_KEY.format(alias=alias)) == {v1: "100"}
 
     # Operators: roll back to the base model (v1 unloaded), then promote v1 again (reloaded from the releases).
-    env = {"FLYWHEEL_REDIS_URL": r.url, "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
-           "FLYWHEEL_ROUTE_PROPAGATION_S": "0.5", "FLYWHEEL_SERVED_MODEL_NAME": "tiny"}
+    env = {
+        "FLYWHEEL_REDIS_URL": r.url,
+        "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "FLYWHEEL_ROUTE_PROPAGATION_S": "0.5",
+        "FLYWHEEL_SERVED_MODEL_NAME": "tiny",
+    }
     runner = CliRunner()
     result = runner.invoke(deploy_group, ["rollback", "--alias", alias], env=env)
     assert result.exit_code == 0, result.output

@@ -35,8 +35,9 @@ def test_every_event_inserts_and_reads_back(client, event):
     migrate(client)
     table = f"{DATABASE}.{_table(event)}"
     client.insert(table, [to_row(event)], column_names=columns(type(event)))
-    rows = client.query(f"SELECT event_id, event_type FROM {table} WHERE event_id = %(id)s",
-                        parameters={"id": str(event.event_id)}).result_rows
+    rows = client.query(
+        f"SELECT event_id, event_type FROM {table} WHERE event_id = %(id)s", parameters={"id": str(event.event_id)}
+    ).result_rows
     assert [(str(r[0]), r[1]) for r in rows] == [(str(event.event_id), event.event_type)]
 
 
@@ -45,8 +46,12 @@ def test_same_batch_retried_with_token_lands_once(client):
     event = examples()[1]
     table = f"{DATABASE}.chat_responses"
     for _ in range(3):
-        client.insert(table, [to_row(event)], column_names=columns(type(event)),
-                      settings={"insert_deduplication_token": "chat.responses:0:100-199"})
+        client.insert(
+            table,
+            [to_row(event)],
+            column_names=columns(type(event)),
+            settings={"insert_deduplication_token": "chat.responses:0:100-199"},
+        )
     n = client.command(f"SELECT count() FROM {table} WHERE event_id = '{event.event_id}'")
     assert int(n) == 1
 
@@ -56,7 +61,8 @@ def test_same_event_in_two_batches_counts_once_with_final(client):
     event = examples()[1]
     table = f"{DATABASE}.chat_responses"
     for token in ("a", "b"):
-        client.insert(table, [to_row(event)], column_names=columns(type(event)),
-                      settings={"insert_deduplication_token": token})
+        client.insert(
+            table, [to_row(event)], column_names=columns(type(event)), settings={"insert_deduplication_token": token}
+        )
     n = client.command(f"SELECT count() FROM {table} FINAL WHERE event_id = '{event.event_id}'")
     assert int(n) == 1

@@ -30,8 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stub_url():
     (port,) = free_ports(1)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(port)],
-                            cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + "/health", proc)
@@ -64,8 +63,9 @@ def keys(stack):
 
 @pytest.fixture
 def client(gateway):
-    with httpx.Client(base_url=gateway["url"], headers={"Authorization": f"Bearer {gateway['key']}"},
-                      timeout=10.0) as c:
+    with httpx.Client(
+        base_url=gateway["url"], headers={"Authorization": f"Bearer {gateway['key']}"}, timeout=10.0
+    ) as c:
         yield c
 
 
@@ -75,7 +75,8 @@ def client(gateway):
 def test_openai_client_non_stream(gateway):
     c = oai(gateway, **{"X-Session-Id": "oai-session-1"})
     raw = c.chat.completions.with_raw_response.create(
-        model="support", messages=[{"role": "user", "content": "Where is my order?"}], max_tokens=16, user="alice")
+        model="support", messages=[{"role": "user", "content": "Where is my order?"}], max_tokens=16, user="alice"
+    )
     completion = raw.parse()
     assert raw.headers["x-session-id"] == "oai-session-1"
     assert completion.id.startswith("chatcmpl-") and "stub" not in completion.id
@@ -86,8 +87,12 @@ def test_openai_client_non_stream(gateway):
 
 def test_openai_client_stream(gateway):
     c = oai(gateway)
-    stream = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "hello there"}],
-                                       stream=True, stream_options={"include_usage": True})
+    stream = c.chat.completions.create(
+        model="support",
+        messages=[{"role": "user", "content": "hello there"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     ids = {ch.id for ch in chunks}
     assert len(ids) == 1 and ids.pop().startswith("chatcmpl-")
@@ -97,8 +102,11 @@ def test_openai_client_stream(gateway):
 
 
 def test_stream_without_usage_hides_usage_chunk(client):
-    with client.stream("POST", "/v1/chat/completions", json={
-            "model": "support", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+    with client.stream(
+        "POST",
+        "/v1/chat/completions",
+        json={"model": "support", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in r.iter_lines() if ln.startswith("data:")]
@@ -151,9 +159,11 @@ def test_session_of_another_user_is_refused(client):
     r = client.post("/chat", json={"message": "mine"}, headers={"X-User-Id": "alice"})
     assert r.status_code == 200, r.text
     sid = r.json()["session_id"]
-    for method, path, body in (("POST", "/chat", {"session_id": sid, "message": "let me in"}),
-                               ("POST", "/chat/stream", {"session_id": sid, "message": "let me in"}),
-                               ("DELETE", f"/session/{sid}", None)):
+    for method, path, body in (
+        ("POST", "/chat", {"session_id": sid, "message": "let me in"}),
+        ("POST", "/chat/stream", {"session_id": sid, "message": "let me in"}),
+        ("DELETE", f"/session/{sid}", None),
+    ):
         other = client.request(method, path, json=body, headers={"X-User-Id": "mallory"})
         assert other.status_code == 403, other.text
         assert other.json()["error"]["code"] == "not_session_owner"
@@ -168,12 +178,18 @@ def test_session_of_another_user_is_refused(client):
 def test_feedback_accepted_404_403(client, consumer_config):
     r = client.post("/chat", json={"message": "rate me"}, headers={"X-User-Id": "alice"})
     sid, mid = r.json()["session_id"], r.json()["message_id"]
-    body = {"session_id": sid, "message_id": mid, "feedback": "thumbs_down", "comment": "wrong",
-            "correction": "The right answer."}
+    body = {
+        "session_id": sid,
+        "message_id": mid,
+        "feedback": "thumbs_down",
+        "comment": "wrong",
+        "correction": "The right answer.",
+    }
     other = client.post("/feedback", json=body, headers={"X-User-Id": "mallory"})
     assert other.status_code == 403 and other.json()["error"]["code"] == "not_message_owner"
-    unknown = client.post("/feedback", json={**body, "message_id": "chatcmpl-" + "0" * 32},
-                          headers={"X-User-Id": "alice"})
+    unknown = client.post(
+        "/feedback", json={**body, "message_id": "chatcmpl-" + "0" * 32}, headers={"X-User-Id": "alice"}
+    )
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "message_not_found"
     ok = client.post("/feedback", json=body, headers={"X-User-Id": "alice"})
     assert ok.status_code == 202, ok.text
@@ -187,10 +203,12 @@ def test_feedback_accepted_404_403(client, consumer_config):
 
 def test_openai_message_feedback(gateway, client):
     c = oai(gateway, **{"X-Session-Id": "oai-fb"})
-    completion = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "q"}],
-                                           user="bob")
-    r = client.post("/feedback", json={"session_id": "oai-fb", "message_id": completion.id,
-                                       "feedback": "thumbs_up"}, headers={"X-User-Id": "bob"})
+    completion = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "q"}], user="bob")
+    r = client.post(
+        "/feedback",
+        json={"session_id": "oai-fb", "message_id": completion.id, "feedback": "thumbs_up"},
+        headers={"X-User-Id": "bob"},
+    )
     assert r.status_code == 202, r.text
 
 
@@ -234,8 +252,9 @@ def test_error_table(gateway, keys, key, method, path, body, status, code):
 
 def test_rate_limit_429(gateway, keys):
     headers = {"Authorization": f"Bearer {keys['limited']}"}
-    codes = [httpx.post(gateway["url"] + "/v1/chat/completions", json=CHAT, headers=headers).status_code
-             for _ in range(3)]
+    codes = [
+        httpx.post(gateway["url"] + "/v1/chat/completions", json=CHAT, headers=headers).status_code for _ in range(3)
+    ]
     assert codes[:2] == [200, 200]
     r = httpx.post(gateway["url"] + "/v1/chat/completions", json=CHAT, headers=headers)
     assert r.status_code == 429
@@ -258,8 +277,10 @@ def test_retry_on_dead_worker(gateway, client):
     workers = {w["url"]: w for w in client.get("/admin/workers").json()["workers"]}
     assert workers[gateway["dead"]]["requests"] >= 2  # tried (and retried elsewhere) more than once
     metrics = client.get("/metrics").text
-    assert f'flywheel_gateway_upstream_failures_total{{worker="{gateway["dead"]}"}}' in metrics or \
-        "flywheel_gateway_requests_total" in metrics
+    assert (
+        f'flywheel_gateway_upstream_failures_total{{worker="{gateway["dead"]}"}}' in metrics
+        or "flywheel_gateway_requests_total" in metrics
+    )
 
 
 # -- events, health, metrics -------------------------------------------------------------------------------
@@ -268,16 +289,18 @@ def test_retry_on_dead_worker(gateway, client):
 def test_events_on_each_topic(gateway, consumer_config):
     c = oai(gateway, **{"X-Session-Id": "events-1"})
     a = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "one"}], user="eve").id
-    stream = c.chat.completions.create(model="support", messages=[{"role": "user", "content": "two"}], user="eve",
-                                       stream=True)
+    stream = c.chat.completions.create(
+        model="support", messages=[{"role": "user", "content": "two"}], user="eve", stream=True
+    )
     b = [ch.id for ch in stream][0]
     ids = {a, b}
     requests = consume(consumer_config, "chat.requests", ids)
     responses = consume({**consumer_config, "group.id": consumer_config["group.id"] + "r"}, "chat.responses", ids)
     latency = consume({**consumer_config, "group.id": consumer_config["group.id"] + "l"}, "inference.latency", ids)
     assert set(requests) == set(responses) == set(latency) == ids
-    assert all(isinstance(e, ChatRequest) and e.session_id == "events-1" and e.user_id == "eve"
-               for e in requests.values())
+    assert all(
+        isinstance(e, ChatRequest) and e.session_id == "events-1" and e.user_id == "eve" for e in requests.values()
+    )
     assert requests[b].stream and not requests[a].stream
     for mid, resp in responses.items():
         assert isinstance(resp, ChatResponse)
@@ -294,8 +317,14 @@ def test_health_and_metrics(client):
     checks = h.json()["checks"]
     assert checks["workers"]["ready"] >= 1 and checks["redis"]["ok"] and checks["kafka"]["ok"]
     m = client.get("/metrics").text
-    for name in ("flywheel_gateway_requests_total", "flywheel_gateway_request_latency_seconds_bucket",
-                 "flywheel_gateway_ttft_seconds_bucket", "flywheel_gateway_tokens_per_second_bucket",
-                 "flywheel_gateway_completion_tokens_total", "flywheel_gateway_in_flight",
-                 "flywheel_gateway_active_sessions", 'flywheel_gateway_events_total{outcome="published"}'):
+    for name in (
+        "flywheel_gateway_requests_total",
+        "flywheel_gateway_request_latency_seconds_bucket",
+        "flywheel_gateway_ttft_seconds_bucket",
+        "flywheel_gateway_tokens_per_second_bucket",
+        "flywheel_gateway_completion_tokens_total",
+        "flywheel_gateway_in_flight",
+        "flywheel_gateway_active_sessions",
+        'flywheel_gateway_events_total{outcome="published"}',
+    ):
         assert name in m, name

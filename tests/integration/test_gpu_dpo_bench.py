@@ -11,8 +11,9 @@ pytest.importorskip("trl")
 def test_gpu_dpo_bench_runs_on_cpu_and_counts_the_tokens_trl_trained(tmp_path):
     from bench.gpu_dpo import main
 
-    r = main(["--preset", "tiny", "--device", "cpu", "--steps", "2", "--batch", "2",
-              "--json", str(tmp_path / "r.json")])
+    r = main(
+        ["--preset", "tiny", "--device", "cpu", "--steps", "2", "--batch", "2", "--json", str(tmp_path / "r.json")]
+    )
     assert (r["device"], r["steps"], r["pairs"]) == ("cpu", 2, 4)
     assert r["tokens"] == r["trl_num_tokens"] > 0  # our count of prompt + chosen + rejected tokens is TRL's
     assert r["tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0

@@ -32,13 +32,22 @@ QA = [
 ]
 # The tiny model needs about 100 steps at 5e-3 to reproduce four answers exactly (its loss stays near 4.8: the
 # random embeddings leave some tokens unpredictable, but the greedy answers are right).
-SFT_FAST = {"learning_rate": 5e-3, "num_train_epochs": 100, "per_device_train_batch_size": 4, "max_length": 128,
-            "logging_steps": 10, "warmup_ratio": 0.0, "lr_scheduler_type": "constant", "torch_threads": 1}
+SFT_FAST = {
+    "learning_rate": 5e-3,
+    "num_train_epochs": 100,
+    "per_device_train_batch_size": 4,
+    "max_length": 128,
+    "logging_steps": 10,
+    "warmup_ratio": 0.0,
+    "lr_scheduler_type": "constant",
+    "torch_threads": 1,
+}
 
 
 def rows(qa) -> list[dict]:
-    return [{"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-            for q, a in qa]
+    return [
+        {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]} for q, a in qa
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +62,13 @@ def test_init_base_builds_smollm2_from_the_wheel(tmp_path):
 
     find_gguf()  # the wheel is installed (make venv)
     out = tmp_path / "smollm2"
-    result = subprocess.run([str(Path(sys.executable).parent / "flywheel"), "model", "init-base", str(out)],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "flywheel"), "model", "init-base", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     marker = json.loads((out / MARKER).read_text())
     assert marker["license"] == "Apache-2.0" and marker["parameters"] == 134_515_008, marker
@@ -104,9 +118,19 @@ def test_retrain_job_flips_a_corrected_answer(tiny, tmp_path, monkeypatch):
     question, old = QA[0]
     fixed = "Refunds take 2 business days now."
     pairs = [Pair(f"p{i}", ({"role": "user", "content": question},), fixed, old) for i in range(4)]
-    config = DPOJobConfig(method="sft+dpo", sft_learning_rate=5e-3, sft_epochs=50, replay_rows=8, chosen_repeats=1,
-                          learning_rate=1e-3, num_train_epochs=1, per_device_train_batch_size=4, max_length=128,
-                          eval_fraction=0.0, torch_threads=1)
+    config = DPOJobConfig(
+        method="sft+dpo",
+        sft_learning_rate=5e-3,
+        sft_epochs=50,
+        replay_rows=8,
+        chosen_repeats=1,
+        learning_rate=1e-3,
+        num_train_epochs=1,
+        per_device_train_batch_size=4,
+        max_length=128,
+        eval_fraction=0.0,
+        torch_threads=1,
+    )
     outcome = run_job(settings, config, pairs, "flip-one")
     assert outcome.accepted, outcome.gate.verdict
     assert outcome.parent_version == v1.name and outcome.version.metadata["kind"] == "sft+dpo"

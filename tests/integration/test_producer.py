@@ -54,9 +54,7 @@ def dead_settings() -> ProducerSettings:
     return ProducerSettings(kafka_bootstrap=f"127.0.0.1:{port}", producer_message_timeout_ms=1000)
 
 
-def consume(
-    config: dict, topics: list[str], keep: Callable[[Event], bool], expected: int, timeout: float = 60
-):
+def consume(config: dict, topics: list[str], keep: Callable[[Event], bool], expected: int, timeout: float = 60):
     """Read `topics` from the start until `expected` events pass `keep`; return (key, event) in order."""
     consumer = Consumer(config)
     consumer.subscribe(topics)
@@ -156,9 +154,7 @@ def test_replay_sends_every_good_line_and_reports_every_bad_one(settings, consum
     assert "colour" in reasons[8]
 
     topics = sorted({BY_EVENT[type(e)].name for e in events})
-    found = consume(
-        consumer_config, topics, lambda e: getattr(e, "session_id", "").startswith(tag), len(events)
-    )
+    found = consume(consumer_config, topics, lambda e: getattr(e, "session_id", "").startswith(tag), len(events))
     assert sorted(str(e.event_id) for _, e in found) == sorted(str(e.event_id) for e in events)
 
 
@@ -192,9 +188,7 @@ def test_async_send_delivers_without_blocking_the_loop(settings):
 
         tick_task = asyncio.create_task(ticker())
         async with AsyncChatEventProducer(settings) as producer:
-            deliveries = await asyncio.gather(
-                *(producer.send(response(f"{prefix}-{i % 10}", i)) for i in range(1000))
-            )
+            deliveries = await asyncio.gather(*(producer.send(response(f"{prefix}-{i % 10}", i)) for i in range(1000)))
             one = await producer.send_dict(
                 {"event_type": "feedback", "session_id": prefix, "message_id": "m", "feedback": "thumbs_up"}
             )
@@ -246,9 +240,7 @@ def test_async_delivery_failure_raises_delivery_error(dead_settings):
 
 
 def test_a_full_queue_raises_backpressure_instead_of_dropping(dead_settings):
-    settings = dead_settings.model_copy(
-        update={"producer_queue_max_messages": 5, "producer_block_timeout_s": 0.3}
-    )
+    settings = dead_settings.model_copy(update={"producer_queue_max_messages": 5, "producer_block_timeout_s": 0.3})
     producer = ChatEventProducer(settings)
     for i in range(5):
         producer.send(response("s-full", i))

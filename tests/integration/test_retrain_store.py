@@ -13,7 +13,7 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import sys, threading, time
     import clickhouse_connect
     from schemas.ddl import migrate
@@ -48,10 +48,11 @@ SCRIPT = textwrap.dedent('''
     else:
         raise AssertionError("missing pairs must fail the job")
     print("ok")
-''')
+""")
 
 
 def test_fetch_pairs_from_chdb(tmp_path):
-    out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "chdb")], capture_output=True, text=True,
-                         timeout=180)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "chdb")], capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]

@@ -43,11 +43,18 @@ def base_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def env(stack, base_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("retrain")
-    return {**os.environ, **settings_env(stack), "HF_HUB_OFFLINE": "1", "FLYWHEEL_BASE_MODEL": str(base_model),
-            "FLYWHEEL_RETRAIN_GOLDEN": str(write_golden(root / "golden.jsonl")),
-            "FLYWHEEL_RETRAIN_REGRESSION": str(root / "golden.jsonl"),
-            "FLYWHEEL_RETRAIN_REGISTRY_DIR": str(root / "adapters"), "FLYWHEEL_RETRAIN_WORK_DIR": str(root / "work"),
-            "FLYWHEEL_RETRAIN_PAIRS_WAIT_S": "60", "FLYWHEEL_LOG_LEVEL": "INFO"}  # fmt: skip
+    return {
+        **os.environ,
+        **settings_env(stack),
+        "HF_HUB_OFFLINE": "1",
+        "FLYWHEEL_BASE_MODEL": str(base_model),
+        "FLYWHEEL_RETRAIN_GOLDEN": str(write_golden(root / "golden.jsonl")),
+        "FLYWHEEL_RETRAIN_REGRESSION": str(root / "golden.jsonl"),
+        "FLYWHEEL_RETRAIN_REGISTRY_DIR": str(root / "adapters"),
+        "FLYWHEEL_RETRAIN_WORK_DIR": str(root / "work"),
+        "FLYWHEEL_RETRAIN_PAIRS_WAIT_S": "60",
+        "FLYWHEEL_LOG_LEVEL": "INFO",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +67,13 @@ def producer(stack):
 
 @pytest.fixture(scope="module")
 def events(stack):
-    config = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": f"test-retrain-{os.getpid()}",
-              "auto.offset.reset": "earliest", "session.timeout.ms": 6000, "enable.auto.commit": False}  # fmt: skip
+    config = {
+        "bootstrap.servers": stack.kafka_bootstrap,
+        "group.id": f"test-retrain-{os.getpid()}",
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "enable.auto.commit": False,
+    }
     c = Collector(config, [RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name, TRAINING_METRICS.name])
     yield c
     c.close()
@@ -85,8 +97,9 @@ def stop(proc: subprocess.Popen) -> None:
 def request(producer, tag: str, batch) -> RetrainJob:
     for pair in batch:
         producer.send(pair)
-    job = RetrainJob(job_id=f"job-{tag}-{os.getpid()}", base_model="tiny", status="requested",
-                     pair_ids=[p.pair_id for p in batch])  # fmt: skip
+    job = RetrainJob(
+        job_id=f"job-{tag}-{os.getpid()}", base_model="tiny", status="requested", pair_ids=[p.pair_id for p in batch]
+    )
     producer.send(job)
     assert producer.flush(30).ok
     return job
@@ -105,8 +118,10 @@ def test_jobs_accepted_then_swapped_rejected(stack, env, producer, events, tmp_p
         events.wait(status_of(good, "started"), what="started")
         assert psutil.Process(worker.pid).nice() == 19  # training yields the cores to serving
         done = events.wait(status_of(good, "succeeded"), timeout=300, what="succeeded")
-        print(f"\njob {good.job_id}: train {done.metrics['train_seconds']:.1f} s, "
-              f"requested->succeeded {time.monotonic() - t0:.1f} s")
+        print(
+            f"\njob {good.job_id}: train {done.metrics['train_seconds']:.1f} s, "
+            f"requested->succeeded {time.monotonic() - t0:.1f} s"
+        )
         assert done.verdict == "accepted", done.error
         assert done.adapter_version == "support@v1" and done.parent_version is None
         assert done.metrics["corrected_share"] >= 0.8, done.metrics  # the tiny model learnt the corrections
@@ -120,23 +135,35 @@ def test_jobs_accepted_then_swapped_rejected(stack, env, producer, events, tmp_p
         assert ready.adapter_path == str(v1.path) and os.path.isabs(ready.adapter_path)
         assert (v1.path / "adapter_model.safetensors").is_file()
         assert v1.metadata["pair_ids"] == good.pair_ids and v1.metadata["job_id"] == good.job_id
-        assert any(isinstance(e, TrainingMetrics) and e.job_id == good.job_id and e.split == "train"
-                   and e.loss is not None for e in events.events)  # fmt: skip
+        assert any(
+            isinstance(e, TrainingMetrics) and e.job_id == good.job_id and e.split == "train" and e.loss is not None
+            for e in events.events
+        )
 
         # the training metrics reach ClickHouse through the sink
         store = clickhouse_connect.get_client(dsn=stack.query_url)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            rows = store.query("SELECT count() FROM flywheel.training_metrics FINAL WHERE job_id = %(j)s",
-                               parameters={"j": good.job_id}).result_rows[0][0]  # fmt: skip
+            rows = store.query(
+                "SELECT count() FROM flywheel.training_metrics FINAL WHERE job_id = %(j)s",
+                parameters={"j": good.job_id},
+            ).result_rows[0][0]
             if rows:
                 break
             time.sleep(0.5)
         assert rows > 0
 
         # what the controller would emit after the canary: the worker moves the production pointer
-        producer.send(Deployment(alias="support", action="promoted", version="support@v1", previous_version="tiny",
-                                 weight=100, reason="canary passed"))  # fmt: skip
+        producer.send(
+            Deployment(
+                alias="support",
+                action="promoted",
+                version="support@v1",
+                previous_version="tiny",
+                weight=100,
+                reason="canary passed",
+            )
+        )
         producer.flush(10)
         deadline = time.monotonic() + 30
         while registry.current("support") != "support@v1" and time.monotonic() < deadline:
@@ -150,8 +177,10 @@ def test_jobs_accepted_then_swapped_rejected(stack, env, producer, events, tmp_p
         t0 = time.monotonic()
         bad = request(producer, "swapped", pairs(f"swap-{os.getpid()}", swapped=True))
         done = events.wait(status_of(bad, "succeeded"), timeout=300, what="swapped succeeded")
-        print(f"job {bad.job_id}: train {done.metrics['train_seconds']:.1f} s, "
-              f"requested->succeeded {time.monotonic() - t0:.1f} s")
+        print(
+            f"job {bad.job_id}: train {done.metrics['train_seconds']:.1f} s, "
+            f"requested->succeeded {time.monotonic() - t0:.1f} s"
+        )
         assert done.verdict == "rejected" and "kept" in (done.error or ""), done.error
         assert done.parent_version == "support@v1" and done.adapter_version == "support@v2"
         v2 = registry.show("support@v2")
@@ -167,14 +196,17 @@ def test_kill_mid_training_ends_failed_without_partial_version(env, producer, ev
     registry = Registry(env["FLYWHEEL_RETRAIN_REGISTRY_DIR"])
     before = [v.name for v in registry.list("support")]
     slow = tmp_path / "slow.yaml"
-    slow.write_text("learning_rate: 5.0e-3\nmax_steps: 2000\nper_device_train_batch_size: 2\nmax_length: 128\n"
-                    "logging_steps: 1\nlora_r: 8\ntorch_threads: 1\n")  # fmt: skip
+    slow.write_text(
+        "learning_rate: 5.0e-3\nmax_steps: 2000\nper_device_train_batch_size: 2\nmax_length: 128\n"
+        "logging_steps: 1\nlora_r: 8\ntorch_threads: 1\n"
+    )
     worker = start_worker(env, tmp_path / "worker1.log", FLYWHEEL_RETRAIN_CONFIG=str(slow))
     try:
         job = request(producer, "crash", pairs(f"crash-{os.getpid()}"))
         events.wait(status_of(job, "started"), what="started")
-        events.wait(lambda e: isinstance(e, TrainingMetrics) and e.job_id == job.job_id and e.step >= 2,
-                    what="training steps")  # fmt: skip
+        events.wait(
+            lambda e: isinstance(e, TrainingMetrics) and e.job_id == job.job_id and e.step >= 2, what="training steps"
+        )
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)
     finally:

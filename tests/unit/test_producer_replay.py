@@ -80,9 +80,7 @@ def test_line_numbers_count_every_line_and_blank_lines_are_skipped():
 
 
 EVENTS = [
-    ChatRequest(
-        session_id="s1", message_id="m1", model_alias="a", messages=[ChatMessage(role="user", content="hi")]
-    ),
+    ChatRequest(session_id="s1", message_id="m1", model_alias="a", messages=[ChatMessage(role="user", content="hi")]),
     ChatResponse(session_id="s2", message_id="m2", model_alias="a", model_version="v3", latency_ms=1.0),
     Feedback(session_id="s3", message_id="m3", feedback="thumbs_up"),
     InferenceLatency(model_version="v4", session_id="s4", message_id="m4", latency_ms=2.0),

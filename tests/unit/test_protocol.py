@@ -20,8 +20,13 @@ from inference.protocol import (
 
 def test_unknown_fields_are_kept_and_forwarded():
     req = ChatCompletionRequest.model_validate(
-        {"model": "support", "messages": [{"role": "user", "content": "hi", "name": "bob"}],
-         "top_p": 0.9, "logit_bias": {"1": 2}, "stub_delay_ms": 5}
+        {
+            "model": "support",
+            "messages": [{"role": "user", "content": "hi", "name": "bob"}],
+            "top_p": 0.9,
+            "logit_bias": {"1": 2},
+            "stub_delay_ms": 5,
+        }
     )
     body = req.upstream_body("support@v2")
     assert body["model"] == "support@v2"
@@ -31,18 +36,31 @@ def test_unknown_fields_are_kept_and_forwarded():
 
 
 def test_stream_requests_usage_upstream():
-    req = ChatCompletionRequest.model_validate({"model": "m", "stream": True, "messages": [{"role": "user",
-                                                                                          "content": "x"}]})
+    req = ChatCompletionRequest.model_validate(
+        {"model": "m", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    )
     assert not req.wants_usage
     assert req.upstream_body("v")["stream_options"] == {"include_usage": True}
-    req2 = ChatCompletionRequest.model_validate({"model": "m", "stream": True, "stream_options": {
-        "include_usage": True}, "messages": [{"role": "user", "content": "x"}]})
+    req2 = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "x"}],
+        }
+    )
     assert req2.wants_usage
 
 
 def test_content_parts_to_text():
-    req = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}, {"role": "assistant", "content": None}]})
+    req = ChatCompletionRequest.model_validate(
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": None},
+            ]
+        }
+    )
     assert [m.text() for m in req.messages] == ["ab", ""]
     assert req.model is None
 
@@ -89,8 +107,7 @@ def test_session_request_defaults():
     "body, ok",
     [
         ({"session_id": "s", "message_id": "m", "feedback": "thumbs_up"}, True),
-        ({"session_id": "s", "message_id": "m", "feedback": "thumbs_down", "comment": "no",
-          "correction": "yes"}, True),
+        ({"session_id": "s", "message_id": "m", "feedback": "thumbs_down", "comment": "no", "correction": "yes"}, True),
         ({"session_id": "s", "message_id": "m", "feedback": "meh"}, False),
         ({"session_id": "s", "feedback": "thumbs_up"}, False),
         ({"session_id": "s", "message_id": "m", "feedback": "thumbs_up", "correction": ""}, False),
@@ -106,8 +123,9 @@ def test_feedback_requests(body, ok):
 
 def test_error_body_is_openai_style():
     body = orjson.loads(error_body(429, "slow down", "rate_limit_exceeded"))
-    assert body == {"error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit_exceeded",
-                              "param": None}}
+    assert body == {
+        "error": {"message": "slow down", "type": "rate_limit_error", "code": "rate_limit_exceeded", "param": None}
+    }
     err = GatewayError(404, "nope")
     assert orjson.loads(err.body())["error"]["type"] == "not_found_error"
 
@@ -118,14 +136,17 @@ def test_message_ids_are_unique_and_key_safe():
     assert all(i.startswith("chatcmpl-") and len(i) == 41 and i.replace("-", "").isalnum() for i in ids)
 
 
-@pytest.mark.parametrize(("raw", "field", "words"), [
-    (b"", "<body>", "Invalid JSON"),
-    (b'{"message": "hi"', "<body>", "Invalid JSON"),
-    (b"[1, 2]", "<body>", "should be an object"),
-    (b'{"session_id": "s"}', "message", "Field required"),
-    (b'{"message": "hi", "temperature": "hot"}', "temperature", "valid number"),
-    (b'{"message": "hi", "extra": 1}', "extra", "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    ("raw", "field", "words"),
+    [
+        (b"", "<body>", "Invalid JSON"),
+        (b'{"message": "hi"', "<body>", "Invalid JSON"),
+        (b"[1, 2]", "<body>", "should be an object"),
+        (b'{"session_id": "s"}', "message", "Field required"),
+        (b'{"message": "hi", "temperature": "hot"}', "temperature", "valid number"),
+        (b'{"message": "hi", "extra": 1}', "extra", "Extra inputs"),
+    ],
+)
 def test_parse_request_answers_422_naming_the_field(raw, field, words):
     with pytest.raises(GatewayError) as err:
         parse_request(SessionChatRequest, raw)

@@ -47,8 +47,13 @@ def test_records_from_events_and_plain(tmp_path):
     lines = [
         {"pair_id": "a", "prompt": json.dumps([{"role": "user", "content": "hi"}]), "chosen": "c", "rejected": "r"},
         {"pair_id": "b", "prompt": [{"role": "user", "content": "hi"}], "chosen": None, "rejected": "r"},
-        {"pair_id": "c", "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}],
-         "chosen": "c", "rejected": "r", "source": "correction"},
+        {
+            "pair_id": "c",
+            "prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}],
+            "chosen": "c",
+            "rejected": "r",
+            "source": "correction",
+        },
     ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")

@@ -47,10 +47,12 @@ def test_kept_counts_right_answers_lost_and_compares_wording_without_a_reference
     from retrain.gate import GoldenItem, kept_scores
 
     q = ({"role": "user", "content": "?"},)
-    items = [GoldenItem(q, "Refunds take 5 business days."),  # right before, right after: kept
-             GoldenItem(q, "Returns are free within 30 days."),  # right before, wrong after: lost
-             GoldenItem(q, "Shipping is free over $50."),  # wrong before: not a regression, not counted
-             GoldenItem(q, "")]  # no reference: the wording must stay
+    items = [
+        GoldenItem(q, "Refunds take 5 business days."),  # right before, right after: kept
+        GoldenItem(q, "Returns are free within 30 days."),  # right before, wrong after: lost
+        GoldenItem(q, "Shipping is free over $50."),  # wrong before: not a regression, not counted
+        GoldenItem(q, ""),
+    ]  # no reference: the wording must stay
     before = ["Refunds take 5 business days.", "Returns are free within 30 days.", "We ship to Mars.", "Hello there."]
     after = ["Refunds take 5 business days!", "We do not take returns.", "We ship to Venus.", "Hello there."]
     assert kept_scores(after, before, items, T) == [1.0, 0.0, 1.0]

@@ -17,9 +17,11 @@ PARENT = [
 def test_kept_rows_drop_only_the_corrected_questions():
     kept = kept_rows(PARENT, [PAIR])
     # The rejected answer stays true for its own question ("Any wrapping service?"): it is replayed.
-    assert [r["completion"][0]["content"] for r in kept] == ["Refunds take 5 business days.",
-                                                           "We do not offer that service.",
-                                                           "Yes, shipping to Canada costs $15."]
+    assert [r["completion"][0]["content"] for r in kept] == [
+        "Refunds take 5 business days.",
+        "We do not offer that service.",
+        "Yes, shipping to Canada costs $15.",
+    ]
 
 
 def test_supervised_rows_repeat_the_chosen_answers_and_add_a_replay_sample():

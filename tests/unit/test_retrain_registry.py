@@ -17,8 +17,15 @@ def adapter(tmp_path, name: str, payload: bytes = b"weights"):
 
 
 def meta(**extra):
-    return {"base_model": "tiny", "parent_version": None, "job_id": "j1", "pair_ids": ["a", "b"],
-            "verdict": "accepted", "eval": {"x": 1}, **extra}  # fmt: skip
+    return {
+        "base_model": "tiny",
+        "parent_version": None,
+        "job_id": "j1",
+        "pair_ids": ["a", "b"],
+        "verdict": "accepted",
+        "eval": {"x": 1},
+        **extra,
+    }
 
 
 def test_register_writes_a_whole_version_with_metadata(tmp_path):

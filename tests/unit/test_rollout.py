@@ -17,14 +17,36 @@ from inference.rollout import (
     step_routes,
 )
 
-POLICY = Policy(step_s=20, min_step_samples=10, alpha=0.05, thumbs_down_margin=0.10, error_margin=0.05,
-                latency_ratio=2.0, max_duration_s=7200)
+POLICY = Policy(
+    step_s=20,
+    min_step_samples=10,
+    alpha=0.05,
+    thumbs_down_margin=0.10,
+    error_margin=0.05,
+    latency_ratio=2.0,
+    max_duration_s=7200,
+)
 
 
-def figs(version: str, n: int = 1000, errors: int = 10, rated: int = 800, down: int = 160, mean: float = 340.0,
-         sd: float = 180.0):
-    return Figures(version, responses=n, errors=errors, rated=rated, thumbs_down=down, latency_p95_ms=None,
-                   latency_mean_ms=mean, latency_sd_ms=sd)
+def figs(
+    version: str,
+    n: int = 1000,
+    errors: int = 10,
+    rated: int = 800,
+    down: int = 160,
+    mean: float = 340.0,
+    sd: float = 180.0,
+):
+    return Figures(
+        version,
+        responses=n,
+        errors=errors,
+        rated=rated,
+        thumbs_down=down,
+        latency_p95_ms=None,
+        latency_mean_ms=mean,
+        latency_sd_ms=sd,
+    )
 
 
 # Cumulative figures since the canary started: the current version has had twice the canary's traffic.
@@ -34,35 +56,118 @@ SHORT = figs("c", n=55, errors=0, rated=44, down=9)  # 0.20 vs 0.20 on 44 rating
 
 # (canary, step elapsed s, step responses, total elapsed s, outcome, category, words in the reason)
 CASES = {
-    "thumbs-down harm": (figs("c", n=100, errors=1, rated=80, down=40), 20, 50, 60, Outcome.ROLLBACK, "harm",
-                         ["harm: thumbs-down 0.500 vs 0.200", "rated 80/1600"]),
-    "harm before the step's time": (figs("c", n=100, errors=1, rated=80, down=40), 1, 2, 60, Outcome.ROLLBACK,
-                                    "harm", ["harm: thumbs-down"]),
-    "error harm": (figs("c", n=200, errors=30, rated=150, down=30), 20, 50, 60, Outcome.ROLLBACK, "harm",
-                   ["harm: errors 0.150 vs 0.010", "responses 200/2000"]),
-    "latency harm": (figs("c", n=100, errors=0, rated=80, down=16, mean=900, sd=200), 20, 50, 60, Outcome.ROLLBACK,
-                     "harm", ["harm: latency mean 900ms vs 2 x 340ms", "ok 100/1980"]),
-    "harm wins over max duration": (figs("c", n=100, errors=1, rated=80, down=40), 20, 50, 9000, Outcome.ROLLBACK,
-                                    "harm", ["harm: thumbs-down"]),
+    "thumbs-down harm": (
+        figs("c", n=100, errors=1, rated=80, down=40),
+        20,
+        50,
+        60,
+        Outcome.ROLLBACK,
+        "harm",
+        ["harm: thumbs-down 0.500 vs 0.200", "rated 80/1600"],
+    ),
+    "harm before the step's time": (
+        figs("c", n=100, errors=1, rated=80, down=40),
+        1,
+        2,
+        60,
+        Outcome.ROLLBACK,
+        "harm",
+        ["harm: thumbs-down"],
+    ),
+    "error harm": (
+        figs("c", n=200, errors=30, rated=150, down=30),
+        20,
+        50,
+        60,
+        Outcome.ROLLBACK,
+        "harm",
+        ["harm: errors 0.150 vs 0.010", "responses 200/2000"],
+    ),
+    "latency harm": (
+        figs("c", n=100, errors=0, rated=80, down=16, mean=900, sd=200),
+        20,
+        50,
+        60,
+        Outcome.ROLLBACK,
+        "harm",
+        ["harm: latency mean 900ms vs 2 x 340ms", "ok 100/1980"],
+    ),
+    "harm wins over max duration": (
+        figs("c", n=100, errors=1, rated=80, down=40),
+        20,
+        50,
+        9000,
+        Outcome.ROLLBACK,
+        "harm",
+        ["harm: thumbs-down"],
+    ),
     "neutral, enough evidence": (figs("c"), 20, 50, 300, Outcome.ADVANCE, "advance", ["no harm at the margins"]),
-    "better, little evidence": (figs("c", n=100, errors=0, rated=80, down=4), 20, 50, 300, Outcome.ADVANCE,
-                                "advance", ["thumbs-down 0.050 vs 0.200"]),
-    "1.5x slower within ratio 2": (figs("c", mean=510, sd=250), 20, 50, 300, Outcome.ADVANCE, "advance",
-                                   ["latency mean 510ms vs 2 x 340ms"]),
+    "better, little evidence": (
+        figs("c", n=100, errors=0, rated=80, down=4),
+        20,
+        50,
+        300,
+        Outcome.ADVANCE,
+        "advance",
+        ["thumbs-down 0.050 vs 0.200"],
+    ),
+    "1.5x slower within ratio 2": (
+        figs("c", mean=510, sd=250),
+        20,
+        50,
+        300,
+        Outcome.ADVANCE,
+        "advance",
+        ["latency mean 510ms vs 2 x 340ms"],
+    ),
     "step running": (figs("c"), 5, 50, 300, Outcome.HOLD, "step time", ["step running (5/20s)"]),
-    "few responses in the step": (figs("c"), 20, 3, 300, Outcome.HOLD, "step samples",
-                                  ["3/10 canary responses in this step"]),
-    "hold with counts": (SHORT, 20, 15, 300, Outcome.HOLD, "evidence: thumbs-down",  # errors 0/55 already pass
-                         ["waiting: thumbs-down upper bound 0.20 >= margin 0.10 (rated 44/1600)"]),
-    "hold on two metrics": (figs("c", n=30, errors=0, rated=24, down=5), 20, 15, 300, Outcome.HOLD,
-                            "evidence: thumbs-down, errors", ["thumbs-down upper bound", "(rated 24/1600)",
-                                                              "errors upper bound", "(responses 30/2000)"]),
+    "few responses in the step": (
+        figs("c"),
+        20,
+        3,
+        300,
+        Outcome.HOLD,
+        "step samples",
+        ["3/10 canary responses in this step"],
+    ),
+    "hold with counts": (
+        SHORT,
+        20,
+        15,
+        300,
+        Outcome.HOLD,
+        "evidence: thumbs-down",  # errors 0/55 already pass
+        ["waiting: thumbs-down upper bound 0.20 >= margin 0.10 (rated 44/1600)"],
+    ),
+    "hold on two metrics": (
+        figs("c", n=30, errors=0, rated=24, down=5),
+        20,
+        15,
+        300,
+        Outcome.HOLD,
+        "evidence: thumbs-down, errors",
+        ["thumbs-down upper bound", "(rated 24/1600)", "errors upper bound", "(responses 30/2000)"],
+    ),
     "no traffic yet": (Figures("c"), 20, 0, 30, Outcome.HOLD, "step samples", ["0/10 canary responses"]),
-    "no data after the step": (Figures("c"), 20, 10, 30, Outcome.HOLD, "evidence: thumbs-down, errors, latency",
-                               ["thumbs-down: no data yet (rated 0/1600)"]),
+    "no data after the step": (
+        Figures("c"),
+        20,
+        10,
+        30,
+        Outcome.HOLD,
+        "evidence: thumbs-down, errors, latency",
+        ["thumbs-down: no data yet (rated 0/1600)"],
+    ),
     "past max duration, evidence in": (figs("c"), 20, 3, 9000, Outcome.HOLD, "step samples", ["3/10"]),
-    "inconclusive": (SHORT, 20, 15, 7200, Outcome.ROLLBACK, "inconclusive",
-                     ["inconclusive after 120 min (max 120): thumbs-down upper bound"]),
+    "inconclusive": (
+        SHORT,
+        20,
+        15,
+        7200,
+        Outcome.ROLLBACK,
+        "inconclusive",
+        ["inconclusive after 120 min (max 120): thumbs-down upper bound"],
+    ),
 }
 
 
@@ -82,22 +187,26 @@ def test_evidence_accumulates_until_the_canary_advances():
     outcomes = []
     for n in (50, 100, 200, 400, 800):
         canary = figs("c", n=n, errors=n // 100, rated=n * 4 // 5, down=n * 4 // 25)
-        outcomes.append(decide(canary, CURRENT, POLICY, step_elapsed_s=20, total_elapsed_s=60,
-                               step_responses=n).outcome)
+        outcomes.append(
+            decide(canary, CURRENT, POLICY, step_elapsed_s=20, total_elapsed_s=60, step_responses=n).outcome
+        )
     assert Outcome.ROLLBACK not in outcomes
     assert outcomes[0] is Outcome.HOLD and outcomes[-1] is Outcome.ADVANCE
     assert outcomes == sorted(outcomes, key=[Outcome.HOLD, Outcome.ADVANCE].index)
 
 
-@pytest.mark.parametrize("rate, weight", [
-    (0.5, 50),  # 50% of 0.5/s is 0.25/s: below 0.3/s, capped at 50
-    (1.0, 50),
-    (2.0, 20),
-    (6.0, 5),
-    (22.0, 5),  # the end-to-end test's traffic: 5% is 1.1/s
-    (0.0, 50),
-    (None, 5),  # unknown rate: the plan as written
-])
+@pytest.mark.parametrize(
+    "rate, weight",
+    [
+        (0.5, 50),  # 50% of 0.5/s is 0.25/s: below 0.3/s, capped at 50
+        (1.0, 50),
+        (2.0, 20),
+        (6.0, 5),
+        (22.0, 5),  # the end-to-end test's traffic: 5% is 1.1/s
+        (0.0, 50),
+        (None, 5),  # unknown rate: the plan as written
+    ],
+)
 def test_first_weight_adapts_to_traffic(rate, weight):
     assert first_weight((5, 20, 50, 100), rate, 0.3, 50) == weight
 
@@ -109,10 +218,18 @@ def test_first_weight_edges():
     assert first_weight((100,), 1.0, 0.3, 50) == 100  # a plan of one step promotes at once
 
 
-@pytest.mark.parametrize("plan, error", [
-    ((5, 20, 50, 100), None), ((100,), None), ((), "empty"), ((5, 50), "end at 100"),
-    ((20, 5, 100), "increase"), ((0, 100), "1..100"), ((5, 150), "1..100"),
-])
+@pytest.mark.parametrize(
+    "plan, error",
+    [
+        ((5, 20, 50, 100), None),
+        ((100,), None),
+        ((), "empty"),
+        ((5, 50), "end at 100"),
+        ((20, 5, 100), "increase"),
+        ((0, 100), "1..100"),
+        ((5, 150), "1..100"),
+    ],
+)
 def test_plan_error(plan, error):
     result = plan_error(plan)
     assert (result is None) if error is None else (error in result)
@@ -127,15 +244,18 @@ def test_next_weight_and_routes():
     assert sum(step_routes("a", "b", 20).values()) == 100
 
 
-@pytest.mark.parametrize("phase, routes, action", [
-    ("loading", {}, "restart"),
-    ("loading", {"tiny": 100}, "restart"),
-    ("canary", {"tiny": 80, "support@v2": 20}, "continue"),
-    ("canary", {"tiny": 100}, "continue"),  # crashed right after recording, before the first route
-    ("canary", {"support@v2": 100}, "rollback"),  # routes moved by hand
-    ("canary", {"tiny": 50, "other": 50}, "rollback"),
-    ("finishing", {"support@v2": 100}, "finish"),
-])
+@pytest.mark.parametrize(
+    "phase, routes, action",
+    [
+        ("loading", {}, "restart"),
+        ("loading", {"tiny": 100}, "restart"),
+        ("canary", {"tiny": 80, "support@v2": 20}, "continue"),
+        ("canary", {"tiny": 100}, "continue"),  # crashed right after recording, before the first route
+        ("canary", {"support@v2": 100}, "rollback"),  # routes moved by hand
+        ("canary", {"tiny": 50, "other": 50}, "rollback"),
+        ("finishing", {"support@v2": 100}, "finish"),
+    ],
+)
 def test_resume_action(phase, routes, action):
     assert resume_action(phase, routes, "tiny", "support@v2").action == action
 

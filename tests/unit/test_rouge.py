@@ -24,5 +24,13 @@ def test_rouge_l(answer, reference, low, high):
 
 
 def test_tokenizer_splits_cjk_into_characters_and_keeps_words():
-    assert MixedTokenizer().tokenize("Order #48213 已发货, ETA 3 days") == ["order", "48213", "已", "发", "货", "eta",
-                                                                          "3", "days"]
+    assert MixedTokenizer().tokenize("Order #48213 已发货, ETA 3 days") == [
+        "order",
+        "48213",
+        "已",
+        "发",
+        "货",
+        "eta",
+        "3",
+        "days",
+    ]

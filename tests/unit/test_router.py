@@ -149,6 +149,7 @@ def test_unknown_model():
 def test_pick_only_workers_with_the_version_loaded():
     pool = WorkerPool()
     pool.set_workers({"http://a": frozenset({"tiny", "support@v2"}), "http://b": frozenset({"tiny"})})
+
     def pick(version):
         worker = pool.pick(version=version)
         pool.release(worker)

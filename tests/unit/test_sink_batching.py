@@ -21,8 +21,17 @@ def ranges(batches) -> list[tuple[int, int]]:
 
 def test_token_depends_only_on_the_range():
     assert dedup_token("g", "t", 1, 10, 19) == dedup_token("g", "t", 1, 10, 19)
-    assert len({dedup_token("g", "t", 1, 10, 19), dedup_token("g", "t", 2, 10, 19),
-                dedup_token("g", "t", 1, 10, 20), dedup_token("h", "t", 1, 10, 19)}) == 4  # fmt: skip
+    assert (
+        len(
+            {
+                dedup_token("g", "t", 1, 10, 19),
+                dedup_token("g", "t", 2, 10, 19),
+                dedup_token("g", "t", 1, 10, 20),
+                dedup_token("h", "t", 1, 10, 19),
+            }
+        )
+        == 4
+    )
 
 
 def test_free_batches_cover_consumed_offsets_contiguously():

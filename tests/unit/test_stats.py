@@ -125,8 +125,8 @@ def test_msprt_proportions_by_hand():
 
 def test_msprt_means_with_a_ratio():
     # θ = 300 − 2 · 200 = −100, V = 80²/50 + 4 · 60²/500.
-    s = msprt_means(300, 80, 50, 200, 60, 500, 100.0 ** 2, 0.05, ratio=2.0)
-    assert s.estimate == pytest.approx(-100) and s.variance == pytest.approx(80 ** 2 / 50 + 4 * 60 ** 2 / 500)
+    s = msprt_means(300, 80, 50, 200, 60, 500, 100.0**2, 0.05, ratio=2.0)
+    assert s.estimate == pytest.approx(-100) and s.variance == pytest.approx(80**2 / 50 + 4 * 60**2 / 500)
     assert s.upper < 0
     assert msprt_means(300, 80, 1, 200, 60, 500, 1.0, 0.05) is None
 
@@ -144,7 +144,7 @@ def test_false_alarms_under_h0_with_100_looks_stay_below_alpha():
         hit = hit_naive = False
         for k in range(looks):
             n = per_look * (k + 1)
-            s = msprt_proportions(int(a[i, k]), n, int(b[i, k]), n, 0.1 ** 2, alpha)
+            s = msprt_proportions(int(a[i, k]), n, int(b[i, k]), n, 0.1**2, alpha)
             hit = hit or s.lower > 0 or s.upper < 0
             hit_naive = hit_naive or abs(s.estimate) > 1.96 * math.sqrt(s.variance)
             if hit and hit_naive:

@@ -31,10 +31,12 @@ def test_sketch_quantiles_within_relative_accuracy_of_quantile_exact(dist, accur
     rnd = random.Random(1)
     n = 1 if dist == "one value" else 5000
     values = {
-        "lognormal": lambda: rnd.lognormvariate(3, 1.5), "uniform": lambda: rnd.uniform(0.1, 1000),
-        "with zeros": lambda: 0.0 if rnd.random() < 0.3 else rnd.uniform(1, 50), "constant": lambda: 42.0,
+        "lognormal": lambda: rnd.lognormvariate(3, 1.5),
+        "uniform": lambda: rnd.uniform(0.1, 1000),
+        "with zeros": lambda: 0.0 if rnd.random() < 0.3 else rnd.uniform(1, 50),
+        "constant": lambda: 42.0,
         "one value": lambda: 7.5,
-    }[dist]  # fmt: skip
+    }[dist]
     data = [values() for _ in range(n)]
     halves = LogSketch(accuracy), LogSketch(accuracy)
     for i, v in enumerate(data):
@@ -57,8 +59,19 @@ def _book(**kw):
 
 
 def _add(book, partition, offset, t, now, status="ok", latency=10.0, mv="tiny", topic="chat.responses"):
-    return book.add_response(topic, partition, offset, now, model_version=mv, route="openai", event_time=t,
-                             status=status, latency_ms=latency, ttft_ms=1.0, completion_tokens=4)  # fmt: skip
+    return book.add_response(
+        topic,
+        partition,
+        offset,
+        now,
+        model_version=mv,
+        route="openai",
+        event_time=t,
+        status=status,
+        latency_ms=latency,
+        ttft_ms=1.0,
+        completion_tokens=4,
+    )
 
 
 def test_window_merges_partitions_and_closes_on_event_time():
@@ -146,8 +159,17 @@ def test_feedback_still_to_join_holds_windows_until_joined():
     book.observe("chat.feedback", 2, 7, 100.5, 0.0)  # the join agent saw feedback 7 of partition 2 ...
     _add(book, 0, 1, 120.0, 30.0)  # ... and is still behind on that partition 30 s later
     assert book.close(30.0, {("chat.feedback", 2): 40, ("chat.responses", 0): 0}) == []
-    book.add_feedback("streams.feedback-joined", 1, 0, 31.0, model_version="tiny", route="openai",
-                      event_time=100.6, feedback="thumbs_up", feedback_id="f-1")  # fmt: skip
+    book.add_feedback(
+        "streams.feedback-joined",
+        1,
+        0,
+        31.0,
+        model_version="tiny",
+        route="openai",
+        event_time=100.6,
+        feedback="thumbs_up",
+        feedback_id="f-1",
+    )
     book.observe("chat.feedback", 2, 47, 115.0, 31.0)  # caught up
     assert book.close(31.0, {("chat.feedback", 2): 0, ("chat.responses", 0): 0}) == []  # the joined one is recent
     windows = book.close(500.0, {("chat.feedback", 2): 0, ("chat.responses", 0): 0})  # all quiet: wall clock
@@ -157,49 +179,58 @@ def test_feedback_still_to_join_holds_windows_until_joined():
 
 
 # -- normalization, masking, filters --------------------------------------------------------------------
-@pytest.mark.parametrize("text, normalized", [
-    ("Where is my ORDER?", "where is my order"),
-    ("  where   is my order ?! ", "where is my order"),
-    ("Où est ma commande ?", "où est ma commande"),
-    ("订单在哪里？", "订单在哪里"),
-    ("Return-policy: 30 days.", "return policy 30 days"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, normalized",
+    [
+        ("Where is my ORDER?", "where is my order"),
+        ("  where   is my order ?! ", "where is my order"),
+        ("Où est ma commande ?", "où est ma commande"),
+        ("订单在哪里？", "订单在哪里"),
+        ("Return-policy: 30 days.", "return policy 30 days"),
+    ],
+)
 def test_normalize_question(text, normalized):
     assert normalize_question(text) == normalized
 
 
-@pytest.mark.parametrize("text, masked", [
-    ("write to john.doe@example.com today", f"write to {EMAIL_MASK} today"),
-    ("a+b_c@mail.co.uk", EMAIL_MASK),
-    ("two: a@b.io, c@d.org", f"two: {EMAIL_MASK}, {EMAIL_MASK}"),
-    ("call +1 (555) 123-4567 now", f"call {PHONE_MASK} now"),
-    ("555-123-4567", PHONE_MASK),
-    ("020 7946 0958.", f"{PHONE_MASK}."),
-    ("+4915112345678", PHONE_MASK),
-    ("0612345678", PHONE_MASK),
-    ("555.123.4567", PHONE_MASK),
-    ("order 12345 ships", "order 12345 ships"),  # order numbers stay
-    ("on 2024-01-15", "on 2024-01-15"),  # dates stay
-    ("on 15/01/2024", "on 15/01/2024"),
-    ("price 1,234.56 USD", "price 1,234.56 USD"),
-    ("version 3.14", "version 3.14"),
-    ("no pii here", "no pii here"),
-    ("user@localhost", "user@localhost"),  # no TLD: not an address we mask
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, masked",
+    [
+        ("write to john.doe@example.com today", f"write to {EMAIL_MASK} today"),
+        ("a+b_c@mail.co.uk", EMAIL_MASK),
+        ("two: a@b.io, c@d.org", f"two: {EMAIL_MASK}, {EMAIL_MASK}"),
+        ("call +1 (555) 123-4567 now", f"call {PHONE_MASK} now"),
+        ("555-123-4567", PHONE_MASK),
+        ("020 7946 0958.", f"{PHONE_MASK}."),
+        ("+4915112345678", PHONE_MASK),
+        ("0612345678", PHONE_MASK),
+        ("555.123.4567", PHONE_MASK),
+        ("order 12345 ships", "order 12345 ships"),  # order numbers stay
+        ("on 2024-01-15", "on 2024-01-15"),  # dates stay
+        ("on 15/01/2024", "on 15/01/2024"),
+        ("price 1,234.56 USD", "price 1,234.56 USD"),
+        ("version 3.14", "version 3.14"),
+        ("no pii here", "no pii here"),
+        ("user@localhost", "user@localhost"),  # no TLD: not an address we mask
+    ],
+)
 def test_mask_pii(text, masked):
     assert mask_pii(text) == masked
 
 
-@pytest.mark.parametrize("chosen, rejected, problem", [
-    ("Good answer.", "Bad answer.", None),
-    (None, "Bad answer.", None),
-    ("", "Bad answer.", "chosen answer empty or too short"),
-    ("   ", "Bad answer.", "chosen answer empty or too short"),
-    ("Good.", "", "rejected answer empty or too short"),
-    ("Same answer!", "same answer", "chosen equals rejected"),
-    ("x" * 101, "Bad.", "chosen answer too long"),
-    ("Good.", "y" * 101, "rejected answer too long"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "chosen, rejected, problem",
+    [
+        ("Good answer.", "Bad answer.", None),
+        (None, "Bad answer.", None),
+        ("", "Bad answer.", "chosen answer empty or too short"),
+        ("   ", "Bad answer.", "chosen answer empty or too short"),
+        ("Good.", "", "rejected answer empty or too short"),
+        ("Same answer!", "same answer", "chosen equals rejected"),
+        ("x" * 101, "Bad.", "chosen answer too long"),
+        ("Good.", "y" * 101, "rejected answer too long"),
+    ],
+)
 def test_quality_filter(chosen, rejected, problem):
     assert quality_problem(chosen, rejected, 1, 100) == problem
 
@@ -222,10 +253,15 @@ def test_pair_ids_are_deterministic():
 
 # -- joiner and builder with dict tables ----------------------------------------------------------------
 def _conversation(question="Where is my order?", answer="Nowhere."):
-    req = ChatRequest(session_id="s", message_id=f"m-{uuid.uuid4().hex[:6]}", model_alias="a",
-                      messages=[ChatMessage(role="user", content=question)])  # fmt: skip
-    resp = ChatResponse(session_id="s", message_id=req.message_id, model_alias="a", model_version="tiny",
-                        content=answer, latency_ms=5)  # fmt: skip
+    req = ChatRequest(
+        session_id="s",
+        message_id=f"m-{uuid.uuid4().hex[:6]}",
+        model_alias="a",
+        messages=[ChatMessage(role="user", content=question)],
+    )
+    resp = ChatResponse(
+        session_id="s", message_id=req.message_id, model_alias="a", model_version="tiny", content=answer, latency_ms=5
+    )
     return req, resp
 
 
@@ -392,8 +428,17 @@ def test_feedback_waiting_for_its_response_holds_windows_until_released_or_expir
     book.hold("f-1", 100.4, until=50.0)  # the join agent waits for the answer of feedback f-1
     _add(book, 0, 1, 130.0, 20.0)
     assert book.close(20.0, {("chat.responses", 0): 0, ("chat.feedback", 0): 0}) == []  # held at 100.4
-    book.add_feedback("streams.feedback-joined", 2, 0, 21.5, model_version="tiny", route="openai",
-                      event_time=100.4, feedback="thumbs_up", feedback_id="f-1")  # fmt: skip
+    book.add_feedback(
+        "streams.feedback-joined",
+        2,
+        0,
+        21.5,
+        model_version="tiny",
+        route="openai",
+        event_time=100.4,
+        feedback="thumbs_up",
+        feedback_id="f-1",
+    )
     book.release("f-1")
     windows = book.close(500.0, {("chat.responses", 0): 0, ("chat.feedback", 0): 0})
     assert {(w.window_seconds, w.window_start.timestamp()): w.thumbs_up for w in windows}[(2, 100)] == 1
@@ -413,8 +458,17 @@ def test_joined_feedback_holds_windows_until_the_metric_agent_applies_it():
     _add(book, 0, 1, 160.0, 1.0)
     caught_up = {("chat.responses", 0): 0, ("chat.feedback", 0): 0, ("streams.feedback-joined", 2): 0}
     assert book.close(2.0, caught_up) == []  # held at 100.4: the [100, 102) windows wait for f-1
-    book.add_feedback("streams.feedback-joined", 2, 0, 3.0, model_version="tiny", route="openai",
-                      event_time=100.4, feedback="thumbs_down", feedback_id="f-1")  # fmt: skip
+    book.add_feedback(
+        "streams.feedback-joined",
+        2,
+        0,
+        3.0,
+        model_version="tiny",
+        route="openai",
+        event_time=100.4,
+        feedback="thumbs_down",
+        feedback_id="f-1",
+    )
     book.release("f-1")
     windows = {(w.window_seconds, w.window_start.timestamp()): w for w in book.close(500.0, caught_up)}
     assert windows[(2, 100)].thumbs_down == 1 and windows[(4, 100)].thumbs_down == 1

@@ -11,8 +11,15 @@ def test_every_event_but_dead_letter_has_one_topic():
 
 def test_topic_names_follow_architecture():
     assert [t.name for t in TOPICS] == [
-        "chat.requests", "chat.responses", "chat.feedback", "inference.latency",
-        "metrics.windows", "dpo.pairs", "retrain.jobs", "retrain.metrics", "model.deployments",
+        "chat.requests",
+        "chat.responses",
+        "chat.feedback",
+        "inference.latency",
+        "metrics.windows",
+        "dpo.pairs",
+        "retrain.jobs",
+        "retrain.metrics",
+        "model.deployments",
     ]
     assert all_topic_names()[:2] == ["chat.requests", "chat.requests.dlq"]
 

@@ -61,8 +61,13 @@ def test_gpu_command_differs_only_in_dtype_and_memory():
 
 def test_configurable_limits_and_extra_args():
     cmd = vllm_command(
-        settings(max_model_len=4096, max_loras=2, max_lora_rank=64, worker_base_port=9000,
-                 vllm_extra_args="--enforce-eager --seed 7"),
+        settings(
+            max_model_len=4096,
+            max_loras=2,
+            max_lora_rank=64,
+            worker_base_port=9000,
+            vllm_extra_args="--enforce-eager --seed 7",
+        ),
         1,
         python="py",
     )
@@ -138,8 +143,7 @@ def test_keys():
 )
 def test_readiness_record(healthy, loaded, wanted, ready, missing):
     t = 1767322245.0
-    rec = readiness_record(settings(), 1, healthy=healthy, loaded=loaded, wanted=wanted,
-                           started_at=t, pid=42, now=t)
+    rec = readiness_record(settings(), 1, healthy=healthy, loaded=loaded, wanted=wanted, started_at=t, pid=42, now=t)
     assert rec["ready"] is ready
     assert rec["missing"] == missing
     assert rec["adapters"] == sorted(loaded)

@@ -3,7 +3,7 @@
 The demo runs as a user runs it (the `flywheel` command, the stack's environment) until the adapter trained from its
 corrections is promoted or rolled back; then its report's per-version figures must agree with `flywheel sql` over
 the same tables and window. The tiny model answers noise: this checks the mechanics, not what the model learns.
-Run: `pytest -m e2e tests/integration/test_demo.py -s` (about 5 minutes on 2 shared cores).
+Run: `pytest -m e2e tests/e2e/test_demo.py -s` (about 5 minutes on 2 shared cores).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 
 from bench.loop import LocalLoop
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 pytest.importorskip("vllm")
 pytest.importorskip("trl")
 
@@ -28,8 +28,9 @@ OVERRIDES = {"FLYWHEEL_CANARY_MAX_DURATION_S": "120", "FLYWHEEL_GATE_MIN_CORRECT
 
 
 def sql(loop: LocalLoop, query: str) -> list[dict]:
-    out = subprocess.run([FLYWHEEL, "sql", query, "--format", "json"], env=loop.child_env(), capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [FLYWHEEL, "sql", query, "--format", "json"], env=loop.child_env(), capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
@@ -38,24 +39,58 @@ def test_demo_turns_the_loop_and_its_report_agrees_with_sql(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("demo-report")
     with LocalLoop(tmp_path_factory.mktemp("demo-stack"), overrides=OVERRIDES) as loop:
         # Temperature 1: at 0 the random-weight model answers only newlines, which make no pairs.
-        demo = subprocess.run([FLYWHEEL, "demo", "--users", "100", "--rate", "4", "--max-tokens", "12",
-                               "--temperature", "1", "--timeout", "420", "--out", str(out_dir)],
-                              env=loop.child_env(), capture_output=True, text=True, timeout=900)
+        demo = subprocess.run(
+            [
+                FLYWHEEL,
+                "demo",
+                "--users",
+                "100",
+                "--rate",
+                "4",
+                "--max-tokens",
+                "12",
+                "--temperature",
+                "1",
+                "--timeout",
+                "420",
+                "--out",
+                str(out_dir),
+            ],
+            env=loop.child_env(),
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         print(demo.stdout[-6000:])
         assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
         report = json.loads((out_dir / "report.json").read_text())
         where = report["window"]["where"]
         # The same tables and window as the report, asked independently of the analyst summary's SELECT.
-        counts = {r["model_version"]: r for r in sql(loop, f"""
+        counts = {
+            r["model_version"]: r
+            for r in sql(
+                loop,
+                f"""
             SELECT model_version, count() AS requests, countIf(status != 'ok') AS errors,
                    dateDiff('microsecond', min(occurred_at), max(occurred_at)) / 1e6 AS span_s
-            FROM flywheel.chat_responses FINAL WHERE {where} GROUP BY model_version""")}
-        verdicts = {r["model_version"]: r for r in sql(loop, f"""
+            FROM flywheel.chat_responses FINAL WHERE {where} GROUP BY model_version""",
+            )
+        }
+        verdicts = {
+            r["model_version"]: r
+            for r in sql(
+                loop,
+                f"""
             SELECT model_version, countIf(verdict != '') AS rated, countIf(verdict = 'thumbs_down') AS down,
                    quantileIf(0.95)(latency_ms, status = 'ok') AS p95
-            FROM flywheel.v_responses WHERE {where} GROUP BY model_version""")}
-        stages = sql(loop, f"SELECT job_id, adapter_version, stage FROM flywheel.v_loop_stages "
-                           f"WHERE job_id = '{report['outcome']['job_id']}'")
+            FROM flywheel.v_responses WHERE {where} GROUP BY model_version""",
+            )
+        }
+        stages = sql(
+            loop,
+            f"SELECT job_id, adapter_version, stage FROM flywheel.v_loop_stages "
+            f"WHERE job_id = '{report['outcome']['job_id']}'",
+        )
 
     outcome = report["outcome"]
     assert outcome["outcome"] in ("promoted", "rolled_back"), outcome
@@ -85,8 +120,9 @@ def test_demo_turns_the_loop_and_its_report_agrees_with_sql(tmp_path_factory):
 
     # Corrections and the after-the-loop answers.
     assert t["corrections"] >= outcome["pairs"] >= 1
-    assert report["corrections"] and all(r["before"] is not None and r["after_rouge_l"] is not None
-                                         for r in report["corrections"])
+    assert report["corrections"] and all(
+        r["before"] is not None and r["after_rouge_l"] is not None for r in report["corrections"]
+    )
     assert report["unseen"]["asked"] > 0 and report["unseen"]["share"] is not None
     for name in ("report.md", "requests_per_s.png", "thumbs_down_rate.png", "canary_weight.png"):
         assert (out_dir / name).stat().st_size > 0, name
