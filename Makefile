@@ -9,7 +9,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-inde
 # serve-cpu: vLLM's CPU build; use serve-gpu on a GPU host (make EXTRAS=serve-gpu,train,dev)
 EXTRAS ?= serve-cpu,train,dev
 
-.PHONY: run test down status venv bench lint clean
+.PHONY: run test check down status venv bench lint format clean
 
 venv: $(VENV)/.installed
 
@@ -38,14 +38,25 @@ down: venv
 status: venv
 	$(VENV)/bin/flywheel status
 
-test: venv
+test: venv lint
 	$(PY) -m pytest
 
 bench: venv
 	$(PY) bench/producer.py
 
+# The fast loop: lint, format check and every test that needs no service (about a minute).
+check: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest tests/unit -q --durations=5
+
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) .flywheel
