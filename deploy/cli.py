@@ -141,7 +141,22 @@ def status(settings: CommonSettings) -> None:
     """Show each service's process and health; exit 0 only when all are healthy."""
     rows = stack.status(settings)
     console.print(_status_table(rows))
+    _print_serving(settings)
     sys.exit(0 if rows and all(r.healthy for r in rows) else 1)
+
+
+def _print_serving(settings: CommonSettings) -> None:
+    """The alias's routes and running rollout (what a holding canary waits for); nothing when Redis is down."""
+    import redis
+
+    from inference.controller_cli import describe, live_state
+
+    try:
+        state = live_state(settings.redis_url, settings.model_alias)
+    except redis.RedisError:
+        return
+    for line in describe(state):
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -166,7 +181,7 @@ def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics
-    from inference.controller_cli import deploy_group
+    from inference.controller_cli import deploy_group, show_command
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
     from retrain.launch import launch_command
@@ -174,6 +189,7 @@ def _register() -> None:
     # `models promote|rollback` are the controller's: they route traffic and publish the event.
     for name in ("promote", "rollback"):
         models_group.add_command(deploy_group.commands[name])
+    models_group.add_command(show_command)  # the registry's metadata plus the live routes and rollout
     train_group.add_command(launch_command)
     commands = (
         topics,

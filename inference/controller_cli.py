@@ -1,4 +1,4 @@
-"""Operators' commands for deployments: `promote VERSION` and `rollback`, immediately.
+"""Operators' commands for deployments: `promote VERSION` and `rollback`, immediately; and what is live now.
 
 They run the controller's own transitions (inference/deployer.py): the routes change in one Redis
 transaction that supersedes a running canary, a Deployment event says why, and replaced adapters are
@@ -12,14 +12,17 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import time
 
 import click
+import redis as sync_redis
 from redis.asyncio import Redis
 
 from inference.adapters import AdapterAdmin, AdapterLoadError
 from inference.controller import kafka_publisher
 from inference.controller_settings import ControllerSettings
-from inference.deployer import Deployer
+from inference.deployer import ROLLOUT_KEY, Deployer
+from inference.routing import ROUTES_KEY
 
 
 async def with_deployer(fn):
@@ -34,6 +37,44 @@ async def with_deployer(fn):
         producer.close(strict=False)
         await admin.aclose()
         await redis.aclose()
+
+
+def live_state(redis_url: str, alias: str) -> dict:
+    """The alias's routes (version -> weight) and its running rollout, if any, read from Redis.
+
+    The rollout has its phase, canary, current, weight, age in seconds and, while a step holds, `waiting`: what
+    the decision waits for, with the counts (e.g. "evidence: thumbs-down 3/12 ...")."""
+    client = sync_redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    try:
+        routes = {v: int(w) for v, w in client.hgetall(ROUTES_KEY.format(alias=alias)).items()}
+        rec = client.hgetall(ROLLOUT_KEY.format(alias=alias))
+    finally:
+        client.close()
+    state: dict = {"alias": alias, "routes": dict(sorted(routes.items(), key=lambda kv: -kv[1]))}
+    if rec:
+        started = float(rec.get("started_at") or 0) or None
+        state["rollout"] = {
+            "phase": rec.get("phase"),
+            "canary": rec.get("canary"),
+            "current": rec.get("current"),
+            "weight": int(rec["weight"]) if rec.get("weight") else None,
+            "age_s": round(time.time() - started) if started else None,
+            "waiting": rec.get("waiting"),
+        }
+    return state
+
+
+def describe(state: dict) -> list[str]:
+    """Lines for `flywheel status`: the routes, then the rollout and what it waits for."""
+    routes = ", ".join(f"{v} {w}%" for v, w in state["routes"].items()) or "nothing routed (the base model)"
+    lines = [f"{state['alias']}: {routes}"]
+    r = state.get("rollout")
+    if r:
+        age = f", {r['age_s'] // 60} min {r['age_s'] % 60} s since the canary started" if r["age_s"] else ""
+        lines.append(f"rollout of {r['canary']} ({r['phase']}, at {r['weight']}%{age})")
+        if r["waiting"]:
+            lines.append(f"  holding: {r['waiting']}")
+    return lines
 
 
 @click.group("deploy")
@@ -64,3 +105,25 @@ def rollback_command(alias: str, reason: str) -> None:
     except AdapterLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{alias}: {serving} at 100%")
+
+
+@click.command("show")
+@click.argument("version")
+def show_command(version: str) -> None:
+    """The metadata of VERSION (e.g. support@v2) as JSON, with its live weight and rollout (`serving`)."""
+    import json
+
+    from retrain.cli import version_metadata
+
+    metadata = version_metadata(version)
+    alias = version.rpartition("@")[0]
+    try:
+        state = live_state(ControllerSettings().redis_url, alias)
+    except sync_redis.RedisError as exc:
+        serving: dict = {"error": f"Redis unreachable: {exc}"}
+    else:
+        rollout = state.get("rollout")
+        serving = {"weight": state["routes"].get(version, 0)}
+        if rollout and rollout["canary"] == version:
+            serving["rollout"] = rollout
+    click.echo(json.dumps({**metadata, "serving": serving}, indent=2, ensure_ascii=False))

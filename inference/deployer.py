@@ -12,7 +12,9 @@ Redis (besides the routing contract of inference/routing.py):
                                         when the canary was first routed: the window of its evidence,
                                         kept across a controller restart), retire (JSON list of
                                         versions to unload once drained), pending (JSON of the event to
-                                        publish for the last transition, cleared once published).
+                                        publish for the last transition, cleared once published),
+                                        waiting (while a canary step holds: what it waits for, with
+                                        the counts; a transition rewrites the record without it).
 `flywheel:rollout:<alias>:queue`  list  adapter_ready events (JSON) waiting for the alias's rollout.
 `flywheel:rollout:<alias>:done`   hash  version -> outcome (promoted | rolled_back): redeliveries skip.
 `flywheel:releases:<alias>`       list  promoted versions, newest first, as JSON {version, path}
@@ -323,6 +325,8 @@ class Deployer:
                 if d.outcome is not Outcome.HOLD:
                     break
                 log.info("canary hold: %s", d.reason, extra={"alias": alias, "version": canary, "weight": weight})
+                # What the rollout waits for, for `flywheel status` and `models show` (a step rewrites the record).
+                await self.redis.hset(ROLLOUT_KEY.format(alias=alias), "waiting", d.reason)
                 if d.category != announced and d.category not in QUIET_HOLDS:
                     announced = d.category
                     await self._announce_hold(alias, self._event(alias, "hold", canary, current, weight, d.reason, rec))

@@ -248,16 +248,21 @@ def list_command(alias: str | None) -> None:
     click.echo(f"production: {current or settings.served_model_name + ' (base)'}")
 
 
-@models_group.command("show")
-@click.argument("version")
-def show_command(version: str) -> None:
-    """The metadata of VERSION (e.g. support@v2) as JSON."""
+def version_metadata(version: str) -> dict:
+    """The registry's metadata of VERSION with its directory; click's error when there is no such version."""
     registry, _ = _registry()
     try:
         v = registry.show(version)
     except RegistryError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(json.dumps({**v.metadata, "path": str(v.path)}, indent=2, ensure_ascii=False))
+    return {**v.metadata, "path": str(v.path)}
+
+
+@models_group.command("show")
+@click.argument("version")
+def show_command(version: str) -> None:
+    """The metadata of VERSION (e.g. support@v2) as JSON."""
+    click.echo(json.dumps(version_metadata(version), indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

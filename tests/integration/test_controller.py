@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from deploy.ports import free_ports
 from inference.adapters import AdapterAdmin, AdapterLoadError
 from inference.canary_metrics import ClickHouseMetrics
 from inference.controller import kafka_publisher, serve
+from inference.controller_cli import describe, live_state
 from inference.controller_settings import ControllerSettings
 from inference.routing import ADAPTERS_KEY, ROUTES_KEY, Route, choose
 from schemas.ddl import migrate
@@ -375,9 +377,24 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
         time.sleep(1.5)  # let the load run on after the unload
         return events
 
+    # What `flywheel status` reads while a step holds: the rollout record's `waiting`, sampled every 0.1 s.
+    waiting: list[dict] = []
+    sampling = threading.Event()
+
+    def sample():
+        while not sampling.is_set():
+            state = live_state(r.url, alias)
+            if state.get("rollout", {}).get("waiting"):
+                waiting.append(state)
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
         events = asyncio.run(run_with_controller(settings, FedMetrics(ch, {bad}), load, body))
     finally:
+        sampling.set()
+        sampler.join()
         producer.close(strict=False)
         consumer.close()
 
@@ -387,6 +404,9 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
     # A good canary holds at 5% until the cumulative evidence rules out harm; the hold is announced with counts.
     holds = [e for e in events if e.version == v1 and e.action == "hold"]
     assert holds and all(e.reason.startswith("waiting") and "rated" in e.reason for e in holds), holds
+    held = [w["rollout"] for w in waiting if w["rollout"]["canary"] == v1]
+    assert held and all(h["waiting"].startswith("waiting") and h["weight"] < 100 for h in held), waiting[:3]
+    assert any(line.startswith("  holding: waiting") for line in describe(waiting[-1]))
     # The bad canary: started at 5%, rolled back with the thumbs-down test as the reason, never at 100%.
     assert by_version[bad][0] == ("canary_started", 5)
     assert by_version[bad][-1] == ("rolled_back", 0)
