@@ -108,7 +108,7 @@ class Gateway:
         pool = WorkerPool(settings.gateway_eject_failures, settings.gateway_eject_cooldown_s)
         routes = RouteTable((settings.model_alias,), settings.served_model_name)
         refresher = Refresher(settings, redis, pool, routes)
-        upstream = Upstream(settings, pool, make_client(settings))
+        upstream = Upstream(settings, pool, make_client(settings), metrics.upstream_failure)
         publisher = EventPublisher(settings, hook=metrics.event)
         await publisher.start()
         serving = ChatServing(settings, upstream, routes, sessions, publisher, metrics, gate)

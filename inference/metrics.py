@@ -71,5 +71,9 @@ class GatewayMetrics:
         if count:
             self._events[outcome].inc(count)
 
+    def upstream_failure(self, worker: str) -> None:
+        """Upstream hook: one connection failure of `worker` (its URL)."""
+        self.upstream_failures.labels(worker=worker).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -110,11 +110,18 @@ class UpstreamStream:
 
 
 class Upstream:
-    def __init__(self, settings: GatewaySettings, pool: WorkerPool, client: aiohttp.ClientSession):
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        pool: WorkerPool,
+        client: aiohttp.ClientSession,
+        on_failure: Callable[[str], None] | None = None,
+    ):
         self.settings = settings
         self.pool = pool
         self.client = client
         self.max_attempts = settings.gateway_max_attempts
+        self.on_failure = on_failure  # called with the worker's URL on each connection failure (metrics)
 
     def _pick(self, tried: list[str], version: str | None) -> Worker:
         try:
@@ -133,6 +140,8 @@ class Upstream:
     def _failed(self, worker: Worker, exc: BaseException) -> None:
         ejected = self.pool.failed(worker)
         log.warning("upstream connection failure", extra={"worker": worker.url, "error": repr(exc), "ejected": ejected})
+        if self.on_failure is not None:
+            self.on_failure(worker.url)
 
     def _retry_or_raise(self, worker: Worker, exc: Exception, attempt: int, starting: bool) -> None:
         """Return when the request may be retried on another worker; raise the gateway's error otherwise."""

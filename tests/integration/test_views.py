@@ -46,8 +46,9 @@ def test_every_view_exists_and_answers(loaded):
     client, _ = loaded
     tables = {row[0] for row in client.query(f"SHOW TABLES FROM {DATABASE}").result_rows}
     assert set(VIEWS) <= tables
-    for name in VIEWS:
-        client.query(f"SELECT * FROM {DATABASE}.{name} LIMIT 1")
+    # the analytics data set covers every view: each answers with rows
+    empty = [name for name in VIEWS if not client.query(f"SELECT count() FROM {DATABASE}.{name}").result_rows[0][0]]
+    assert empty == []
 
 
 def test_requests_per_second_per_minute(loaded):

@@ -39,8 +39,13 @@ def test_zero_fraction_holds_nothing_out():
     assert len(train) == 10 and heldout == []
 
 
-def test_bucket_in_unit_interval():
-    assert all(0 <= heldout_bucket(f"x{i}") < 1 for i in range(100))
+def test_buckets_spread_evenly_and_depend_on_the_id_only():
+    buckets = [heldout_bucket(f"x{i}") for i in range(2000)]
+    assert all(0 <= b < 1 for b in buckets)
+    # a quarter of the ids below 0.25 (binomial sd ~1%), and as many in each half
+    assert 0.22 < sum(b < 0.25 for b in buckets) / len(buckets) < 0.28
+    assert 0.46 < sum(b < 0.5 for b in buckets) / len(buckets) < 0.54
+    assert heldout_bucket("x7") == buckets[7] and len(set(buckets)) == len(buckets)
 
 
 def test_records_from_events_and_plain(tmp_path):
