@@ -37,7 +37,6 @@ import logging
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from consumers import metrics
 from consumers.batching import Accumulator, Batch, commit_positions
 from consumers.settings import SINK_GROUP_ID, SinkSettings
 from consumers.writer import StoreRejected, StoreUnavailable, StoreWriter
+from schemas import events
 from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
 from schemas.errors import EventError
@@ -58,7 +58,7 @@ from schemas.topics import DLQ_TABLE, TOPICS, create_topics
 
 logger = logging.getLogger(__name__)
 
-DEAD_LETTER_NAMESPACE = uuid.UUID("6f1c1d2e-6a47-4f7e-9d1b-5a0c2b7e9f10")
+PRODUCER = "flywheel-sink"
 
 
 @contextmanager
@@ -97,18 +97,8 @@ def routes() -> dict[str, Route]:
 def dead_letter(
     topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, error: EventError
 ) -> DeadLetter:
-    """A DeadLetter whose event_id is a function of the message's position: re-sent copies collapse."""
-    return DeadLetter(
-        event_id=uuid.uuid5(DEAD_LETTER_NAMESPACE, f"{topic}/{partition}/{offset}"),
-        producer="flywheel-sink",
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key.decode("utf-8", "replace") if key is not None else None,
-        payload=(value or b"").decode("utf-8", "replace"),
-        error_type=error.kind,
-        error=str(error),
-    )
+    """The dead letter of an undecodable message, named by its position."""
+    return events.dead_letter(topic, partition, offset, key, value, error.kind, str(error), PRODUCER)
 
 
 class ShutdownAborted(Exception):
@@ -312,14 +302,17 @@ class Sink:
                 )
                 written += 1
             except StoreRejected as row_exc:
-                letter = DeadLetter(
-                    event_id=uuid.uuid5(DEAD_LETTER_NAMESPACE, f"{token}#{i}"),
-                    producer="flywheel-sink",
-                    source_topic=batch.topic,
-                    partition=batch.partition,
-                    payload=json.dumps(dict(zip(route.columns, row, strict=False)), default=str),
-                    error_type="store_rejected",
-                    error=str(row_exc),
+                payload = json.dumps(dict(zip(route.columns, row, strict=False)), default=str)
+                letter = events.dead_letter(
+                    batch.topic,
+                    batch.partition,
+                    -1,
+                    None,
+                    payload,
+                    "store_rejected",
+                    str(row_exc),
+                    PRODUCER,
+                    name=f"{token}#{i}",
                 )
                 if route.dlq is None:
                     logger.error("dead letter rejected by the store", extra={"topic": batch.topic, "row": i})

@@ -193,6 +193,42 @@ class DeadLetter(Event):
     error: str
 
 
+# Every writer of dead letters (the sink, the streams) names a letter by its input's position, in one namespace:
+# one position has one dead-letter id whoever writes it, and a replay dead-letters once.
+DEAD_LETTER_NAMESPACE = uuid.UUID("6f1c1d2e-6a47-4f7e-9d1b-5a0c2b7e9f10")
+
+
+def dead_letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | str | None,
+    payload: bytes | str | None,
+    error_type: str,
+    error: str,
+    producer: str,
+    name: str | None = None,
+) -> DeadLetter:
+    """A DeadLetter whose event_id comes from `name` (default "topic/partition/offset"): re-sent copies collapse.
+
+    Bytes are decoded as UTF-8 with errors replaced, so the payload is kept whatever it was."""
+    if isinstance(key, bytes):
+        key = key.decode("utf-8", "replace")
+    if not isinstance(payload, str):
+        payload = (payload or b"").decode("utf-8", "replace")
+    return DeadLetter(
+        event_id=uuid.uuid5(DEAD_LETTER_NAMESPACE, name or f"{topic}/{partition}/{offset}"),
+        producer=producer,
+        source_topic=topic,
+        partition=partition,
+        offset=offset,
+        key=key,
+        payload=payload,
+        error_type=error_type,
+        error=error,
+    )
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     ChatRequest,
     ChatResponse,

@@ -22,16 +22,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import events
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, DeadLetter, DPOPair, Feedback
 from schemas.topics import CHAT_FEEDBACK
 from streams import pairing
 
 log = logging.getLogger(__name__)
 
-# The ClickHouse sink's namespace (consumers.sink.DEAD_LETTER_NAMESPACE, pinned by a unit test) and its
-# "topic/partition/offset" name: one position has one dead-letter id whoever writes the letter. The sink
-# dead-letters undecodable input; the streams only what they cannot process (unmatched, no answer).
-DLQ_NAMESPACE = uuid.UUID("6f1c1d2e-6a47-4f7e-9d1b-5a0c2b7e9f10")
 PRODUCER = "flywheel-streams"
 
 Teacher = Callable[[list[dict]], Awaitable[str | None]]
@@ -40,20 +37,9 @@ Teacher = Callable[[list[dict]], Awaitable[str | None]]
 def dead_letter(
     topic: str, partition: int, offset: int, key: str | None, payload: bytes | str, error_type: str, error: str
 ) -> DeadLetter:
-    """Dead letters have a deterministic id (topic, partition, offset): a replay dead-letters once."""
-    if isinstance(payload, bytes):
-        payload = payload.decode("utf-8", errors="replace")
-    return DeadLetter(
-        event_id=uuid.uuid5(DLQ_NAMESPACE, f"{topic}/{partition}/{offset}"),
-        producer=PRODUCER,
-        source_topic=topic,
-        partition=partition,
-        offset=offset,
-        key=key,
-        payload=payload,
-        error_type=error_type,
-        error=error,
-    )
+    """What the streams cannot process, named by its position (schemas.events.dead_letter): a replay dead-letters
+    once, under the same id the sink would give it."""
+    return events.dead_letter(topic, partition, offset, key, payload, error_type, error, PRODUCER)
 
 
 def question_of(messages: list[dict]) -> str:

@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from consumers.sink import DEAD_LETTER_NAMESPACE
 from schemas.events import (
+    DEAD_LETTER_NAMESPACE,
     ChatMessage,
     ChatRequest,
     ChatResponse,

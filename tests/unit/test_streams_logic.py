@@ -373,14 +373,15 @@ def test_jobs_requested_elsewhere_cover_their_pairs():
 # -- dead-letter ids and agent selection ------------------------------------------------------------------
 def test_dead_letter_id_is_the_sinks_for_the_same_position():
     """One position, one dead-letter id, whoever writes it (the sink owns undecodable input)."""
-    from consumers.sink import DEAD_LETTER_NAMESPACE
     from consumers.sink import dead_letter as sink_dead_letter
     from schemas.errors import NotJSON
-    from streams.pairs import DLQ_NAMESPACE, dead_letter
+    from streams.pairs import dead_letter
 
-    assert DLQ_NAMESPACE == DEAD_LETTER_NAMESPACE
     ours = dead_letter("chat.feedback", 2, 41, "s", b"{}", "unmatched_feedback", "no response")
-    assert ours.event_id == sink_dead_letter("chat.feedback", 2, 41, b"s", b"{", NotJSON("x")).event_id
+    theirs = sink_dead_letter("chat.feedback", 2, 41, b"s", b"{", NotJSON("x"))
+    assert ours.event_id == theirs.event_id
+    assert (ours.producer, theirs.producer) == ("flywheel-streams", "flywheel-sink")
+    assert ours.event_id != dead_letter("chat.feedback", 2, 42, "s", b"{}", "unmatched_feedback", "x").event_id
 
 
 @pytest.mark.parametrize(
