@@ -35,6 +35,7 @@ import time
 import httpx
 import redis
 
+from inference.adapters import AdapterLoadError
 from inference.workers import (
     ADAPTERS_KEY,
     ROUTES_PATTERN,
@@ -49,10 +50,6 @@ from inference.workers import (
 from schemas.logs import setup_logging
 
 log = logging.getLogger(__name__)
-
-
-class AdapterLoadError(RuntimeError):
-    """vLLM refused an adapter; the worker stays not ready for that version and retries."""
 
 
 def _die_with_parent() -> None:
@@ -82,7 +79,8 @@ class VllmClient:
         r = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
         if r.status_code == 200 or (r.status_code == 400 and "already been loaded" in r.text):
             return
-        raise AdapterLoadError(f"loading adapter {name!r} from {path!r}: HTTP {r.status_code} {r.text[:300]}")
+        # the worker stays not ready for that version and retries
+        raise AdapterLoadError(name, str(self.http.base_url), f"load from {path}: HTTP {r.status_code} {r.text[:300]}")
 
 
 class Worker:

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError
 
+from producers.errors import DeliveryFailed
 from producers.sdk import ChatEventProducer
 from producers.settings import ProducerSettings
 from retrain.config import load_config
@@ -51,10 +52,6 @@ log = logging.getLogger(__name__)
 
 PRODUCER_NAME = "flywheel-retrain"
 RESTARTED = "worker restarted mid-job"
-
-
-class DeliveryError(RuntimeError):
-    """An event was not acknowledged by the broker: the offset must not be committed."""
 
 
 class Journal:
@@ -114,7 +111,8 @@ class RetrainWorker:
         stats = self.producer.flush(30.0)
         if stats.pending or self.producer.failed > before:
             failed = self.producer.failed - before
-            raise DeliveryError(f"events not delivered (pending {stats.pending}, failed {failed})")
+            # the offset must not be committed: the job is taken up again
+            raise DeliveryFailed(f"events not delivered (pending {stats.pending}, failed {failed})", stats)
 
     def store(self):
         if self._store is None:
@@ -142,7 +140,7 @@ class RetrainWorker:
             log.warning("removed half-written versions", extra={"job_id": job_id, "count": removed})
 
     def handle_job(self, job: RetrainJob) -> None:
-        """Take a `requested` job to its terminal event (delivered) or raise DeliveryError."""
+        """Take a `requested` job to its terminal event (delivered) or raise DeliveryFailed."""
         ids = {"job_id": job.job_id, "pairs": len(job.pair_ids)}
         seen = self.journal.get(job.job_id)
         if seen == "ended":
