@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:
 from deploy import stack as local_stack  # noqa: E402
 from deploy.demo import BusWatcher  # noqa: E402
 from deploy.ports import free_ports  # noqa: E402
+from inference.keys import ROUTES_KEY  # noqa: E402
 from schemas.settings import CommonSettings  # noqa: E402
 
 GOAL_S = 180.0
@@ -205,7 +206,7 @@ class RouteLog:
 
     def __init__(self, redis_client, base_model: str, alias: str = ALIAS, period: float = 0.2):
         self.redis = redis_client
-        self.key = f"flywheel:routes:{alias}"
+        self.key = ROUTES_KEY.format(alias=alias)
         self.base_model = base_model
         self.period = period
         self.samples: list[tuple[float, dict[str, int]]] = []

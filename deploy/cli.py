@@ -117,7 +117,7 @@ def _route_production_version() -> None:
     import asyncio
 
     from inference.controller_cli import with_deployer
-    from inference.routing import ROUTES_KEY
+    from inference.keys import ROUTES_KEY
     from retrain.registry import Registry
     from retrain.settings import RetrainSettings
 

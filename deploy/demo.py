@@ -168,7 +168,7 @@ class BusWatcher:
 
 def read_routes(redis_client, alias: str) -> dict[str, int] | None:
     """The alias's routing table {version: weight} (weights > 0); None when Redis cannot say."""
-    from inference.routing import ROUTES_KEY
+    from inference.keys import ROUTES_KEY
 
     try:
         raw = redis_client.hgetall(ROUTES_KEY.format(alias=alias))

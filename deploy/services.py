@@ -19,8 +19,9 @@ from urllib.parse import urlparse
 from deploy.errors import StackError
 from deploy.health import Health, group_health, http_health, kafka_health, redis_health, store_health, worker_health
 from inference.controller_settings import CONTROLLER_GROUP_ID
+from inference.keys import worker_key
 from inference.settings import GatewaySettings
-from inference.workers import WorkerSettings, worker_key, worker_programs
+from inference.workers import WorkerSettings, worker_programs
 from retrain.settings import RETRAIN_GROUP_ID
 from schemas.settings import CommonSettings, child_env
 from streams.settings import StreamSettings

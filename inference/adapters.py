@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from redis.asyncio import Redis
 
-from inference.routing import WORKERS_PATTERN
+from inference.keys import WORKERS_PATTERN
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from pathlib import Path
 import orjson
 from redis.asyncio import Redis
 
-APIKEYS_KEY = "flywheel:apikeys"
+from inference.keys import APIKEYS_KEY
+
 KEY_PREFIX = "fw-"
 KEY_BODY_CHARS = 40  # secrets.token_urlsafe(30) is exactly 40 url-safe characters
 KEY_ID_LENGTH = 12

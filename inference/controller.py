@@ -31,7 +31,8 @@ from redis.asyncio import Redis
 from inference.adapters import AdapterAdmin
 from inference.canary_metrics import ClickHouseMetrics, MetricsSource
 from inference.controller_settings import CONTROLLER_GROUP_ID, ControllerSettings
-from inference.deployer import DONE_KEY, QUEUE_KEY, ROLLOUT_KEY, Deployer, Publish, Superseded
+from inference.deployer import Deployer, Publish, Superseded
+from inference.keys import DONE_KEY, QUEUE_KEY, ROLLOUT_KEY
 from producers import ChatEventProducer
 from schemas.codec import decode
 from schemas.errors import EventError

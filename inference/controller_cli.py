@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from inference.adapters import AdapterAdmin, AdapterLoadError
 from inference.controller import kafka_publisher
 from inference.controller_settings import ControllerSettings
-from inference.deployer import ROLLOUT_KEY, Deployer
-from inference.routing import ROUTES_KEY
+from inference.deployer import Deployer
+from inference.keys import ROLLOUT_KEY, ROUTES_KEY
 
 
 async def with_deployer(fn):

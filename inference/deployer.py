@@ -46,17 +46,12 @@ from redis.exceptions import WatchError
 from inference.adapters import AdapterAdmin, AdapterLoadError, ready_workers
 from inference.canary_metrics import MetricsSource
 from inference.controller_settings import ControllerSettings
+from inference.keys import ADAPTERS_KEY, DONE_KEY, PATHS_KEY, RELEASES_KEY, ROLLOUT_KEY, ROUTES_KEY, WORKERS_PATTERN
 from inference.rollout import Outcome, Policy, decide, first_weight, next_weight, resume_action, step_routes
-from inference.routing import ADAPTERS_KEY, ROUTES_KEY, WORKERS_PATTERN
 from schemas.events import Deployment
 
 log = logging.getLogger(__name__)
 
-ROLLOUT_KEY = "flywheel:rollout:{alias}"
-QUEUE_KEY = "flywheel:rollout:{alias}:queue"
-DONE_KEY = "flywheel:rollout:{alias}:done"
-RELEASES_KEY = "flywheel:releases:{alias}"
-PATHS_KEY = "flywheel:releases:{alias}:paths"
 PRODUCER_NAME = "hotswap-controller"
 # Longest wait for the workers' readiness records to list a freshly loaded adapter (a few heartbeats).
 ADVERTISE_TIMEOUT_S = 15.0

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-RATELIMIT_KEY = "flywheel:ratelimit:{key_id}"
+from inference.keys import RATELIMIT_KEY
 
 # KEYS[1] the TAT key; ARGV[1] limit per period; ARGV[2] period in ms.
 # Returns {allowed 0|1, remaining, retry_after_ms}.

@@ -17,11 +17,6 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-ROUTES_KEY = "flywheel:routes:{alias}"
-ADAPTERS_KEY = "flywheel:adapters"
-WORKER_KEY = "flywheel:workers:{index}"
-WORKERS_PATTERN = "flywheel:workers:*"
-
 
 @dataclass(frozen=True)
 class Route:

@@ -27,10 +27,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-HISTORY_KEY = "flywheel:session:{session_id}"
-MESSAGE_KEY = "flywheel:msg:{message_id}"
-OWNER_KEY = "flywheel:session-owner:{session_id}"
-ACTIVE_KEY = "flywheel:sessions:active"
+from inference.keys import ACTIVE_KEY, HISTORY_KEY, MESSAGE_KEY, OWNER_KEY
 
 # One script rather than a six-command pipeline: the same single round trip, atomic, and about half the
 # client-side cost per turn (redis-py encodes and parses one command instead of six).

@@ -24,8 +24,9 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
+from inference.keys import ROUTES_KEY, WORKERS_PATTERN
 from inference.router import NoWorkerAvailable, RouteTable, Worker, WorkerPool, may_retry
-from inference.routing import ROUTES_KEY, WORKERS_PATTERN, parse_routes
+from inference.routing import parse_routes
 from inference.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

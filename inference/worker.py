@@ -36,16 +36,14 @@ import httpx
 import redis
 
 from inference.adapters import AdapterLoadError
+from inference.keys import ADAPTERS_KEY, ROUTES_PATTERN, worker_key
 from inference.workers import (
-    ADAPTERS_KEY,
-    ROUTES_PATTERN,
     WorkerSettings,
     encode_record,
     readiness_record,
     routed_adapters,
     vllm_command,
     vllm_env,
-    worker_key,
 )
 from schemas.logs import setup_logging
 

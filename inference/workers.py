@@ -5,7 +5,7 @@ The local stack's supervisor runs `worker_programs(settings)`: one wrapper proce
 OpenAI server built by `vllm_command` as its child. Nothing here does I/O.
 
 Redis layout (the contract between the hot-swap controller, the workers and the gateway;
-the gateway's side is inference/routing.py, same keys)
+the key names live in inference/routing.py)
 ---------------------------------------------------------------------------------------
 `flywheel:adapters`            hash  version -> adapter directory (absolute path, readable by every
                                      worker): the adapters that may be served. A version is the
@@ -46,11 +46,6 @@ from typing import Literal
 from pydantic import Field
 
 from schemas.settings import CommonSettings
-
-ADAPTERS_KEY = "flywheel:adapters"
-ROUTES_PREFIX = "flywheel:routes:"
-ROUTES_PATTERN = "flywheel:routes:*"
-WORKERS_PREFIX = "flywheel:workers:"
 
 
 class WorkerSettings(CommonSettings):
@@ -169,14 +164,6 @@ def worker_programs(settings: WorkerSettings, python: str | None = None) -> list
         )
         for i in range(settings.workers)
     ]
-
-
-def routes_key(alias: str) -> str:
-    return f"{ROUTES_PREFIX}{alias}"
-
-
-def worker_key(index: int) -> str:
-    return f"{WORKERS_PREFIX}{index}"
 
 
 def routed_adapters(

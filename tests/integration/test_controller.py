@@ -35,7 +35,8 @@ from inference.canary_metrics import ClickHouseMetrics
 from inference.controller import kafka_publisher, serve
 from inference.controller_cli import describe, live_state
 from inference.controller_settings import ControllerSettings
-from inference.routing import ADAPTERS_KEY, ROUTES_KEY, Route, choose
+from inference.keys import ADAPTERS_KEY, ROUTES_KEY
+from inference.routing import Route, choose
 from schemas.ddl import migrate
 from schemas.events import ChatResponse, Deployment, Feedback
 from schemas.rows import columns, to_row
@@ -434,7 +435,7 @@ def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url
     from click.testing import CliRunner
 
     from inference.controller_cli import deploy_group
-    from inference.deployer import ROLLOUT_KEY
+    from inference.keys import ROLLOUT_KEY
 
     alias = f"resume{uuid.uuid4().hex[:4]}"
     v1 = f"{alias}@v1"

@@ -11,8 +11,9 @@ import stat
 import pytest
 from redis.asyncio import Redis
 
-from inference.auth import APIKEYS_KEY, DEV_KEY_NAME, ApiKeyStore, ensure_dev_key, hash_key
-from inference.ratelimit import RATELIMIT_KEY, Decision, RateLimiter
+from inference.auth import DEV_KEY_NAME, ApiKeyStore, ensure_dev_key, hash_key
+from inference.keys import APIKEYS_KEY, RATELIMIT_KEY
+from inference.ratelimit import Decision, RateLimiter
 from inference.sessions import (
     ACTIVE_KEY,
     HISTORY_KEY,

@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from deploy.ports import free_ports
-from inference.workers import routes_key, worker_key
+from inference.keys import routes_key, worker_key
 from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
 from schemas.topics import CHAT_FEEDBACK, CHAT_REQUESTS, CHAT_RESPONSES, INFERENCE_LATENCY
 from tests.conftest import settings_env

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from inference.deployer import ROLLOUT_KEY
-from inference.routing import ROUTES_KEY
+from inference.keys import ROLLOUT_KEY, ROUTES_KEY
 from retrain.registry import Registry
 
 pytestmark = pytest.mark.integration

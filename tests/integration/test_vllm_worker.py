@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from deploy.ports import free_ports
-from inference.workers import ADAPTERS_KEY, routes_key, worker_key
+from inference.keys import ADAPTERS_KEY, routes_key, worker_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.timeout(900)]
 

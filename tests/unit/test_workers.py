@@ -4,14 +4,13 @@ from pathlib import Path
 
 import pytest
 
+from inference.keys import routes_key, worker_key
 from inference.workers import (
     WorkerSettings,
     readiness_record,
     routed_adapters,
-    routes_key,
     vllm_command,
     vllm_env,
-    worker_key,
     worker_programs,
 )
 

@@ -1,0 +1,38 @@
+"""Every Redis key of the stack, in one place. Formats take keyword arguments: `ROUTES_KEY.format(alias=...)`.
+
+The routing contract (gateway, workers, controller): inference/routing.py and inference/workers.py describe it.
+The controller's rollout keys: inference/deployer.py. The gateway's own keys: inference/auth.py (API keys),
+inference/ratelimit.py (one GCRA timestamp per key), inference/sessions.py (history, message index, owners).
+"""
+
+from __future__ import annotations
+
+# routing: version -> weight per alias; adapter version -> directory; worker readiness records (with a TTL)
+ROUTES_KEY = "flywheel:routes:{alias}"
+ROUTES_PATTERN = "flywheel:routes:*"
+ADAPTERS_KEY = "flywheel:adapters"
+WORKER_KEY = "flywheel:workers:{index}"
+WORKERS_PATTERN = "flywheel:workers:*"
+
+# the hot-swap controller: the running rollout, its queue and outcomes; promoted releases and their paths
+ROLLOUT_KEY = "flywheel:rollout:{alias}"
+QUEUE_KEY = "flywheel:rollout:{alias}:queue"
+DONE_KEY = "flywheel:rollout:{alias}:done"
+RELEASES_KEY = "flywheel:releases:{alias}"
+PATHS_KEY = "flywheel:releases:{alias}:paths"
+
+# the gateway: API keys, rate limits, chat sessions
+APIKEYS_KEY = "flywheel:apikeys"
+RATELIMIT_KEY = "flywheel:ratelimit:{key_id}"
+HISTORY_KEY = "flywheel:session:{session_id}"
+MESSAGE_KEY = "flywheel:msg:{message_id}"
+OWNER_KEY = "flywheel:session-owner:{session_id}"
+ACTIVE_KEY = "flywheel:sessions:active"
+
+
+def routes_key(alias: str) -> str:
+    return ROUTES_KEY.format(alias=alias)
+
+
+def worker_key(index: int) -> str:
+    return WORKER_KEY.format(index=index)
