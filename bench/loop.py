@@ -152,9 +152,9 @@ class LocalLoop:
         self._saved.clear()
 
     def store(self):
-        import clickhouse_connect
+        from schemas import store
 
-        return clickhouse_connect.get_client(dsn=self.settings.query_url, compress=False, autogenerate_session_id=False)
+        return store.connect(self.settings.query_url)
 
     def redis(self):
         import redis

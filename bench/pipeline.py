@@ -48,7 +48,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import clickhouse_connect  # noqa: E402
 from confluent_kafka import Consumer, Producer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -56,7 +55,7 @@ from rich.table import Table  # noqa: E402
 from bench.broker import start_tansu  # noqa: E402
 from consumers.settings import SinkSettings  # noqa: E402
 from consumers.sink import Sink  # noqa: E402
-from schemas import ddl  # noqa: E402
+from schemas import ddl, store  # noqa: E402
 from schemas.codec import decode, encode  # noqa: E402
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, DPOPair, Feedback, MetricsWindow  # noqa: E402
 from schemas.rows import columns  # noqa: E402
@@ -506,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
     try:
         create_topics(bootstrap)
-        client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir}")
+        client = store.connect(f"chdb://{data_dir}")
         ddl.migrate(client)
         env = Env(
             bootstrap,

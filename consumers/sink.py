@@ -41,14 +41,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import clickhouse_connect
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumers import metrics
 from consumers.batching import Accumulator, Batch, commit_positions
 from consumers.settings import SINK_GROUP_ID, SinkSettings
 from consumers.writer import StoreRejected, StoreUnavailable, StoreWriter
-from schemas import events
+from schemas import events, store
 from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
 from schemas.errors import EventError
@@ -397,10 +396,7 @@ class Sink:
 
 def store_client(settings: SinkSettings):
     """The one clickhouse-connect client the sink writes with: chdb:// in-process or http(s)://."""
-    dsn = settings.store_dsn
-    if dsn.startswith("chdb://"):
-        return clickhouse_connect.get_client(dsn=dsn)
-    return clickhouse_connect.get_client(dsn=dsn, compress=False, autogenerate_session_id=False)
+    return store.connect(settings.store_dsn)
 
 
 def main() -> None:

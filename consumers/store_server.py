@@ -34,12 +34,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-import clickhouse_connect
 from chdb.session import Session
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumers.settings import SinkSettings
-from schemas import ddl
+from schemas import ddl, store
 from schemas.logs import setup_logging
 from schemas.settings import CommonSettings
 
@@ -244,7 +243,7 @@ def make_server(engine: StoreEngine, port: int, host: str = HOST) -> ThreadingHT
 
 def apply_migrations(store_dsn: str) -> list[int]:
     """Run `schemas.ddl.migrate` through an in-process clickhouse-connect client on the data path."""
-    client = clickhouse_connect.get_client(dsn=store_dsn)
+    client = store.connect(store_dsn)
     try:
         return ddl.migrate(client)
     finally:

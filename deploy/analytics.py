@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-import clickhouse_connect
 from pydantic import Field
 
 from deploy.abtest import ABComparison, Arm, compare_arms
+from schemas import store
 from schemas.settings import CommonSettings
 from schemas.views import DB, ab_summary_sql, dead_letters_sql, top_questions_sql
 
@@ -53,7 +53,7 @@ def clickhouse_message(exc: Exception) -> str:
 def connect(url: str):
     """A clickhouse-connect client for `url` (http(s)://host:port or chdb://PATH); StoreUnavailable if not."""
     try:
-        return clickhouse_connect.get_client(dsn=url)
+        return store.connect(url)
     except Exception as exc:
         reason = _OS_ERROR.search(str(exc))
         detail = reason.group(1) if reason else clickhouse_message(exc)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import click
-import clickhouse_connect
 from rich.console import Console
 
+from schemas import store
 from schemas.ddl import DATABASE, MIGRATIONS, applied_versions, migrate
 from schemas.export import export_json_schemas
 from schemas.settings import CommonSettings
@@ -60,7 +60,7 @@ def db_migrate(settings: CommonSettings) -> None:
     the migrations at its start; this command then reports the versions through its endpoint.
     """
     try:
-        client = clickhouse_connect.get_client(dsn=settings.store_dsn)
+        client = store.connect(settings.store_dsn)
     except Exception as exc:
         if not settings.embedded_store:
             errors.print(f"[red]cannot reach {settings.store_dsn}:[/] {exc}", highlight=False)
@@ -74,7 +74,7 @@ def db_migrate(settings: CommonSettings) -> None:
 
 def _report_from_owner(settings: CommonSettings, cause: Exception) -> None:
     try:
-        client = clickhouse_connect.get_client(dsn=settings.query_url)
+        client = store.connect(settings.query_url)
         done = applied_versions(client)
     except Exception:
         errors.print(f"[red]cannot open {settings.store_dsn}:[/] {cause}", highlight=False)

@@ -49,12 +49,10 @@ def redis_health(url: str, timeout: float = 2.0) -> Health:
 
 def store_health(query_url: str, timeout: float = 3.0) -> Health:
     """`SELECT 1` through clickhouse-connect's HTTP client, as every reader of the store connects."""
-    import clickhouse_connect
+    from schemas import store
 
     try:
-        client = clickhouse_connect.get_client(
-            dsn=query_url, connect_timeout=timeout, send_receive_timeout=timeout, query_retries=0
-        )
+        client = store.connect(query_url, connect_timeout=timeout, send_receive_timeout=timeout, query_retries=0)
     except Exception as exc:
         return Health(False, _reason(exc))
     try:

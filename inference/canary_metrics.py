@@ -13,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-import clickhouse_connect
-
 from inference.rollout import Figures
+from schemas import store
 from schemas.views import DB
 
 MetricsSource = Callable[[str, Sequence[str], datetime], dict[str, Figures]]
@@ -39,9 +38,7 @@ GROUP BY model_version"""
 
 def connect(url: str):
     """A clickhouse-connect client for http(s)://host:port or chdb://PATH."""
-    if url.startswith("chdb://"):
-        return clickhouse_connect.get_client(dsn=url)
-    return clickhouse_connect.get_client(dsn=url, compress=False, autogenerate_session_id=False)
+    return store.connect(url)
 
 
 class ClickHouseMetrics:

@@ -29,9 +29,9 @@ from retrain.settings import RetrainSettings
 
 
 def _job_pair_ids(settings: RetrainSettings, job_id: str) -> list[str]:
-    import clickhouse_connect
+    from schemas import store
 
-    client = clickhouse_connect.get_client(dsn=settings.query_url)
+    client = store.connect(settings.query_url)
     rows = client.query(
         "SELECT pair_ids FROM flywheel.retrain_jobs FINAL WHERE job_id = %(id)s AND status = 'requested' LIMIT 1",
         parameters={"id": job_id},
@@ -207,11 +207,10 @@ def sft_command(data_file, eval_file, demo, config_path, output, no_promote, **o
 
 
 def _fetch(settings: RetrainSettings, job_id: str):
-    import clickhouse_connect
-
     from retrain.dataset import fetch_pairs
+    from schemas import store
 
-    client = clickhouse_connect.get_client(dsn=settings.query_url)
+    client = store.connect(settings.query_url)
     return fetch_pairs(client, _job_pair_ids(settings, job_id), wait_s=0, job_id=job_id)
 
 

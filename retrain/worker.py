@@ -116,9 +116,9 @@ class RetrainWorker:
 
     def store(self):
         if self._store is None:
-            import clickhouse_connect
+            from schemas import store
 
-            self._store = clickhouse_connect.get_client(dsn=self.settings.query_url)
+            self._store = store.connect(self.settings.query_url)
         return self._store
 
     # -- jobs --------------------------------------------------------------------------------------
