@@ -181,7 +181,6 @@ class Sink:
         # Ledger ranges and insert tokens are offsets of this broker log: keyed by its epoch (schemas.epoch).
         self.ledger_group = f"{self.group_id}@{broker_epoch(self.settings.kafka_bootstrap)}"
         self.writer = StoreWriter(self.writer.client, self.ledger_group)
-        self._retry(self.writer.ensure_ledger, "create the ledger", consume=False)
         self._ensure_topics()
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke

@@ -16,18 +16,12 @@ import socket
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from consumers.batching import Batch, ledger_id
-from schemas.ddl import DATABASE
+from schemas.ddl import DATABASE, SINK_LEDGER
 
 logger = logging.getLogger(__name__)
 
-LEDGER_TABLE = f"{DATABASE}.sink_batches"
-LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
-    group_id LowCardinality(String), topic LowCardinality(String), partition Int32,
-    first_offset Int64, last_offset Int64, batch_id String,
-    recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = ReplacingMergeTree
-ORDER BY (group_id, topic, partition, first_offset)
-TTL toDateTime(recorded_at) + INTERVAL 7 DAY"""
+# The batch ledger: offset ranges recorded before their rows are written (created by schemas.ddl, migration 5).
+LEDGER_TABLE = f"{DATABASE}.{SINK_LEDGER}"
 LEDGER_COLUMNS = ["group_id", "topic", "partition", "first_offset", "last_offset", "batch_id"]
 
 # ClickHouse error codes worth retrying: the server is busy, short of memory, or a network hiccup.
@@ -84,9 +78,6 @@ class StoreWriter:
         self.client = client
         self.group_id = group_id
         self._contexts: dict[str, object] = {}
-
-    def ensure_ledger(self) -> None:
-        self.client.command(LEDGER_DDL)
 
     def planned_ranges(self, topic: str, partition: int, committed: int) -> list[tuple[int, int]]:
         """Ranges recorded for this partition that end at or after the committed offset."""

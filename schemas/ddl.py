@@ -126,6 +126,18 @@ TABLES: dict[str, str] = {
 }
 
 
+# The sink's batch ledger (consumers/writer.py): each batch's offset range, recorded before its rows are written,
+# so a re-read after a crash cuts the same batches and their insert tokens deduplicate.
+SINK_LEDGER = "sink_batches"
+SINK_LEDGER_DDL = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.{SINK_LEDGER} (
+    group_id LowCardinality(String), topic LowCardinality(String), partition Int32,
+    first_offset Int64, last_offset Int64, batch_id String,
+    recorded_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (group_id, topic, partition, first_offset)
+TTL toDateTime(recorded_at) + INTERVAL 7 DAY"""
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -138,6 +150,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "analyst views", view_statements()),  # schemas/views.py
     Migration(3, "training metrics", (TABLES["training_metrics"],)),
     Migration(4, "loop stage times", loop_stages_statements()),  # schemas/views.py: v_loop_stages
+    Migration(5, "sink batch ledger", (SINK_LEDGER_DDL,)),  # created by the sink itself before this migration
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (
