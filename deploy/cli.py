@@ -145,6 +145,30 @@ def status(settings: CommonSettings) -> None:
     sys.exit(0 if rows and all(r.healthy for r in rows) else 1)
 
 
+@click.command("show")
+@click.argument("version")
+def show_command(version: str) -> None:
+    """The metadata of VERSION (e.g. support@v2) as JSON, with its live weight and rollout (`serving`)."""
+    import json
+
+    import redis
+
+    from inference.controller_cli import live_state
+    from retrain.cli import version_metadata
+
+    metadata = version_metadata(version)
+    try:
+        state = live_state(CommonSettings().redis_url, version.rpartition("@")[0])
+    except redis.RedisError as exc:
+        serving: dict = {"error": f"Redis unreachable: {exc}"}
+    else:
+        rollout = state.get("rollout")
+        serving = {"weight": state["routes"].get(version, 0)}
+        if rollout and rollout["canary"] == version:
+            serving["rollout"] = rollout
+    click.echo(json.dumps({**metadata, "serving": serving}, indent=2, ensure_ascii=False))
+
+
 def _print_serving(settings: CommonSettings) -> None:
     """The alias's routes and running rollout (what a holding canary waits for); nothing when Redis is down."""
     import redis
@@ -181,7 +205,7 @@ def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics
-    from inference.controller_cli import deploy_group, show_command
+    from inference.controller_cli import deploy_group
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
     from retrain.launch import launch_command

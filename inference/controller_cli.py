@@ -105,25 +105,3 @@ def rollback_command(alias: str, reason: str) -> None:
     except AdapterLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{alias}: {serving} at 100%")
-
-
-@click.command("show")
-@click.argument("version")
-def show_command(version: str) -> None:
-    """The metadata of VERSION (e.g. support@v2) as JSON, with its live weight and rollout (`serving`)."""
-    import json
-
-    from retrain.cli import version_metadata
-
-    metadata = version_metadata(version)
-    alias = version.rpartition("@")[0]
-    try:
-        state = live_state(ControllerSettings().redis_url, alias)
-    except sync_redis.RedisError as exc:
-        serving: dict = {"error": f"Redis unreachable: {exc}"}
-    else:
-        rollout = state.get("rollout")
-        serving = {"weight": state["routes"].get(version, 0)}
-        if rollout and rollout["canary"] == version:
-            serving["rollout"] = rollout
-    click.echo(json.dumps({**metadata, "serving": serving}, indent=2, ensure_ascii=False))

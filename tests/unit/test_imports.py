@@ -49,3 +49,23 @@ def test_the_walk_finds_lazy_imports():
 def test_every_project_import_resolves():
     broken = [f"{f}:{line}: from {m} import {n}" for f, line, m, n in project_imports() if not resolves(m, n)]
     assert broken == []
+
+
+# Who may import whom (README's layout): the services meet on topics, never in code.
+ALLOWED = {
+    "schemas": {"schemas"},
+    "producers": {"schemas", "producers"},
+    "consumers": {"schemas", "producers", "consumers"},
+    "streams": {"schemas", "producers", "streams"},
+    "inference": {"schemas", "producers", "inference"},
+    "retrain": {"schemas", "producers", "retrain"},
+}
+
+
+def test_the_dependency_direction_holds():
+    wrong = [
+        f"{f}:{line}: from {m} import {n}"
+        for f, line, m, n in project_imports()
+        if f.split("/")[0] in ALLOWED and m.split(".")[0] not in ALLOWED[f.split("/")[0]]
+    ]
+    assert wrong == []
