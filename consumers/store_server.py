@@ -11,8 +11,13 @@ Reads:  FLYWHEEL_* settings (data_dir / clickhouse_dsn, clickhouse_http_port, lo
         kafka_bootstrap and FLYWHEEL_SINK_* for the sink); every topic of the registry (the sink).
 Writes: the chDB data directory (migrations, the sink's tables and ledger); DLQ topics, offsets.
 Serves: http://127.0.0.1:<clickhouse_http_port>/ (POST or GET `query=`), `/ping`, `/metrics`
-        (Prometheus: the sink's counters). Only SELECT, WITH, SHOW, DESCRIBE, EXISTS and EXPLAIN
-        run over HTTP; anything else gets HTTP 403 and ClickHouse error code 164 (READONLY).
+        (Prometheus: the sink's counters). Read-only, enforced by ClickHouse itself: the front's chDB
+        session runs with `readonly = 1`, which refuses every write, every setting change (`SETTINGS
+        readonly = 0` too) and every table function that reaches files, URLs, other databases or programs.
+        A statement check before it gives clearer errors (only SELECT, WITH, SHOW, DESCRIBE, EXISTS and
+        EXPLAIN, one statement) and refuses what readonly lets through: `INTO OUTFILE` (chDB writes the
+        file itself). Requests with an `Origin` header (a web page in a browser) are refused. Refusals
+        get HTTP 403 and ClickHouse error code 164 (READONLY).
 
 Not started with a ClickHouse server (http:// DSN): clients then talk to the server directly,
 and the sink runs as its own process (python -m consumers.sink).
@@ -49,15 +54,16 @@ READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "E
 READONLY_CODE = 164  # ClickHouse's READONLY error code
 UNKNOWN_ERROR_CODE = 1000  # ClickHouse's POCO_EXCEPTION / unknown: used for non-chDB failures
 
-# Comments and quoted text (string literals, quoted identifiers), matched so that their
-# content cannot hide a `;` or a keyword from the read-only check.
+# Comments and quoted text (string literals, heredocs `$tag$...$tag$`, quoted identifiers), matched so that their
+# content cannot hide a `;` or a keyword from the statement check.
 _COMMENT_OR_QUOTED = re.compile(
-    r"""--[^\n]*|\#[^\n]*|/\*.*?(?:\*/|\Z)"""
+    r"""--[^\n]*|\#[^\n]*|/\*.*?(?:\*/|\Z)|\$([A-Za-z0-9_]*)\$.*?(?:\$\1\$|\Z)"""
     r"""|'(?:[^'\\]|\\.|'')*(?:'|\Z)|"(?:[^"\\]|\\.|"")*(?:"|\Z)|`(?:[^`\\]|\\.|``)*(?:`|\Z)""",
     re.DOTALL,
 )
 _FORMAT_CLAUSE = re.compile(r"\bFORMAT\s+(\w+)\s*;?\s*\Z", re.IGNORECASE)
-_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+# Anywhere in the raw text, quoted or not: no analyst query needs the word, and no quoting trick can hide it.
+_OUTFILE = re.compile(r"OUTFILE", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"Code:\s*(\d+)")
 
 
@@ -77,7 +83,7 @@ def read_only_refusal(sql: str) -> str | None:
     keyword = first.group(1).upper() if first else ""
     if keyword not in READ_ONLY_KEYWORDS:
         return f"{keyword or 'this'} statements are not allowed; only {', '.join(sorted(READ_ONLY_KEYWORDS))}"
-    if _INTO_OUTFILE.search(bare):
+    if _OUTFILE.search(sql):
         return "INTO OUTFILE is not allowed"
     return None
 
@@ -122,6 +128,9 @@ class StoreEngine:
         self._session = Session(path)
         self._lock = threading.Lock()
         self._database = "default"
+        # This session only answers the HTTP front: ClickHouse enforces read-only on everything it runs (the sink
+        # and the migrations write through their own connections to the same path).
+        self._run("SET readonly = 1", "TabSeparated", {})
         self.timezone = self._run("SELECT timezone()", "TabSeparated", {}).bytes().decode().strip()
 
     def _run(self, sql: str, fmt: str, params: dict[str, str]):
@@ -129,8 +138,9 @@ class StoreEngine:
             return self._session.query(sql, fmt, params=params or None)
         except Exception as exc:  # chDB raises ChdbError / RuntimeError carrying "Code: N. DB::Exception: ..."
             text = str(exc)
-            code = _ERROR_CODE.search(text)
-            raise QueryError(text, code=int(code.group(1)) if code else UNKNOWN_ERROR_CODE) from exc
+            found = _ERROR_CODE.search(text)
+            code = int(found.group(1)) if found else UNKNOWN_ERROR_CODE
+            raise QueryError(text, status=403 if code == READONLY_CODE else 500, code=code) from exc
 
     def execute(self, sql: str, fmt: str, database: str, params: dict[str, str]) -> QueryResult:
         refusal = read_only_refusal(sql)
@@ -194,6 +204,10 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
 
     def _query(self, params: dict[str, str], sql: str) -> None:
         query_id = params.get("query_id") or str(uuid.uuid4())
+        if self.headers.get("Origin") is not None:
+            # Browsers send Origin on cross-site requests: a web page must not reach the store; clients never do.
+            self._error(QueryError("Code: 164. DB::Exception: requests from web pages are refused", 403, 164))
+            return
         fmt = output_format(sql, params.get("default_format"))
         # Server-side bound parameters ({name:Type}) arrive as param_<name>; other settings
         # (wait_end_of_query, session_id, ...) shape the HTTP exchange and have no chDB meaning.

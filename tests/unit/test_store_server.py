@@ -23,6 +23,8 @@ from consumers.store_server import chdb_path, output_format, read_only_refusal
         "-- a comment\nSELECT 1",
         "/* DROP TABLE x; */ SELECT 1",
         "SELECT 'a; DROP TABLE x'",
+        "SELECT $$ a; DROP TABLE x $$, $q$it's$q$",
+        "SELECT 'a\\'; DROP TABLE x; --'",
         "SELECT `weird;name` FROM t",
         "SELECT name, value, readonly FROM system.settings LIMIT 10000 FORMAT Native",
     ],
@@ -49,7 +51,11 @@ def test_read_only_statements_pass(sql):
         ("/* SELECT */ DROP TABLE t", "DROP statements are not allowed"),
         ("SELECT 1; DROP TABLE t", "only one statement"),
         ("SELECT 1;;SELECT 2", "only one statement"),
+        ("SELECT $$'$$ AS a; CHECK TABLE flywheel.schema_migrations; SELECT $$'$$ AS c", "only one statement"),
+        ("SELECT $tag$ ; $tag$; KILL QUERY WHERE 1", "only one statement"),
         ("SELECT 1 INTO OUTFILE '/tmp/x'", "INTO OUTFILE"),
+        ("SELECT 1 INTO/**/OUTFILE '/tmp/x'", "INTO OUTFILE"),
+        ("SELECT $$'$$ INTO OUTFILE '/tmp/x'", "INTO OUTFILE"),
     ],
 )
 def test_other_statements_are_refused(sql, reason):
