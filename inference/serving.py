@@ -85,14 +85,23 @@ class Gate:
     async def admit(self, key: ApiKey) -> None:
         _check_rate(await self.limiter.hit(key.key_id, key.rate_per_minute), key)
 
-    async def admit_and_remember(self, key: ApiKey, message_id: str, user_id: str, session_id: str) -> None:
-        """Rate limit and record the owner of the coming answer (for /feedback): one round trip. A refused
-        request leaves an owner record of an id nobody was given; it expires with the others."""
+    async def admit_and_remember(
+        self, key: ApiKey, message_id: str, user_id: str, session_id: str, claim: bool = False
+    ) -> None:
+        """Rate limit and record the owner of the coming answer (for /feedback): one round trip. With `claim`
+        (a session id the client named), the session becomes the user's unless it is another user's: 403 then.
+        A refused request leaves an owner record of an id nobody was given; it expires with the others."""
         pipe = self.redis.pipeline(transaction=False)
         self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
         self.sessions.queue_remember_message(pipe, message_id, user_id, session_id)
-        rate, _ = await pipe.execute()
+        if claim:
+            self.sessions.queue_claim(pipe, session_id, user_id)
+        rate, *rest = await pipe.execute()
         _check_rate(Decision.from_reply(rate), key)
+        if claim:
+            owner = rest[-1].decode() if isinstance(rest[-1], bytes) else rest[-1]
+            if owner != user_id:
+                raise _not_owned(SessionNotOwned(session_id))
 
     async def admit_with_history(self, key: ApiKey, session_id: str, user_id: str) -> list[dict]:
         """Rate limit, then the session's history; 403 when the session belongs to another user."""
@@ -193,7 +202,9 @@ class ChatServing:
         user_id = req.user or caller.user_id
         session_id = _session_id(session_header)
         message_id = new_message_id()
-        await self.gate.admit_and_remember(caller.key, message_id, user_id, session_id)
+        await self.gate.admit_and_remember(
+            caller.key, message_id, user_id, session_id, claim=session_header is not None
+        )
         turn = self._turn("openai", caller, session_id, user_id, req.model, req.stream, message_id)
         state.model_version = turn.version
         self._publish_request(

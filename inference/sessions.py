@@ -164,6 +164,13 @@ class SessionStore:
         if not written:
             raise SessionNotOwned(session_id)
 
+    def queue_claim(self, pipe: Pipeline, session_id: str, user_id: str) -> None:
+        """Claim the session for `user_id` unless someone owns it (SET NX, the session's TTL), then read its owner:
+        two replies; the second is the owner, which is `user_id` unless the session is another user's."""
+        key = OWNER_KEY.format(session_id=_checked(session_id, "session id"))
+        pipe.set(key, user_id, nx=True, ex=self.ttl_s)
+        pipe.get(key)
+
     def queue_remember_message(self, pipe: Pipeline, message_id: str, user_id: str, session_id: str | None) -> None:
         """`remember_message` queued on `pipe` (with the rate-limit check: one round trip per request)."""
         pipe.set(self._message_key(message_id), _owner_json(user_id, session_id), ex=self.message_ttl_s)

@@ -167,9 +167,23 @@ def test_session_of_another_user_is_refused(client):
         other = client.request(method, path, json=body, headers={"X-User-Id": "mallory"})
         assert other.status_code == 403, other.text
         assert other.json()["error"]["code"] == "not_session_owner"
+    # the OpenAI-compatible route checks the session named in X-Session-Id too
+    openai = client.post("/v1/chat/completions", json=CHAT, headers={"X-User-Id": "mallory", "X-Session-Id": sid})
+    assert openai.status_code == 403 and openai.json()["error"]["code"] == "not_session_owner", openai.text
+    mine = client.post("/v1/chat/completions", json=CHAT, headers={"X-User-Id": "alice", "X-Session-Id": sid})
+    assert mine.status_code == 200 and mine.headers["x-session-id"] == sid, mine.text
     again = client.post("/chat", json={"session_id": sid, "message": "still mine"}, headers={"X-User-Id": "alice"})
     assert again.json()["content"] == "echo model=tiny messages=4 last=still mine"  # mallory wrote nothing
     assert client.delete(f"/session/{sid}", headers={"X-User-Id": "alice"}).status_code == 200
+
+
+def test_a_session_named_first_on_the_openai_route_is_its_users(client):
+    sid = f"s{uuid.uuid4().hex}"
+    first = client.post("/v1/chat/completions", json=CHAT, headers={"X-User-Id": "alice", "X-Session-Id": sid})
+    assert first.status_code == 200, first.text
+    for path, body in (("/v1/chat/completions", CHAT), ("/chat", {"session_id": sid, "message": "let me in"})):
+        other = client.post(path, json=body, headers={"X-User-Id": "mallory", "X-Session-Id": sid})
+        assert other.status_code == 403 and other.json()["error"]["code"] == "not_session_owner", other.text
 
 
 # -- feedback ---------------------------------------------------------------------------------------------
