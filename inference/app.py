@@ -162,10 +162,11 @@ class ObserveMiddleware:
     request wrapper cost about 12% of the CPU of a /chat request (py-spy, bench/gateway.py). The other routes
     go through FastAPI."""
 
-    def __init__(self, app, metrics_ref, hot=None):
+    def __init__(self, app, metrics_ref, hot=None, max_body: int = 1_048_576, max_header: int = 32_768):
         self.app = app
         self.metrics_ref = metrics_ref
         self.hot = hot or {}
+        self.max_body, self.max_header = max_body, max_header
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -174,14 +175,23 @@ class ObserveMiddleware:
         path = scope["path"]
         route = ROUTE_LABELS.get(path) or ("session_delete" if path.startswith("/session/") else "other")
         state = scope.setdefault("state", {})
-        request_id = None
+        request_id = length = None
+        head = 0
         for name, value in scope["headers"]:
+            head += len(name) + len(value) + 4
             if name == b"x-request-id":
                 request_id = value.decode(errors="replace")[:100]
-                break
+            elif name == b"content-length":
+                length = value
         state["request_id"] = request_id = request_id or f"{random.getrandbits(128):032x}"  # uuid4: 3x dearer
         rid = request_id.encode()
         status = 500
+        refusal = self._refusal(head, length)
+        if refusal is not None:
+            await _refuse(send, rid, *refusal)
+            return
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            receive = _bounded(receive, self.max_body)  # a chunked body: counted as it arrives
 
         async def send_observed(message):
             nonlocal status
@@ -205,6 +215,44 @@ class ObserveMiddleware:
                 metrics.latency.labels(route).observe(loop.time() - t0)
             metrics.requests.labels(route, str(status), state.get("model_version", "")).inc()
 
+    def _refusal(self, head: int, length: bytes | None) -> tuple[int, str, str] | None:
+        if head > self.max_header:
+            return 431, f"request headers over {self.max_header} bytes", "headers_too_large"
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                return 400, "invalid Content-Length", "invalid_request"
+            if size > self.max_body:
+                return 413, f"request body over {self.max_body} bytes", "body_too_large"
+        return None
+
+
+class BodyTooLarge(Exception):
+    """A chunked body grew past the limit while it was read."""
+
+
+def _bounded(receive, limit: int):
+    seen = 0
+
+    async def bounded():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"request body over {limit} bytes")
+        return message
+
+    return bounded
+
+
+async def _refuse(send, rid: bytes, status: int, message: str, code: str) -> None:
+    body = error_body(status, message, code)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"x-request-id", rid)]})
+    await send({"type": "http.response.body", "body": body})
+
 
 async def _serve_hot(handler, scope, receive, send) -> None:
     request = Request(scope, receive)
@@ -219,6 +267,8 @@ def error_response(request: Request, exc: Exception) -> Response:
     """The JSON answer to an exception a route raised (the hot routes' and the app's handlers')."""
     if isinstance(exc, GatewayError):
         return Response(exc.body(), status_code=exc.status, media_type=JSON, headers=exc.headers)
+    if isinstance(exc, BodyTooLarge):
+        return _json_error(413, str(exc), "body_too_large")
     if isinstance(exc, RedisError):
         log.error("redis unavailable", extra={"request_id": _rid(request), "error": repr(exc)})
         return _json_error(503, "the session store (Redis) is unavailable; retry later", "store_unavailable")
@@ -247,7 +297,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
 
     app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
     hot = {}
-    app.add_middleware(ObserveMiddleware, metrics_ref=lambda: holder["g"].metrics if "g" in holder else None, hot=hot)
+    app.add_middleware(
+        ObserveMiddleware,
+        metrics_ref=lambda: holder["g"].metrics if "g" in holder else None,
+        hot=hot,
+        max_body=settings.gateway_max_body_bytes,
+        max_header=settings.gateway_max_header_bytes,
+    )
 
     def g() -> Gateway:
         return holder["g"]
@@ -374,7 +430,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         return _json_error(exc.status_code, message, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RedisError)
-    async def redis_error(request: Request, exc: RedisError):
+    @app.exception_handler(BodyTooLarge)
+    async def redis_error_or_body_too_large(request: Request, exc: Exception):
         return error_response(request, exc)
 
     @app.exception_handler(Exception)

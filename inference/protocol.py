@@ -1,8 +1,9 @@
 """Request and response models of the gateway's endpoints, and the OpenAI-style error body.
 
-The OpenAI-compatible edge (`ChatCompletionRequest`) accepts unknown fields and forwards them
-upstream untouched (vLLM understands many extensions); the session and feedback APIs are ours
-and forbid unknown fields, like the events.
+The OpenAI-compatible edge (`ChatCompletionRequest`) declares the fields a single-answer chat uses, with
+bounds, and forwards those; any other field is refused (422) unless the gateway's settings allow it
+(`FLYWHEEL_GATEWAY_EXTRA_FIELDS`). The session and feedback APIs are ours and forbid unknown fields, like the
+events.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 M = TypeVar("M", bound=BaseModel)
 Temperature = Annotated[float, Field(ge=0, le=2)]
 MaxTokens = Annotated[int, Field(ge=1, le=1_000_000)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+MAX_MESSAGES = 256
+MAX_CONTENT_CHARS = 32_000
 
 
 def new_message_id() -> str:
@@ -30,8 +34,12 @@ class OpenMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Annotated[str, Field(max_length=32)]
+    content: (
+        Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]
+        | Annotated[list[dict[str, Any]], Field(max_length=64)]
+        | None
+    ) = None
 
     def text(self) -> str:
         """The message as plain text (text parts joined), for events and history."""
@@ -49,18 +57,39 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """POST /v1/chat/completions. Unknown fields are kept (`model_extra`) and sent upstream."""
+    """POST /v1/chat/completions: OpenAI's fields for one answer, and vLLM's sampling extensions, with bounds.
+
+    Other fields are kept in `model_extra` for the caller to check against the allowed extras
+    (`unknown_fields`): refused by default, forwarded when the settings allow them."""
 
     model_config = ConfigDict(extra="allow")
 
-    model: str | None = None  # None: the gateway's default alias
-    messages: Annotated[list[OpenMessage], Field(min_length=1)]
+    model: Annotated[str, Field(max_length=200)] | None = None  # None: the gateway's default alias
+    messages: Annotated[list[OpenMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: MaxTokens | None = None
     max_completion_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     user: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    # one answer per message: the events, feedback and training pairs follow one answer
+    n: Literal[1] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: Annotated[str, Field(max_length=200)] | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=300)] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    response_format: dict[str, Any] | None = None
+    top_k: Annotated[int, Field(ge=-1, le=1000)] | None = None  # vLLM
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = None  # vLLM
+    repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None  # vLLM
+
+    def unknown_fields(self, allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Fields of the request that are neither declared nor in `allowed`, sorted."""
+        return sorted(set(self.model_extra or ()) - set(allowed))
 
     @property
     def wants_usage(self) -> bool:

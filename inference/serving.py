@@ -193,12 +193,21 @@ class ChatServing:
         self.metrics = metrics
         self.gate = gate
         self.system_prompt = settings.gateway_system_prompt
+        self.extra_fields = frozenset(settings.gateway_extra_fields)
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
 
     async def chat_completions(
         self, req: ChatCompletionRequest, caller: Caller, session_header: str | None, state: Any
     ) -> Response:
+        unknown = req.unknown_fields(self.extra_fields)
+        if unknown:
+            raise GatewayError(
+                422,
+                f"unknown field(s) {', '.join(unknown)}: not forwarded to the model (n is at most 1)",
+                "unknown_field",
+                param=unknown[0],
+            )
         user_id = req.user or caller.user_id
         session_id = _session_id(session_header)
         message_id = new_message_id()

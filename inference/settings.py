@@ -29,6 +29,11 @@ class GatewaySettings(ProducerSettings):
     gateway_upstreams: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="static upstream base URLs"
     )
+    # Request fields of /v1/chat/completions forwarded upstream beyond the declared ones (inference/protocol.py):
+    # further vLLM extensions, or a test upstream's own (comma-separated or JSON list). Others get 422.
+    gateway_extra_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="extra /v1/chat/completions fields forwarded upstream"
+    )
     # Also route to the ready workers registered in Redis (`flywheel:workers:<index>`).
     gateway_discover_workers: bool = Field(True, description="discover workers from Redis")
     # How often the worker list and the routing tables are re-read from Redis (background task).
@@ -70,6 +75,9 @@ class GatewaySettings(ProducerSettings):
     gateway_broker_probe_s: float = Field(1.0, gt=0, description="broker probe interval when down")
     # uvicorn access log (off by default: it costs throughput; requests are counted in /metrics).
     gateway_access_log: bool = Field(False, description="uvicorn access log")
+    # Bounds on what a request may make the gateway read: larger ones are refused before their body is read.
+    gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
+    gateway_max_header_bytes: int = Field(32_768, ge=1024, description="largest request head (431 above)")
     # CPython's cyclic GC runs a generation-0 pass every 700 net allocations by default; a request allocates
     # hundreds of short-lived objects, nearly all freed by reference counting. A higher threshold (and the
     # start-up objects frozen out of the collector's walks): bench/gateway.py (a), 5 interleaved rounds,
@@ -81,7 +89,7 @@ class GatewaySettings(ProducerSettings):
     # request by ~25% and the broker's by ~35% (bench/gateway.py); events are for analytics, not latency.
     producer_linger_ms: float = Field(100.0, ge=0, description="linger.ms of the gateway's producer")
 
-    @field_validator("gateway_upstreams", mode="before")
+    @field_validator("gateway_upstreams", "gateway_extra_fields", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):

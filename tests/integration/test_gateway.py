@@ -46,6 +46,7 @@ def gateway(stack, stub_url, tmp_path_factory):
         **os.environ,
         **settings_env(stack),
         "FLYWHEEL_GATEWAY_UPSTREAMS": f"http://127.0.0.1:{dead},{stub_url}",
+        "FLYWHEEL_GATEWAY_EXTRA_FIELDS": "stub_delay_ms",  # the stub upstream's own field (timeouts)
         "FLYWHEEL_GATEWAY_READ_TIMEOUT_S": "1.5",
         "FLYWHEEL_GATEWAY_EJECT_COOLDOWN_S": "0.5",
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
@@ -341,3 +342,35 @@ def test_health_and_metrics(client):
         'flywheel_gateway_events_total{outcome="published"}',
     ):
         assert name in m, name
+
+
+# -- bounds -------------------------------------------------------------------------------------------
+
+
+def test_oversized_body_refused_before_it_is_read(gateway, client):
+    big = b'{"messages": [{"role": "user", "content": "' + b"x" * 2_000_000 + b'"}]}'
+    for headers in ({}, {"Authorization": ""}):  # with a key, and before the key is checked
+        r = client.post("/v1/chat/completions", content=big, headers={"Content-Type": "application/json", **headers})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text[:200]
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(40):
+            yield b"x" * 65_536
+
+    r = client.post("/chat", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large", r.text[:200]
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200  # and the gateway goes on
+
+
+def test_oversized_headers_refused(client):
+    r = client.post("/v1/chat/completions", json=CHAT, headers={"X-Padding": "p" * 100_000})
+    assert r.status_code == 431 and r.json()["error"]["code"] == "headers_too_large", r.text[:200]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [({"n": 2}, "n"), ({"best_of": 4}, "best_of"), ({"tools": [{"type": "function"}]}, "tools")],
+)
+def test_fields_outside_the_allowlist_are_refused(client, extra, param):
+    r = client.post("/v1/chat/completions", json={**CHAT, **extra})
+    assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text

@@ -18,19 +18,23 @@ from inference.protocol import (
 )
 
 
-def test_unknown_fields_are_kept_and_forwarded():
+def test_declared_fields_and_allowed_extras_are_forwarded_others_named():
     req = ChatCompletionRequest.model_validate(
         {
             "model": "support",
             "messages": [{"role": "user", "content": "hi", "name": "bob"}],
             "top_p": 0.9,
             "logit_bias": {"1": 2},
+            "top_k": 5,
             "stub_delay_ms": 5,
+            "best_of": 3,
         }
     )
+    assert req.unknown_fields() == ["best_of", "stub_delay_ms"]
+    assert req.unknown_fields({"stub_delay_ms"}) == ["best_of"]
     body = req.upstream_body("support@v2")
     assert body["model"] == "support@v2"
-    assert body["top_p"] == 0.9 and body["logit_bias"] == {"1": 2} and body["stub_delay_ms"] == 5
+    assert body["top_p"] == 0.9 and body["logit_bias"] == {"1": 2} and body["top_k"] == 5
     assert body["messages"][0] == {"role": "user", "content": "hi", "name": "bob"}
     assert "stream_options" not in body
 
@@ -155,5 +159,22 @@ def test_parse_request_answers_422_naming_the_field(raw, field, words):
 
 
 def test_parse_request_parses_and_validates_in_one_pass():
-    req = parse_request(ChatCompletionRequest, b'{"messages": [{"role": "user", "content": "hi"}], "top_k": 3}')
-    assert req.messages[0].text() == "hi" and req.model_extra == {"top_k": 3}
+    req = parse_request(ChatCompletionRequest, b'{"messages": [{"role": "user", "content": "hi"}], "best_of": 3}')
+    assert req.messages[0].text() == "hi" and req.model_extra == {"best_of": 3}
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"n": 2}, "n"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": [{"role": "user", "content": "x" * 32_001}]}, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": "x"}] * 257}, "messages"),
+    ],
+)
+def test_openai_requests_are_bounded(extra, field):
+    raw = orjson.dumps({"messages": [{"role": "user", "content": "hi"}], **extra})
+    with pytest.raises(GatewayError) as err:
+        parse_request(ChatCompletionRequest, raw)
+    assert err.value.status == 422 and err.value.param.startswith(field), err.value.param
