@@ -93,9 +93,31 @@ def kept_rows(parent_rows: Sequence[dict], pairs: Sequence[Pair]) -> list[dict]:
     return [r for r in parent_rows if _question(r["prompt"]) not in corrected]
 
 
+def replay_sample(rows: Sequence[dict], n: int, seed: int) -> list[dict]:
+    """`n` of the parent's rows, spread over its answers: one row of every answer before a second of any, so a
+    small replay still reminds the model of everything it knew (rows in random order within an answer)."""
+    rnd = random.Random(seed)
+    by_answer: dict[str, list[dict]] = {}
+    for r in rows:
+        by_answer.setdefault(_answer(r), []).append(r)
+    groups = [rnd.sample(g, len(g)) for g in by_answer.values()]
+    rnd.shuffle(groups)
+    picked: list[dict] = []
+    for depth in range(max((len(g) for g in groups), default=0)):
+        picked += [g[depth] for g in groups if depth < len(g)]
+        if len(picked) >= n:
+            break
+    return picked[:n]
+
+
+def _answer(r: dict) -> str:
+    completion = r["completion"]
+    return completion[-1]["content"] if isinstance(completion, list) else str(completion)
+
+
 def supervised_rows(train: Sequence[Pair], keep: Sequence[dict], config: DPOJobConfig) -> list[dict]:
     """The supervised stage's rows: each chosen answer `chosen_repeats` times, plus the replay sample."""
-    replay = random.Random(config.seed).sample(list(keep), min(config.replay_rows, len(keep)))
+    replay = replay_sample(keep, config.replay_rows, config.seed)
     rows = [row(p.prompt, p.chosen) for p in train for _ in range(config.chosen_repeats)] + replay
     random.Random(config.seed + 1).shuffle(rows)
     return rows

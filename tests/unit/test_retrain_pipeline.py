@@ -35,3 +35,14 @@ def test_supervised_rows_repeat_the_chosen_answers_and_add_a_replay_sample():
 def test_replay_is_capped_by_the_pool():
     rows = supervised_rows([PAIR], PARENT[:1], DPOJobConfig(method="sft", replay_rows=50))
     assert len(rows) == 2
+
+
+def test_a_small_replay_covers_every_answer_before_repeating_one():
+    from retrain.pipeline import replay_sample
+
+    rows = [row([{"role": "user", "content": f"q{a}-{i}"}], f"answer {a}") for a in range(5) for i in range(4)]
+    picked = replay_sample(rows, 7, seed=1)
+    answers = [r["completion"][-1]["content"] for r in picked]
+    assert len(picked) == 7 and len(set(answers)) == 5  # all five answers, then two second rows
+    assert replay_sample(rows, 7, seed=1) == picked and len(replay_sample(rows, 100, seed=1)) == 20
+    assert replay_sample([], 5, seed=1) == []
