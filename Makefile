@@ -42,7 +42,7 @@ test: venv lint
 	$(PY) -m pytest
 
 bench: venv
-	$(PY) bench/producer.py
+	$(PY) -m bench.producer
 
 # The fast loop: lint, format check and every test that needs no service (about a minute).
 check: venv

@@ -20,10 +20,10 @@ change, or other settings): --variant LABEL=DIR[:KEY=VAL,KEY=VAL] (DIR holds the
 
 Examples:
 
-    python bench/gateway.py                                   # (a), 3 rounds
-    python bench/gateway.py --rounds 5 --duration 10 --variant w2=.:FLYWHEEL_GATEWAY_WORKERS=2
-    python bench/gateway.py --skip-a --b-stub --b-duration 3 --b-start 20 --b-step 20 --b-max 60
-    python bench/gateway.py --skip-a --vllm .flywheel/models/tiny  # (b) with a vLLM CPU worker
+    python -m bench.gateway                                   # (a), 3 rounds
+    python -m bench.gateway --rounds 5 --duration 10 --variant w2=.:FLYWHEEL_GATEWAY_WORKERS=2
+    python -m bench.gateway --skip-a --b-stub --b-duration 3 --b-start 20 --b-step 20 --b-max 60
+    python -m bench.gateway --skip-a --vllm .flywheel/models/tiny  # (b) with a vLLM CPU worker
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from deploy import stack as local_stack
+from deploy.ports import free_ports
+from schemas.settings import CommonSettings
 
-from deploy import stack as local_stack  # noqa: E402
-from deploy.ports import free_ports  # noqa: E402
-from schemas.settings import CommonSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 console = Console(width=160)  # a wide table also when the output is a file
 
@@ -602,7 +601,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         (stub_port, naive_port) = free_ports(2)
         stub_url = f"http://127.0.0.1:{stub_port}"
-        stub = spawn("stub", [sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(stub_port)], logs)
+        stub = spawn("stub", [sys.executable, "-m", "bench.upstream_stub", "--port", str(stub_port)], logs)
         procs.append(stub)
         wait_http(stub, stub_url + "/health")
         if not args.skip_a:
@@ -615,7 +614,8 @@ def main(argv: list[str] | None = None) -> None:
                     "naive",
                     [
                         sys.executable,
-                        str(ROOT / "bench" / "naive_gateway.py"),
+                        "-m",
+                        "bench.naive_gateway",
                         "--port",
                         str(naive_port),
                         "--upstream",

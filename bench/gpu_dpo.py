@@ -8,8 +8,8 @@ over TRL's train_runtime) and the peak memory (CUDA: torch.cuda.max_memory_alloc
 
 No baseline runs beside it: it reports a figure for a machine, it does not compare code paths.
 
-    python bench/gpu_dpo.py                                    # 0.5B, cuda, bf16, 8 steps of 8 pairs
-    python bench/gpu_dpo.py --preset tiny --device cpu --steps 2 --batch 2   # the code path on CPU (tests)
+    python -m bench.gpu_dpo                                    # 0.5B, cuda, bf16, 8 steps of 8 pairs
+    python -m bench.gpu_dpo --preset tiny --device cpu --steps 2 --batch 2   # the code path on CPU (tests)
 
 On a device machine without trl/datasets, carry their wheels (pip download trl datasets --no-deps) and install
 them first; torch, transformers and peft are there.
@@ -21,16 +21,11 @@ import argparse
 import json
 import random
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from retrain.tiny_model import TINY_ARCH, build_tiny_model, corpus  # noqa: E402
+from retrain.tiny_model import TINY_ARCH, build_tiny_model, corpus
 
 # Qwen2.5-0.5B's architecture (its config.json), with our small tokenizer over its embedding table.
 QWEN2_05B = dict(

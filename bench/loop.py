@@ -19,8 +19,8 @@ The pieces (`LocalLoop`, `Traffic`, `Events`, `RouteLog`, `ask`, `send_correctio
 tests (tests/e2e/).
 
 Example:
-    python bench/loop.py                      # rate 20/s, default loop settings
-    python bench/loop.py --rate 25 --keep     # keep the data directory (logs) afterwards
+    python -m bench.loop                      # rate 20/s, default loop settings
+    python -m bench.loop --rate 25 --keep     # keep the data directory (logs) afterwards
 """
 
 from __future__ import annotations
@@ -43,15 +43,13 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from deploy import stack as local_stack
+from deploy.demo import BusWatcher
+from deploy.ports import free_ports
+from inference.keys import ROUTES_KEY
+from schemas.settings import CommonSettings
 
-from deploy import stack as local_stack  # noqa: E402
-from deploy.demo import BusWatcher  # noqa: E402
-from deploy.ports import free_ports  # noqa: E402
-from inference.keys import ROUTES_KEY  # noqa: E402
-from schemas.settings import CommonSettings  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GOAL_S = 180.0
 ALIAS = "support"

@@ -13,7 +13,7 @@ Reads: the upstream OpenAI-compatible server, Redis. Writes: Redis history lists
 
 Example:
 
-    python bench/naive_gateway.py --port 9200 --upstream http://127.0.0.1:9100 \
+    python -m bench.naive_gateway --port 9200 --upstream http://127.0.0.1:9100 \
         --redis redis://127.0.0.1:6379/0
 """
 

@@ -4,9 +4,9 @@ Reads nothing outside what it starts: a Tansu broker on a free port (or --bootst
 in-process chDB store in a temporary directory (the bench process owns it). Writes the topics
 of the registry on that broker and the tables of that chDB; removes the directory at the end.
 
-    python bench/pipeline.py                       # every section
-    python bench/pipeline.py --sections sink --events 200000 --repeats 3
-    python bench/pipeline.py --sections metrics feedback --stream-events 100000 --feedbacks 200
+    python -m bench.pipeline                       # every section
+    python -m bench.pipeline --sections sink --events 200000 --repeats 3
+    python -m bench.pipeline --sections metrics feedback --stream-events 100000 --feedbacks 200
 
 Sections (each a function returning table rows; add one to SECTIONS):
   sink   the ClickHouse sink's code path (consumers.sink.Sink: consume -> codec.decode -> ledger +
@@ -45,21 +45,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from confluent_kafka import Consumer, Producer
+from rich.console import Console
+from rich.table import Table
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from bench.broker import start_tansu  # noqa: E402
-from consumers.settings import SinkSettings  # noqa: E402
-from consumers.sink import Sink  # noqa: E402
-from schemas import ddl, store  # noqa: E402
-from schemas.codec import decode, encode  # noqa: E402
-from schemas.events import ChatMessage, ChatRequest, ChatResponse, DPOPair, Feedback, MetricsWindow  # noqa: E402
-from schemas.rows import columns  # noqa: E402
-from schemas.topics import (  # noqa: E402
+from bench.broker import start_tansu
+from consumers.settings import SinkSettings
+from consumers.sink import Sink
+from schemas import ddl, store
+from schemas.codec import decode, encode
+from schemas.events import ChatMessage, ChatRequest, ChatResponse, DPOPair, Feedback, MetricsWindow
+from schemas.rows import columns
+from schemas.topics import (
     CHAT_FEEDBACK,
     CHAT_REQUESTS,
     CHAT_RESPONSES,
@@ -67,6 +64,8 @@ from schemas.topics import (  # noqa: E402
     METRICS_WINDOWS,
     create_topics,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Reads nothing; writes ChatResponse-sized events to `chat.responses` on the broke
 Repeats are interleaved (raw, sdk, sdk-prebuilt, raw, ...) and medians reported, so machine noise
 hits every variant alike. Producer settings come from FLYWHEEL_PRODUCER_* like the SDK's.
 
-    python bench/producer.py --events 100000 --repeats 5
-    FLYWHEEL_PRODUCER_LINGER_MS=20 python bench/producer.py --bootstrap 127.0.0.1:9092
+    python -m bench.producer --events 100000 --repeats 5
+    FLYWHEEL_PRODUCER_LINGER_MS=20 python -m bench.producer --bootstrap 127.0.0.1:9092
 
 Variants:
   raw           confluent-kafka Producer (idempotent), produce(json.dumps(d).encode(), key) + poll(0), flush
@@ -24,19 +24,16 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.table import Table
 
-from confluent_kafka import Producer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from bench.broker import start_tansu  # noqa: E402
-from producers.sdk import ChatEventProducer  # noqa: E402
-from producers.settings import ProducerSettings  # noqa: E402
-from schemas.events import ChatResponse  # noqa: E402
-from schemas.topics import CHAT_RESPONSES, create_topics  # noqa: E402
+from bench.broker import start_tansu
+from producers.sdk import ChatEventProducer
+from producers.settings import ProducerSettings
+from schemas.events import ChatResponse
+from schemas.topics import CHAT_RESPONSES, create_topics
 
 RATIO_GOAL = 0.70
 RATE_GOAL = 30_000

@@ -12,7 +12,7 @@ Extra request fields steer it (the gateway forwards unknown fields):
 
 Example:
 
-    python bench/upstream_stub.py --port 9100 [--delay-ms 0]
+    python -m bench.upstream_stub --port 9100 [--delay-ms 0]
 """
 
 from __future__ import annotations

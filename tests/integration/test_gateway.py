@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def stub_url():
     (port,) = free_ports(1)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "upstream_stub.py"), "--port", str(port)], cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.upstream_stub", "--port", str(port)], cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(url + "/health", proc)
