@@ -6,9 +6,6 @@ from pydantic import Field
 
 from schemas.settings import CommonSettings
 
-# The sink's consumer group id. It names the committed offsets and the ledger rows: renaming it is a migration.
-SINK_GROUP_ID = "flywheel-clickhouse-sink"
-
 
 class SinkSettings(CommonSettings):
     # A flush starts when this many messages are buffered over all partitions ... (20,000 rather than 10,000:

@@ -1,11 +1,11 @@
 """The ClickHouse sink: every topic of the registry into its table, exactly once per event_id.
 
 Reads:  every topic of schemas.topics.TOPICS and their `<topic>.dlq` topics, consumer group
-        SINK_GROUP_ID (consumers.settings); FLYWHEEL_* / FLYWHEEL_SINK_* settings.
+        SINK_GROUP (consumers.settings); FLYWHEEL_* / FLYWHEEL_SINK_* settings.
 Writes: the registry's topics if missing (schemas.topics.create_topics, before subscribing);
         one table per topic (schemas.ddl), `dead_letters` (from the DLQ topics), the batch ledger
         `flywheel.sink_batches` (consumers.writer); DeadLetter events to `<topic>.dlq` for events
-        that do not decode; committed offsets of SINK_GROUP_ID; Prometheus metrics (consumers.metrics).
+        that do not decode; committed offsets of SINK_GROUP; Prometheus metrics (consumers.metrics).
 
 How a message travels: consume() in batches -> decode with schemas.codec against the topic's
 value type -> a row in its partition's open batch, or a DeadLetter for the DLQ. A flush starts
@@ -45,7 +45,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from consumers import metrics
 from consumers.batching import Accumulator, Batch, commit_positions
-from consumers.settings import SINK_GROUP_ID, SinkSettings
+from consumers.settings import SinkSettings
 from consumers.writer import StoreRejected, StoreUnavailable, StoreWriter
 from schemas import events, store
 from schemas.codec import decode, encode
@@ -54,6 +54,7 @@ from schemas.errors import EventError
 from schemas.events import DeadLetter, Event
 from schemas.rows import columns, row_builder
 from schemas.topics import DLQ_TABLE, TOPICS, create_topics
+from schemas.topology import SINK_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class ShutdownAborted(Exception):
 class Sink:
     """One consumer group member: consume, decode, batch, insert, dead-letter, commit."""
 
-    def __init__(self, settings: SinkSettings, client, group_id: str = SINK_GROUP_ID, topics: list[str] | None = None):
+    def __init__(self, settings: SinkSettings, client, group_id: str = SINK_GROUP, topics: list[str] | None = None):
         self.settings = settings
         self.group_id = group_id
         self.routes = routes()

@@ -204,7 +204,7 @@ def down(settings: CommonSettings, timeout: float) -> None:
 def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_config import config_command
-    from deploy.cli_data import db, schemas, topics
+    from deploy.cli_data import db, schemas, topics, topology_command
     from inference.controller_cli import deploy_group
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
@@ -217,6 +217,7 @@ def _register() -> None:
     train_group.add_command(launch_command)
     commands = (
         topics,
+        topology_command,
         db,
         schemas,
         produce_command,

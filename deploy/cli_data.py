@@ -97,3 +97,41 @@ def schemas_export(directory: Path) -> None:
     """Write one JSON Schema file per event type into DIRECTORY."""
     for path in export_json_schemas(directory):
         console.print(str(path))
+
+
+@click.command("topology")
+@click.option(
+    "--mermaid",
+    "mermaid_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the topology as a Mermaid flowchart to this file.",
+)
+def topology_command(mermaid_path: Path | None) -> None:
+    """Services, their consumer groups, and which topics each produces and consumes (schemas/topology.py)."""
+    from rich.table import Table
+
+    from schemas import topology
+
+    services = Table(title="services", title_justify="left")
+    for column in ("service", "runs", "consumer group", "consumes", "produces", "tables written"):
+        services.add_column(column, overflow="fold")
+    for s in topology.SERVICES:
+        services.add_row(
+            s.name,
+            f"python -m {s.module}",
+            s.group or "-",
+            "\n".join(s.consumes) or "-",
+            "\n".join(s.produces) or "-",
+            "\n".join(s.writes) or "-",
+        )
+    topics = Table(title="topics", title_justify="left")
+    for column in ("topic", "record", "table", "produced by", "consumed by"):
+        topics.add_column(column, overflow="fold")
+    for row in topology.topic_rows():
+        topics.add_row(*row)
+    console.print(services)
+    console.print(topics)
+    if mermaid_path is not None:
+        mermaid_path.write_text(topology.mermaid(), encoding="utf-8")
+        console.print(f"wrote {mermaid_path}")

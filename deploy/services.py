@@ -18,12 +18,11 @@ from urllib.parse import urlparse
 
 from deploy.errors import StackError
 from deploy.health import Health, group_health, http_health, kafka_health, redis_health, store_health, worker_health
-from inference.controller_settings import CONTROLLER_GROUP_ID
 from inference.keys import worker_key
 from inference.settings import GatewaySettings
 from inference.workers import WorkerSettings, worker_programs
-from retrain.settings import RETRAIN_GROUP_ID
 from schemas.settings import CommonSettings, child_env
+from schemas.topology import CONTROLLER_GROUP, RETRAIN_GROUP
 from streams.settings import StreamSettings
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -234,11 +233,11 @@ def streams(settings: CommonSettings) -> Service:
 
 
 def retrain_worker(settings: CommonSettings) -> Service:
-    return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP_ID, priority=60)
+    return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP, priority=60)
 
 
 def controller(settings: CommonSettings) -> Service:
-    return _consumer(settings, "controller", "inference.controller", CONTROLLER_GROUP_ID, priority=60)
+    return _consumer(settings, "controller", "inference.controller", CONTROLLER_GROUP, priority=60)
 
 
 Builder = Callable[[CommonSettings], "Service | list[Service] | None"]

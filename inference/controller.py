@@ -30,7 +30,7 @@ from redis.asyncio import Redis
 
 from inference.adapters import AdapterAdmin
 from inference.canary_metrics import ClickHouseMetrics, MetricsSource
-from inference.controller_settings import CONTROLLER_GROUP_ID, ControllerSettings
+from inference.controller_settings import ControllerSettings
 from inference.deployer import Deployer, Publish, Superseded
 from inference.keys import DONE_KEY, QUEUE_KEY, ROLLOUT_KEY
 from producers import ChatEventProducer
@@ -39,6 +39,7 @@ from schemas.errors import EventError
 from schemas.events import Deployment
 from schemas.logs import setup_logging
 from schemas.topics import MODEL_DEPLOYMENTS
+from schemas.topology import CONTROLLER_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class Controller:
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": CONTROLLER_GROUP_ID,
+                "group.id": CONTROLLER_GROUP,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
                 "session.timeout.ms": 6000,  # fast joins on the embedded broker (ENVIRONMENT.md)

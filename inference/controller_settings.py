@@ -17,9 +17,6 @@ from pydantic_settings import NoDecode
 from inference.rollout import Policy, plan_error
 from producers.settings import ProducerSettings
 
-# The controller's consumer group: constant, so a restart resumes from its committed offset.
-CONTROLLER_GROUP_ID = "flywheel-hotswap-controller"
-
 
 class ControllerSettings(ProducerSettings):
     # Canary weights in percent, in order (comma-separated or JSON list); the last must be 100.

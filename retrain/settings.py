@@ -15,8 +15,6 @@ from pydantic import Field
 from schemas.settings import CommonSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The retrain worker's consumer group id: it names the committed offsets (renaming it is a migration).
-RETRAIN_GROUP_ID = "flywheel-retrain-worker"
 
 
 class RetrainSettings(CommonSettings):

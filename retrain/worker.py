@@ -1,6 +1,6 @@
 """The retrain worker: RetrainJob `requested` -> DPO adapter -> gate -> registry -> `adapter_ready`.
 
-Reads:  `retrain.jobs` (group RETRAIN_GROUP_ID) for `requested` jobs; `model.deployments` for
+Reads:  `retrain.jobs` (group RETRAIN_GROUP) for `requested` jobs; `model.deployments` for
         `promoted` / `rolled_back` of its alias (mirrored into the registry's production pointer, which
         the next job continues from); the job's pairs from `flywheel.dpo_pairs` FINAL at the store's
         query URL (retried while the sink catches up, for `retrain_pairs_wait_s`).
@@ -41,12 +41,13 @@ from retrain.config import load_config
 from retrain.dataset import fetch_pairs
 from retrain.pipeline import run_job
 from retrain.registry import Registry, RegistryError
-from retrain.settings import RETRAIN_GROUP_ID, RetrainSettings
+from retrain.settings import RetrainSettings
 from schemas.codec import decode
 from schemas.errors import EventError
 from schemas.events import Deployment, Event, RetrainJob, TrainingMetrics
 from schemas.logs import setup_logging
 from schemas.topics import MODEL_DEPLOYMENTS, RETRAIN_JOBS, create_topics
+from schemas.topology import RETRAIN_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class RetrainWorker:
         return Consumer(
             {
                 "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": RETRAIN_GROUP_ID,
+                "group.id": RETRAIN_GROUP,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
                 "session.timeout.ms": self.settings.retrain_session_timeout_ms,
@@ -272,7 +273,7 @@ class RetrainWorker:
         self.registry.clean_temp(self.settings.model_alias)
         consumer = self.consumer()
         consumer.subscribe([RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name])
-        log.info("retrain worker running", extra={"group": RETRAIN_GROUP_ID, "registry": str(self.registry.root)})
+        log.info("retrain worker running", extra={"group": RETRAIN_GROUP, "registry": str(self.registry.root)})
         try:
             while not self._stop:
                 msg = consumer.poll(0.5)

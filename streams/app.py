@@ -44,6 +44,7 @@ import httpx
 import orjson
 from faust.types import TP
 
+from schemas import topology
 from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
 from schemas.errors import EventError
@@ -83,10 +84,10 @@ TABLE_PAIR_PENDING = "pair-pending"
 TABLE_PAIR_ANSWERS = "pair-answers"
 TABLE_TRIGGER_STATE = "trigger-state"
 TABLE_TRIGGER_COVERED = "trigger-covered"
-TOPIC_FEEDBACK_JOINED = "streams.feedback-joined"
-TOPIC_PAIR_TICKS = "streams.pair-ticks"
-TOPIC_TRIGGER_INPUT = "streams.trigger-input"
-INTERNAL_TOPICS = {TOPIC_FEEDBACK_JOINED: PARTITIONS, TOPIC_PAIR_TICKS: PARTITIONS, TOPIC_TRIGGER_INPUT: 1}
+TOPIC_FEEDBACK_JOINED = topology.FEEDBACK_JOINED.name
+TOPIC_PAIR_TICKS = topology.PAIR_TICKS.name
+TOPIC_TRIGGER_INPUT = topology.TRIGGER_INPUT.name
+INTERNAL_TOPICS = {t.name: t.partitions for t in topology.INTERNAL_TOPICS}
 AGENT_METRIC_WINDOWS = "streams.metric-windows"
 AGENT_JOIN_FEEDBACK = "streams.join-feedback"
 AGENT_BUILD_PAIRS = "streams.build-pairs"
@@ -136,7 +137,7 @@ join_source = _topic(CHAT_REQUESTS.name, CHAT_RESPONSES.name, CHAT_FEEDBACK.name
 feedback_joined = _topic(TOPIC_FEEDBACK_JOINED, internal=True)
 pair_ticks = _topic(TOPIC_PAIR_TICKS, internal=True)
 trigger_source = _topic(DPO_PAIRS.name, RETRAIN_JOBS.name)
-trigger_input = _topic(TOPIC_TRIGGER_INPUT, partitions=1, internal=True)
+trigger_input = _topic(TOPIC_TRIGGER_INPUT, partitions=topology.TRIGGER_INPUT.partitions, internal=True)
 metrics_windows = _topic(METRICS_WINDOWS.name)
 dpo_pairs = _topic(DPO_PAIRS.name)
 retrain_jobs = _topic(RETRAIN_JOBS.name)

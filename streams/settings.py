@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from schemas.settings import CommonSettings
+from schemas.topology import STREAMS_GROUP
 
 # The agent groups one worker process can run (FLYWHEEL_STREAMS_AGENTS), in their canonical order.
 AGENT_GROUPS = ("metrics", "pairs", "trigger")
@@ -19,7 +20,7 @@ class StreamSettings(CommonSettings):
     # The base model's served name (CommonSettings.served_model_name) names the model the DPO pairs
     # and retrain jobs belong to; model_version equal to it is the base, "<alias>@vN" its adapters.
     # faust app id: names the consumer group and prefixes every changelog topic (renaming = migration).
-    streams_app_id: str = Field("flywheel-streams", description="faust app id")
+    streams_app_id: str = Field(STREAMS_GROUP, description="faust app id")
     # Which agent groups this process runs, comma-separated: metrics (metric windows), pairs (feedback
     # join + pair building), trigger (retrain trigger). All three (the default, what `flywheel up` runs)
     # use the app id as it is; a subset runs as its own faust app "<app id>-<groups joined by '-'>"

@@ -1,0 +1,156 @@
+"""The system in one place: every topic (the registry's and the streams' internal ones), every ClickHouse table,
+every consumer group, and which service produces and consumes what.
+
+Services read their names from here (consumer groups, internal topics); `flywheel topology` prints it, and
+`flywheel topology --mermaid` writes it as a diagram. tests/unit/test_topology.py checks it against the code:
+the sink's routes, the streams' sources and sinks, the retrain worker's and the controller's subscriptions,
+the events each service builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.ddl import SINK_LEDGER, TABLES
+from schemas.topics import (
+    CHAT_FEEDBACK,
+    CHAT_REQUESTS,
+    CHAT_RESPONSES,
+    DLQ_TABLE,
+    DPO_PAIRS,
+    INFERENCE_LATENCY,
+    METRICS_WINDOWS,
+    MODEL_DEPLOYMENTS,
+    RETRAIN_JOBS,
+    TOPICS,
+    TRAINING_METRICS,
+)
+
+# Consumer groups. Each names committed offsets (and the sink's ledger rows): renaming one is a migration.
+SINK_GROUP = "flywheel-clickhouse-sink"
+STREAMS_GROUP = "flywheel-streams"  # the faust app id; a subset of the agents runs as "<this>-<groups>"
+RETRAIN_GROUP = "flywheel-retrain-worker"
+CONTROLLER_GROUP = "flywheel-hotswap-controller"
+
+
+@dataclass(frozen=True)
+class InternalTopic:
+    """A topic only the streams use between their agents (faust creates it)."""
+
+    name: str
+    partitions: int
+    record: str  # what one message holds
+
+
+FEEDBACK_JOINED = InternalTopic(
+    "streams.feedback-joined", CHAT_RESPONSES.partitions, "feedback joined with its request and answer (JSON)"
+)
+PAIR_TICKS = InternalTopic("streams.pair-ticks", CHAT_RESPONSES.partitions, "a clock tick per partition (b'tick')")
+TRIGGER_INPUT = InternalTopic("streams.trigger-input", 1, "a usable pair, a job's status, or a clock tick (JSON)")
+INTERNAL_TOPICS: tuple[InternalTopic, ...] = (FEEDBACK_JOINED, PAIR_TICKS, TRIGGER_INPUT)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str  # as `flywheel status` lists it
+    module: str  # what it runs: python -m <module>
+    group: str | None  # its Kafka consumer group
+    consumes: tuple[str, ...]
+    produces: tuple[str, ...]
+    writes: tuple[str, ...] = ()  # ClickHouse tables
+    reads: tuple[str, ...] = ()
+
+
+def _dlqs(*topics) -> tuple[str, ...]:
+    return tuple(t.dlq for t in topics)
+
+
+_EVERY_TOPIC = tuple(name for t in TOPICS for name in (t.name, t.dlq))
+
+SERVICES: tuple[Service, ...] = (
+    Service(
+        "gateway",
+        "inference.app",
+        None,
+        consumes=(),
+        produces=(CHAT_REQUESTS.name, CHAT_RESPONSES.name, CHAT_FEEDBACK.name, INFERENCE_LATENCY.name),
+    ),
+    Service(
+        "store",  # the sink runs inside the embedded store (or as `consumers.sink` beside a ClickHouse server)
+        "consumers.store_server",
+        SINK_GROUP,
+        consumes=_EVERY_TOPIC,
+        produces=_dlqs(*TOPICS),
+        writes=(*TABLES, SINK_LEDGER),
+    ),
+    Service(
+        "streams",
+        "streams.app",
+        STREAMS_GROUP,
+        consumes=(
+            CHAT_REQUESTS.name,
+            CHAT_RESPONSES.name,
+            CHAT_FEEDBACK.name,
+            DPO_PAIRS.name,
+            RETRAIN_JOBS.name,
+            *(t.name for t in INTERNAL_TOPICS),
+        ),
+        produces=(
+            METRICS_WINDOWS.name,
+            DPO_PAIRS.name,
+            RETRAIN_JOBS.name,
+            CHAT_FEEDBACK.dlq,
+            *(t.name for t in INTERNAL_TOPICS),
+        ),
+    ),
+    Service(
+        "retrain",
+        "retrain.worker",
+        RETRAIN_GROUP,
+        consumes=(RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name),
+        produces=(RETRAIN_JOBS.name, TRAINING_METRICS.name, MODEL_DEPLOYMENTS.name),
+        reads=(DPO_PAIRS.table, RETRAIN_JOBS.table),
+    ),
+    Service(
+        "controller",
+        "inference.controller",
+        CONTROLLER_GROUP,
+        consumes=(MODEL_DEPLOYMENTS.name,),
+        produces=(MODEL_DEPLOYMENTS.name,),
+        reads=(CHAT_RESPONSES.table, CHAT_FEEDBACK.table),
+    ),
+)
+BY_SERVICE: dict[str, Service] = {s.name: s for s in SERVICES}
+
+
+def topic_rows() -> list[tuple[str, str, str, str, str]]:
+    """(topic, record, table, producers, consumers) for every topic, the registry's first."""
+    rows = []
+    names = [(t.name, t.value_type.__name__, t.table) for t in TOPICS]
+    names += [(t.dlq, "DeadLetter", DLQ_TABLE) for t in TOPICS]
+    names += [(t.name, t.record, "-") for t in INTERNAL_TOPICS]
+    for name, record, table in names:
+        producers = ", ".join(s.name for s in SERVICES if name in s.produces) or "-"
+        consumers = ", ".join(s.name for s in SERVICES if name in s.consumes) or "-"
+        rows.append((name, record, table, producers, consumers))
+    return rows
+
+
+def mermaid() -> str:
+    """A Mermaid flowchart: services as boxes, topics as pills (DLQs folded into one node)."""
+    lines = ["flowchart LR"]
+
+    def node(topic: str) -> str:
+        return "dlq" if topic.endswith(".dlq") else topic.replace(".", "_").replace("-", "_")
+
+    topics = sorted({node(t) for s in SERVICES for t in (*s.consumes, *s.produces)})
+    for s in SERVICES:
+        lines.append(f"  {s.name}[{s.name}]")
+    labels = {node(t.name): t.name for t in TOPICS} | {node(t.name): t.name for t in INTERNAL_TOPICS}
+    for t in topics:
+        lines.append(f"  {t}([{labels.get(t, '*.dlq')}])")
+    edges = set()
+    for s in SERVICES:
+        edges |= {f"  {s.name} --> {node(t)}" for t in s.produces}
+        edges |= {f"  {node(t)} --> {s.name}" for t in s.consumes}
+    return "\n".join(lines + sorted(edges)) + "\n"

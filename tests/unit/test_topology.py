@@ -1,0 +1,109 @@
+"""The declared topology (schemas/topology.py) is what the code does: each service's subscriptions, the topics it
+sends to and the events it builds, read from the code itself."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from schemas import topics as registry
+from schemas import topology
+from schemas.ddl import SINK_LEDGER
+from schemas.events import EVENT_TYPES
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = {cls.__name__: cls for cls in EVENT_TYPES}
+
+
+def tree(module: str) -> ast.Module:
+    return ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text(encoding="utf-8"))
+
+
+def subscribed(module: str) -> set[str]:
+    """Topics in `consumer.subscribe([...])` calls, written as registry constants (`RETRAIN_JOBS.name`)."""
+    names = set()
+    for node in ast.walk(tree(module)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "subscribe" and node.args:
+            for element in getattr(node.args[0], "elts", ()):
+                if isinstance(element, ast.Attribute) and isinstance(element.value, ast.Name):
+                    names.add(getattr(getattr(registry, element.value.id), element.attr))
+    return names
+
+
+def built_events(*modules: str) -> set[str]:
+    """Topics of the events these modules construct (`ChatResponse(...)`): what they publish."""
+    found = set()
+    for module in modules:
+        for node in ast.walk(tree(module)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in EVENTS:
+                topic = registry.BY_EVENT.get(EVENTS[node.func.id])
+                if topic is not None:
+                    found.add(topic.name)
+    return found
+
+
+def test_every_topic_has_a_producer_and_a_consumer():
+    for name, _, _, producers, consumers in topology.topic_rows():
+        assert producers != "-" and consumers != "-", name
+
+
+def test_consumer_groups_are_the_services_own():
+    from consumers.sink import Sink
+    from streams.settings import StreamSettings
+
+    assert Sink.__init__.__defaults__[0] == topology.SINK_GROUP
+    assert StreamSettings(streams_agents="metrics,pairs,trigger").app_id == topology.STREAMS_GROUP
+    assert [s.group for s in topology.SERVICES if s.group] == [
+        topology.SINK_GROUP,
+        topology.STREAMS_GROUP,
+        topology.RETRAIN_GROUP,
+        topology.CONTROLLER_GROUP,
+    ]
+
+
+def test_the_sink_reads_every_topic_and_dead_letters_to_their_dlqs():
+    from consumers.sink import routes
+
+    store = topology.BY_SERVICE["store"]
+    table = routes()
+    assert set(table) == set(store.consumes)
+    assert {r.dlq for r in table.values() if r.dlq} == set(store.produces)
+    assert {r.table for r in table.values()} | {SINK_LEDGER} <= set(store.writes)
+
+
+def test_the_streams_agents_read_and_send_what_is_declared():
+    import streams.app as app
+
+    streams = topology.BY_SERVICE["streams"]
+    sources = {name for agent in app.app.agents.values() for name in agent.channel.topics}
+    assert sources == set(streams.consumes)
+    senders = {
+        node.func.value.id
+        for node in ast.walk(tree("streams.app"))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "attr", None) == "send"
+        and isinstance(node.func.value, ast.Name)
+    }
+    sent = {name for sender in senders for name in getattr(app, sender).topics}
+    assert sent == set(streams.produces)
+
+
+def test_the_workers_subscribe_and_publish_what_is_declared():
+    retrain, controller = topology.BY_SERVICE["retrain"], topology.BY_SERVICE["controller"]
+    assert subscribed("retrain.worker") == set(retrain.consumes)
+    assert built_events("retrain.worker") == set(retrain.produces)
+    assert subscribed("inference.controller") == set(controller.consumes)
+    assert built_events("inference.controller", "inference.deployer") == set(controller.produces)
+
+
+def test_the_gateway_publishes_what_is_declared():
+    assert built_events("inference.serving") == set(topology.BY_SERVICE["gateway"].produces)
+
+
+def test_mermaid_names_every_service_and_topic():
+    text = topology.mermaid()
+    assert text.startswith("flowchart LR")
+    for s in topology.SERVICES:
+        assert f"{s.name}[{s.name}]" in text
+    for t in registry.TOPICS:
+        assert f"([{t.name}])" in text
