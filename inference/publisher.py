@@ -13,6 +13,8 @@ The request path only calls `publish(event)`: one `produce()` into librdkafka's 
 - on recovery the topics are created again (a restarted Tansu has none, and would auto-create them
   with the wrong partition count), a fresh producer is made, and the spool is replayed; a segment is
   deleted once all its records are handed over and flushed (their failures come back to the spool).
+A message no broker will ever take (over its size limit) is not spooled: it goes to its topic's DLQ as a
+dead letter with the reason and the first 64 KiB of its payload, so one such event never jams the spool.
 Duplicates are possible only for a message in flight at the moment of a purge (tolerated downstream:
 event_id dedup), never by replaying a segment twice.
 
@@ -24,6 +26,7 @@ So this module uses confluent-kafka directly with the SDK's settings (ProducerSe
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import threading
@@ -36,12 +39,16 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from inference.settings import GatewaySettings
-from schemas.events import Event
+from schemas.events import Event, dead_letter
 from schemas.topics import BY_EVENT, create_topics
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[str, int], None]  # (outcome, count): published, failed, spooled, replayed
+PRODUCER = "flywheel-gateway"
+# librdkafka errors that retrying (or spooling) cannot cure: the message itself is refused
+UNDELIVERABLE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG})
+DEAD_PAYLOAD_BYTES = 65_536
 
 
 class Spool:
@@ -234,15 +241,45 @@ class EventPublisher:
                 self._producer.produce(topic, value, key)
                 self.hook("published", 1)
                 return
-            except (BufferError, KafkaException) as exc:
+            except KafkaException as exc:
+                if _undeliverable(exc.args[0]):
+                    self._dead_letter(topic, key, value, exc.args[0])
+                    return
+                self._note(f"produce failed: {exc}")
+            except BufferError as exc:
                 self._note(f"produce failed: {exc}")
         self.spool.append(topic, key, value)
         self.hook("spooled", 1)
+
+    def _dead_letter(self, topic: str, key: str | bytes | None, value: bytes, err: KafkaError) -> None:
+        """An event the broker will never take: to its topic's DLQ with why, its head kept (never spooled)."""
+        reason = f"{err.name()}: {len(value)} bytes; {err.str()}"
+        letter = dead_letter(
+            topic,
+            -1,
+            -1,
+            key,
+            value[:DEAD_PAYLOAD_BYTES],
+            "undeliverable",
+            reason,
+            PRODUCER,
+            name=f"{topic}/{hashlib.sha256(value).hexdigest()}",
+        )
+        self.hook("failed", 1)
+        self._note(f"dead-lettered: {reason}")
+        log.error("event dead-lettered: the broker refuses it", extra={"topic": topic, "error": reason})
+        try:
+            self._producer.produce(f"{topic}.dlq", letter.__pydantic_serializer__.to_json(letter), letter.key)
+        except (BufferError, KafkaException) as exc:
+            log.error("dead letter not produced", extra={"topic": topic, "error": repr(exc)})
 
     # -- librdkafka callbacks (poll thread) --------------------------------------------------------
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is None:
+            return
+        if _undeliverable(err) and not msg.topic().endswith(".dlq"):
+            self._dead_letter(msg.topic(), msg.key(), msg.value(), err)
             return
         self.spool.append(msg.topic(), msg.key(), msg.value())
         self.hook("failed", 1)
@@ -350,6 +387,11 @@ class EventPublisher:
                             break
                         except BufferError:
                             producer.poll(0.05)
+                        except KafkaException as exc:  # per record: one bad record never blocks the rest
+                            if not _undeliverable(exc.args[0]):
+                                raise
+                            self._dead_letter(topic, key, value, exc.args[0])
+                            break
                     done += 1
                 producer.flush(30.0)
                 self.hook("replayed", done)
@@ -385,6 +427,10 @@ class EventPublisher:
             "spool_backlog": await asyncio.to_thread(self.spool.backlog),
             "last_error": self.last_error,
         }
+
+
+def _undeliverable(err: KafkaError) -> bool:
+    return err.code() in UNDELIVERABLE
 
 
 def iter_spool(directory: Path) -> Iterator[tuple[str, str | None, bytes]]:
