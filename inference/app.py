@@ -36,7 +36,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inference.auth import ApiKeyStore, ensure_dev_key
+from inference.auth import ACT_AS, ApiKeyStore, ensure_dev_key
 from inference.metrics import GatewayMetrics
 from inference.protocol import (
     ChatCompletionRequest,
@@ -280,6 +280,18 @@ def _json_error(status: int, message: str, code: str | None = None, headers=None
     return Response(error_body(status, message, code, param), status_code=status, media_type=JSON, headers=headers)
 
 
+def user_of(key, asserted: str | None) -> str:
+    """The end user of a request: the one the key's holder names (`X-User-Id`) when the key may act as its users
+    (the `act_as` scope), else the key's own principal; naming a user without that scope is refused."""
+    if asserted is None:
+        return f"key-{key.key_id}"
+    if not key.allows(ACT_AS):
+        raise GatewayError(
+            403, f"this API key may not name users (X-User-Id needs the '{ACT_AS}' scope)", "insufficient_scope"
+        )
+    return asserted
+
+
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     holder: dict[str, Gateway] = {}
@@ -315,7 +327,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             x_user_id: str | None = Header(None, max_length=MAX_USER_ID),
         ) -> Caller:
             key = await g().gate.authenticate(authorization, scope)
-            return Caller(key, x_user_id or f"key-{key.key_id}", request.state.request_id)
+            return Caller(key, user_of(key, x_user_id), request.state.request_id)
 
         return dependency
 
@@ -337,7 +349,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 param="X-User-Id",
             )
         key = await g().gate.authenticate(headers.get("authorization"), scope)
-        return Caller(key, user_id or f"key-{key.key_id}", request.state.request_id)
+        return Caller(key, user_of(key, user_id), request.state.request_id)
 
     def hot_route(path: str, **kwargs):
         """A POST route served by ObserveMiddleware directly (and listed by FastAPI, which never sees it)."""

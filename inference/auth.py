@@ -36,7 +36,10 @@ KEY_PREFIX = "fw-"
 KEY_BODY_CHARS = 40  # secrets.token_urlsafe(30) is exactly 40 url-safe characters
 KEY_ID_LENGTH = 12
 DEV_KEY_NAME = "dev"
-DEV_KEY_SCOPES = frozenset({"chat", "admin"})
+# `act_as`: the key's holder (an application that signs its own users in) may name the end user of a request
+# (X-User-Id, or the body's `user`); without it, the user is the key's own principal, `key-<key id>`.
+ACT_AS = "act_as"
+DEV_KEY_SCOPES = frozenset({"chat", "admin", ACT_AS})
 DEV_RATE_PER_MINUTE = 1_000_000  # the local stack and the benchmarks must never be throttled
 
 _KEY_RE = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9_-]{{{KEY_BODY_CHARS}}}")
@@ -201,8 +204,11 @@ async def ensure_dev_key(store: ApiKeyStore, path: Path) -> str:
     """The local stack's key: reuse the one in `path` while it still verifies, else create and save one."""
     if path.exists():
         existing = path.read_text().strip()
-        if await store.verify(existing) is not None:
+        key = await store.verify(existing)
+        if key is not None and key.scopes >= DEV_KEY_SCOPES:
             return existing
+        if key is not None:  # made before a scope was added: replaced by one with every scope
+            await store.revoke(key.key_id)
     plaintext, _ = await store.create(DEV_KEY_NAME, DEV_KEY_SCOPES, DEV_RATE_PER_MINUTE)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

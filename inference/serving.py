@@ -19,7 +19,7 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 from redis.asyncio import Redis
 
-from inference.auth import ApiKey, ApiKeyStore, parse_bearer
+from inference.auth import ACT_AS, ApiKey, ApiKeyStore, parse_bearer
 from inference.metrics import GatewayMetrics
 from inference.protocol import (
     ChatCompletionRequest,
@@ -207,6 +207,10 @@ class ChatServing:
                 f"unknown field(s) {', '.join(unknown)}: not forwarded to the model (n is at most 1)",
                 "unknown_field",
                 param=unknown[0],
+            )
+        if req.user is not None and not caller.key.allows(ACT_AS):
+            raise GatewayError(
+                403, f"this API key may not name users (`user` needs the '{ACT_AS}' scope)", "insufficient_scope"
             )
         user_id = req.user or caller.user_id
         session_id = _session_id(session_header)

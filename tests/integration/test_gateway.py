@@ -374,3 +374,23 @@ def test_oversized_headers_refused(client):
 def test_fields_outside_the_allowlist_are_refused(client, extra, param):
     r = client.post("/v1/chat/completions", json={**CHAT, **extra})
     assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+
+
+# -- identity -----------------------------------------------------------------------------------------
+
+
+def test_only_keys_with_act_as_may_name_the_user(gateway, keys):
+    app = {"Authorization": f"Bearer {keys['chat_only']}"}
+    for headers, body in (({"X-User-Id": "alice"}, CHAT), ({}, {**CHAT, "user": "alice"})):
+        r = httpx.post(gateway["url"] + "/v1/chat/completions", json=body, headers={**app, **headers})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "insufficient_scope", r.text
+    for path, body in (("/chat", {"message": "hi"}), ("/feedback", FEEDBACK)):
+        r = httpx.post(gateway["url"] + path, json=body, headers={**app, "X-User-Id": "alice"})
+        assert r.status_code == 403 and "act_as" in r.json()["error"]["message"], r.text
+    # without naming anyone, the key is its own user: its session is its own, not another key's
+    mine = httpx.post(gateway["url"] + "/chat", json={"message": "hi"}, headers=app)
+    assert mine.status_code == 200, mine.text
+    sid = mine.json()["session_id"]
+    dev = {"Authorization": f"Bearer {gateway['key']}", "X-User-Id": "alice"}  # the dev key has act_as
+    other = httpx.post(gateway["url"] + "/chat", json={"session_id": sid, "message": "in?"}, headers=dev)
+    assert other.status_code == 403 and other.json()["error"]["code"] == "not_session_owner", other.text

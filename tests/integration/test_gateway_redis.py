@@ -122,12 +122,18 @@ async def test_ensure_dev_key_creates_reuses_and_replaces(redis, tmp_path):
     assert path.read_text().strip() == first
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     key = await store.verify(first)
-    assert key.name == DEV_KEY_NAME and key.scopes == {"chat", "admin"}
+    assert key.name == DEV_KEY_NAME and key.scopes == {"chat", "admin", "act_as"}
     assert await ensure_dev_key(store, path) == first
     await store.revoke(key.key_id)
     second = await ensure_dev_key(store, path)
     assert second != first and await store.verify(second) is not None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    # a dev key made before a scope existed is replaced (and revoked) by one with every scope
+    old_plaintext, old = await store.create(DEV_KEY_NAME, {"chat", "admin"}, rate_per_minute=10)
+    path.write_text(old_plaintext + "\n")
+    third = await ensure_dev_key(store, path)
+    assert third != old_plaintext and (await store.verify(third)).scopes == {"chat", "admin", "act_as"}
+    assert await store.verify(old_plaintext) is None
 
 
 # --- rate limits ------------------------------------------------------------------------------------
