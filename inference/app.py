@@ -307,7 +307,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await gateway.stop()
             holder.pop("g", None)
 
-    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan)
+    docs = {} if settings.gateway_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Flywheel gateway", version="0.1.0", lifespan=lifespan, **docs)
     hot = {}
     app.add_middleware(
         ObserveMiddleware,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -508,7 +509,7 @@ class ChatServing:
         self._finish(turn)
         code = {503: "no_worker_available", 504: "upstream_timeout"}.get(exc.status, "upstream_error")
         status = exc.status if exc.status in (400, 404, 413, 422, 503, 504) else 502
-        return GatewayError(status, str(exc), code)
+        return GatewayError(status, public_message(exc, status, turn.request_id), code)
 
     def _finish(self, turn: Turn) -> None:
         """Metrics, the response and latency events, and one log line for a finished turn."""
@@ -593,6 +594,21 @@ def _session_id(header: str | None) -> str:
         return resolve_session_id(header)
     except InvalidId as exc:
         raise GatewayError(422, f"X-Session-Id: {exc}", "invalid_session_id", param="X-Session-Id") from None
+
+
+_URL = re.compile(r"https?://[^\s'\"),]+")
+
+
+def public_message(exc: UpstreamFailure, status: int, request_id: str) -> str:
+    """What a client is told of an upstream failure: the worker's own words for a request it refused (4xx),
+    without addresses; otherwise a generic message (the details, with the worker, are in the log and events)."""
+    if status == 503:
+        return "no inference worker is available for this model; retry later"
+    if status == 504:
+        return "the model did not answer within the gateway's timeout"
+    if 400 <= status < 500:
+        return _URL.sub("<worker>", str(exc))
+    return f"the inference worker failed (request id {request_id})"
 
 
 def _status_of(exc: UpstreamFailure) -> str:

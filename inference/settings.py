@@ -75,6 +75,8 @@ class GatewaySettings(ProducerSettings):
     gateway_broker_probe_s: float = Field(1.0, gt=0, description="broker probe interval when down")
     # uvicorn access log (off by default: it costs throughput; requests are counted in /metrics).
     gateway_access_log: bool = Field(False, description="uvicorn access log")
+    # The interactive docs (/docs) and the OpenAPI schema (/openapi.json) describe every route to whoever asks.
+    gateway_docs: bool = Field(False, description="serve /docs and /openapi.json")
     # Bounds on what a request may make the gateway read: larger ones are refused before their body is read.
     gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
     gateway_max_header_bytes: int = Field(32_768, ge=1024, description="largest request head (431 above)")

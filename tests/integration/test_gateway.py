@@ -394,3 +394,8 @@ def test_only_keys_with_act_as_may_name_the_user(gateway, keys):
     dev = {"Authorization": f"Bearer {gateway['key']}", "X-User-Id": "alice"}  # the dev key has act_as
     other = httpx.post(gateway["url"] + "/chat", json={"session_id": sid, "message": "in?"}, headers=dev)
     assert other.status_code == 403 and other.json()["error"]["code"] == "not_session_owner", other.text
+
+
+def test_docs_and_schema_are_off_by_default(client):
+    for path in ("/docs", "/redoc", "/openapi.json"):
+        assert client.get(path).status_code == 404, path

@@ -178,3 +178,19 @@ def test_openai_requests_are_bounded(extra, field):
     with pytest.raises(GatewayError) as err:
         parse_request(ChatCompletionRequest, raw)
     assert err.value.status == 422 and err.value.param.startswith(field), err.value.param
+
+
+def test_upstream_failures_tell_clients_no_worker_address():
+    from inference.serving import public_message
+    from inference.upstream import UpstreamFailure, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+
+    worker = "http://127.0.0.1:8000"
+    cases = [
+        (UpstreamUnavailable(f"every worker is ejected (tried {worker})", worker), 503, "retry later"),
+        (UpstreamTimeout(f"no answer from {worker} in 60 s", worker), 504, "timeout"),
+        (UpstreamHTTPError(400, f"{worker}: maximum context length is 2048 tokens", worker), 400, "context length"),
+        (UpstreamFailure(f"connection reset by {worker}", worker), 502, "request id r-1"),
+    ]
+    for exc, status, words in cases:
+        message = public_message(exc, status, "r-1")
+        assert words in message and "127.0.0.1" not in message, message
