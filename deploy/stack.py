@@ -83,6 +83,9 @@ def up(
     already_running = supervisor.alive()
     if not already_running:
         check_ports_free((s.name, BIND_HOST, s.port) for s in wanted if s.managed and s.port)
+        # The data dir holds the dev API key, prompts in the store and the spool, logs: its owner's alone.
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.chmod(0o700)
         for directory in (layout.logs_dir, *(d for s in wanted for d in s.dirs)):
             directory.mkdir(parents=True, exist_ok=True)
         layout.conf_path.write_text(render_conf(layout, wanted))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import subprocess
 import sys
 
@@ -89,8 +91,11 @@ def test_port_in_use_is_named(tmp_path):
 
 def test_down_leaves_no_process(tmp_path):
     settings = stack_settings(tmp_path, *free_ports(3))
+    settings.data_dir.mkdir(parents=True, mode=0o755, exist_ok=True)
+    settings.data_dir.chmod(0o755)
     result = CliRunner().invoke(main, ["up", "--infra-only"], env=settings_env(settings))
     assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(settings.data_dir).st_mode) == 0o700  # the dev key, prompts, logs: the owner's
     pids = [row.pid for row in local_stack.status(settings) if row.pid]
     assert len(pids) == 3
     layout = local_stack.layout_for(settings)
