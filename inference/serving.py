@@ -44,6 +44,7 @@ from inference.sessions import (
 from inference.settings import GatewaySettings
 from inference.upstream import Upstream, UpstreamFailure, UpstreamStream, UpstreamTimeout
 from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
+from schemas.text import mask_pii
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +196,7 @@ class ChatServing:
         self.gate = gate
         self.system_prompt = settings.gateway_system_prompt
         self.extra_fields = frozenset(settings.gateway_extra_fields)
+        self.mask = mask_pii if settings.gateway_mask_pii else _as_is
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
 
@@ -329,8 +331,8 @@ class ChatServing:
             message_id=req.message_id,
             user_id=caller.user_id,
             feedback=req.feedback,
-            comment=req.comment,
-            correction=req.correction,
+            comment=self.mask(req.comment) if req.comment else req.comment,
+            correction=self.mask(req.correction) if req.correction else req.correction,
             producer="gateway",
         )
         self.publisher.publish(event)
@@ -405,7 +407,7 @@ class ChatServing:
                 message_id=turn.message_id,
                 user_id=turn.user_id,
                 model_alias=turn.alias,
-                messages=messages,
+                messages=[{"role": m["role"], "content": self.mask(m["content"])} for m in messages],
                 max_tokens=max_tokens,
                 temperature=temperature,
                 stream=turn.stream,
@@ -537,7 +539,7 @@ class ChatServing:
                     model_alias=turn.alias,
                     model_version=version,
                     worker=turn.worker,
-                    content=turn.content,
+                    content=self.mask(turn.content),
                     finish_reason=turn.finish_reason,
                     prompt_tokens=turn.prompt_tokens,
                     completion_tokens=turn.completion_tokens,
@@ -609,6 +611,10 @@ def public_message(exc: UpstreamFailure, status: int, request_id: str) -> str:
     if 400 <= status < 500:
         return _URL.sub("<worker>", str(exc))
     return f"the inference worker failed (request id {request_id})"
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _status_of(exc: UpstreamFailure) -> str:

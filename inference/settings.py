@@ -75,6 +75,9 @@ class GatewaySettings(ProducerSettings):
     gateway_broker_probe_s: float = Field(1.0, gt=0, description="broker probe interval when down")
     # uvicorn access log (off by default: it costs throughput; requests are counted in /metrics).
     gateway_access_log: bool = Field(False, description="uvicorn access log")
+    # E-mail addresses and phone numbers in published events (prompts, answers, feedback) become [EMAIL] and
+    # [PHONE]: the store, the spool and training data never hold them. The session history in Redis keeps the text.
+    gateway_mask_pii: bool = Field(True, description="mask e-mails and phone numbers in published events")
     # The interactive docs (/docs) and the OpenAPI schema (/openapi.json) describe every route to whoever asks.
     gateway_docs: bool = Field(False, description="serve /docs and /openapi.json")
     # Bounds on what a request may make the gateway read: larger ones are refused before their body is read.

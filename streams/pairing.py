@@ -5,7 +5,6 @@ No I/O here: the agents in streams/pairs.py call these functions and send what t
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections import deque
 
@@ -14,32 +13,6 @@ from datasketch import MinHash, MinHashLSH
 from schemas.text import normalize_question
 
 PAIR_NAMESPACE = uuid.UUID("0b7c4f5e-2d7a-4c1b-8e2f-5a9d3c6b1e02")
-
-
-EMAIL_MASK = "[EMAIL]"
-PHONE_MASK = "[PHONE]"
-_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
-# A phone number: optional +country code, then 2-4 digit groups separated by space, dot, dash or
-# parentheses; or a bare run of 10-15 digits. 7 to 15 digits in all (E.164). Dates are not phones.
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]\d{2,4}){1,5}(?![\w])"
-    r"|(?<![\w+])\+\d{7,15}(?!\w)"
-    r"|(?<![\w+])\d{10,15}(?!\w)"
-)
-_DATE = re.compile(r"\d{4}-\d{2}-\d{2}|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}")
-
-
-def _phone(match: re.Match[str]) -> str:
-    found = match.group(0)
-    digits = sum(ch.isdigit() for ch in found)
-    if not 7 <= digits <= 15 or _DATE.fullmatch(found.strip()):
-        return found
-    return PHONE_MASK
-
-
-def mask_pii(text: str) -> str:
-    """Replace e-mail addresses and phone numbers with placeholders."""
-    return _PHONE.sub(_phone, _EMAIL.sub(EMAIL_MASK, text))
 
 
 def pair_id_for(feedback_event_id: uuid.UUID | str) -> str:

@@ -24,6 +24,7 @@ from typing import Any
 
 from schemas import events
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, DeadLetter, DPOPair, Feedback
+from schemas.text import mask_pii
 from schemas.topics import CHAT_FEEDBACK
 from streams import pairing
 
@@ -244,7 +245,7 @@ class PairBuilder:
         problem = pairing.quality_problem(chosen, answer, self.min_chars, self.max_chars)
         if problem:
             return PairOutcome(dropped=problem)
-        prompt = [ChatMessage(role=m["role"], content=pairing.mask_pii(m["content"])) for m in rec["messages"]]
+        prompt = [ChatMessage(role=m["role"], content=mask_pii(m["content"])) for m in rec["messages"]]
         pair_id = pairing.pair_id_for(rec["feedback_id"])
         duplicate = self.dedup.check_and_add(pair_id, pairing.dedup_text(rec["question"], answer, chosen))
         if duplicate:
@@ -256,8 +257,8 @@ class PairBuilder:
             base_model=self.base_model,
             model_version=rec["model_version"],
             prompt=prompt,
-            chosen=pairing.mask_pii(chosen) if chosen is not None else None,
-            rejected=pairing.mask_pii(answer),
+            chosen=mask_pii(chosen) if chosen is not None else None,
+            rejected=mask_pii(answer),
             source=source,  # type: ignore[arg-type]
             session_id=rec["session_id"],
             message_id=rec["message_id"],

@@ -399,3 +399,14 @@ def test_only_keys_with_act_as_may_name_the_user(gateway, keys):
 def test_docs_and_schema_are_off_by_default(client):
     for path in ("/docs", "/redoc", "/openapi.json"):
         assert client.get(path).status_code == 404, path
+
+
+def test_personal_data_is_masked_in_the_events(gateway, consumer_config):
+    c = oai(gateway)
+    text = "I am jane.doe@example.com, call +1 415 555 0134 about order 2024-05-01"
+    mid = c.chat.completions.create(model="support", messages=[{"role": "user", "content": text}]).id
+    requests = consume(consumer_config, "chat.requests", {mid})
+    responses = consume({**consumer_config, "group.id": consumer_config["group.id"] + "r"}, "chat.responses", {mid})
+    masked = "I am [EMAIL], call [PHONE] about order 2024-05-01"
+    assert requests[mid].messages[-1].content == masked
+    assert "jane.doe" not in responses[mid].content and "[EMAIL]" in responses[mid].content  # the stub echoes

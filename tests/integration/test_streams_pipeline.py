@@ -26,8 +26,9 @@ from schemas.events import (
     MetricsWindow,
     RetrainJob,
 )
+from schemas.text import EMAIL_MASK, PHONE_MASK
 from schemas.topics import CHAT_FEEDBACK, DPO_PAIRS, METRICS_WINDOWS, RETRAIN_JOBS
-from streams.pairing import EMAIL_MASK, PHONE_MASK, pair_id_for
+from streams.pairing import pair_id_for
 from tests.integration.streams_worker import Collector, StreamWorker, produce
 
 pytestmark = pytest.mark.integration

@@ -9,11 +9,9 @@ import uuid
 import pytest
 
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, Feedback
+from schemas.text import EMAIL_MASK, PHONE_MASK, mask_pii
 from streams.pairing import (
-    EMAIL_MASK,
-    PHONE_MASK,
     NearDuplicateFilter,
-    mask_pii,
     normalize_question,
     pair_id_for,
     quality_problem,
