@@ -36,6 +36,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from inference.admission import Caller, Gate
 from inference.auth import ACT_AS, ApiKeyStore, ensure_dev_key
 from inference.metrics import GatewayMetrics
 from inference.protocol import (
@@ -50,7 +51,7 @@ from inference.protocol import (
 from inference.publisher import EventPublisher
 from inference.ratelimit import RateLimiter
 from inference.router import RouteTable, WorkerPool
-from inference.serving import Caller, ChatServing, Gate
+from inference.serving import ChatServing
 from inference.sessions import SessionStore
 from inference.settings import GatewaySettings
 from inference.upstream import Refresher, Upstream, make_client

@@ -1,5 +1,5 @@
-"""The gateway's logic: admission (API key, scope, rate limit), chat completions (OpenAI and session
-APIs, streamed or not), feedback, and the events each request produces.
+"""The gateway's logic: chat completions (OpenAI and session APIs, streamed or not), feedback, and the events
+each request produces. Admission (key, scope, rate limit, session owners) is inference/admission.py.
 
 Reads: Redis (keys, rate limits, sessions, message owners), the inference workers (inference/upstream.py).
 Writes: chat.requests, chat.responses, inference.latency, chat.feedback (through inference/publisher.py,
@@ -13,14 +13,13 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
-from redis.asyncio import Redis
 
-from inference.auth import ACT_AS, ApiKey, ApiKeyStore, parse_bearer
+from inference.admission import Caller, Gate, not_owned
+from inference.auth import ACT_AS
 from inference.metrics import GatewayMetrics
 from inference.protocol import (
     ChatCompletionRequest,
@@ -31,149 +30,24 @@ from inference.protocol import (
     new_message_id,
 )
 from inference.publisher import EventPublisher
-from inference.ratelimit import Decision, RateLimiter
 from inference.router import RouteTable, UnknownModel
 from inference.sessions import (
     InvalidId,
     SessionNotOwned,
     SessionStore,
-    parse_session,
     resolve_session_id,
     valid_id,
 )
 from inference.settings import GatewaySettings
+from inference.turns import Turn, TurnEvents, event_message
 from inference.upstream import Upstream, UpstreamFailure, UpstreamStream, UpstreamTimeout
-from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
+from schemas.events import Feedback
 from schemas.text import mask_pii
 
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
 SSE_DONE = b"data: [DONE]\n\n"
-EVENT_ROLES = {"system", "user", "assistant", "tool"}
-ROLE_ALIASES = {"developer": "system", "function": "tool"}
-
-
-# -- admission -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Caller:
-    key: ApiKey
-    user_id: str
-    request_id: str
-
-
-class Gate:
-    """API key, scope and per-key rate limit; the session route reads its history in the same round trip."""
-
-    def __init__(self, redis: Redis, keys: ApiKeyStore, limiter: RateLimiter, sessions: SessionStore):
-        self.redis = redis
-        self.keys = keys
-        self.limiter = limiter
-        self.sessions = sessions
-
-    async def authenticate(self, authorization: str | None, scope: str) -> ApiKey:
-        if not authorization:
-            raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
-        token = parse_bearer(authorization)
-        key = await self.keys.verify(token) if token else None
-        if key is None:
-            raise GatewayError(401, "invalid API key", "invalid_api_key")
-        if not key.allows(scope):
-            raise GatewayError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
-        return key
-
-    async def admit(self, key: ApiKey) -> None:
-        _check_rate(await self.limiter.hit(key.key_id, key.rate_per_minute), key)
-
-    async def admit_and_remember(
-        self, key: ApiKey, message_id: str, user_id: str, session_id: str, claim: bool = False
-    ) -> None:
-        """Rate limit and record the owner of the coming answer (for /feedback): one round trip. With `claim`
-        (a session id the client named), the session becomes the user's unless it is another user's: 403 then.
-        A refused request leaves an owner record of an id nobody was given; it expires with the others."""
-        pipe = self.redis.pipeline(transaction=False)
-        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
-        self.sessions.queue_remember_message(pipe, message_id, user_id, session_id)
-        if claim:
-            self.sessions.queue_claim(pipe, session_id, user_id)
-        rate, *rest = await pipe.execute()
-        _check_rate(Decision.from_reply(rate), key)
-        if claim:
-            owner = rest[-1].decode() if isinstance(rest[-1], bytes) else rest[-1]
-            if owner != user_id:
-                raise _not_owned(SessionNotOwned(session_id))
-
-    async def admit_with_history(self, key: ApiKey, session_id: str, user_id: str) -> list[dict]:
-        """Rate limit, then the session's history; 403 when the session belongs to another user."""
-        pipe = self.redis.pipeline(transaction=False)
-        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
-        self.sessions.queue_session(pipe, session_id)
-        rate, history, owner = await pipe.execute()
-        _check_rate(Decision.from_reply(rate), key)
-        try:
-            return parse_session(history, owner, session_id, user_id)
-        except SessionNotOwned as exc:
-            raise _not_owned(exc) from None
-
-
-def _not_owned(exc: SessionNotOwned) -> GatewayError:
-    return GatewayError(403, f"{exc}; use another session id", "not_session_owner", param="session_id")
-
-
-def _check_rate(decision: Decision, key: ApiKey) -> None:
-    if not decision.allowed:
-        raise GatewayError(
-            429,
-            f"rate limit of {key.rate_per_minute} requests per minute exceeded for this API key; "
-            f"retry in {decision.retry_after_header} s",
-            "rate_limit_exceeded",
-            headers={"Retry-After": decision.retry_after_header},
-        )
-
-
-# -- one chat turn ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    """What one request knows about itself, from admission to its final events."""
-
-    route: str  # "openai" | "session" (the events' route)
-    request_id: str
-    session_id: str
-    message_id: str
-    user_id: str
-    alias: str
-    version: str
-    stream: bool
-    started: float = field(default_factory=time.perf_counter)
-    worker: str = ""
-    ttft_s: float | None = None
-    parts: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    status: str = "ok"
-    error: str | None = None
-
-    @property
-    def content(self) -> str:
-        return "".join(self.parts)
-
-    def ids(self) -> dict[str, str]:
-        return {"request_id": self.request_id, "session_id": self.session_id, "message_id": self.message_id}
-
-    def headers(self) -> dict[str, str]:
-        return {"X-Session-Id": self.session_id, "X-Model-Version": self.version}
-
-
-def _event_message(role: str, content: str) -> dict[str, str]:
-    """A message as the ChatRequest event's `messages` takes it: a dict that pydantic validates in one pass
-    with the event (a ChatMessage built per message cost 5% of a /chat request's CPU)."""
-    role = ROLE_ALIASES.get(role, role)
-    return {"role": role if role in EVENT_ROLES else "user", "content": content}
 
 
 class ChatServing:
@@ -196,7 +70,7 @@ class ChatServing:
         self.gate = gate
         self.system_prompt = settings.gateway_system_prompt
         self.extra_fields = frozenset(settings.gateway_extra_fields)
-        self.mask = mask_pii if settings.gateway_mask_pii else _as_is
+        self.events = TurnEvents(publisher, metrics, mask_pii if settings.gateway_mask_pii else _as_is)
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
 
@@ -223,9 +97,9 @@ class ChatServing:
         )
         turn = self._turn("openai", caller, session_id, user_id, req.model, req.stream, message_id)
         state.model_version = turn.version
-        self._publish_request(
+        self.events.request(
             turn,
-            [_event_message(m.role, m.text()) for m in req.messages],
+            [event_message(m.role, m.text()) for m in req.messages],
             req.max_tokens or req.max_completion_tokens,
             req.temperature,
         )
@@ -253,7 +127,7 @@ class ChatServing:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages += history[-keep:] if keep else []
         messages.append({"role": "user", "content": req.message})
-        self._publish_request(turn, messages, req.max_tokens, req.temperature)  # roles: system, user, assistant
+        self.events.request(turn, messages, req.max_tokens, req.temperature)  # roles: system, user, assistant
         body: dict[str, Any] = {"model": turn.version, "messages": messages, "stream": stream}
         if req.max_tokens is not None:
             body["max_tokens"] = req.max_tokens
@@ -264,7 +138,7 @@ class ChatServing:
             try:
                 await self.sessions.record_turn(session_id, turn.user_id, turn.message_id, req.message, turn.content)
             except SessionNotOwned as exc:  # another user took the new session id since admission
-                raise _not_owned(exc) from None
+                raise not_owned(exc) from None
 
         if stream:
             body["stream_options"] = {"include_usage": True}
@@ -297,7 +171,7 @@ class ChatServing:
         try:
             deleted = await self.sessions.delete(session_id, caller.user_id)
         except SessionNotOwned as exc:
-            raise _not_owned(exc) from None
+            raise not_owned(exc) from None
         if not deleted:
             raise GatewayError(404, f"session {session_id!r} not found (unknown or expired)", "session_not_found")
         return Response(orjson.dumps({"session_id": session_id, "deleted": True}), media_type=JSON)
@@ -331,8 +205,8 @@ class ChatServing:
             message_id=req.message_id,
             user_id=caller.user_id,
             feedback=req.feedback,
-            comment=self.mask(req.comment) if req.comment else req.comment,
-            correction=self.mask(req.correction) if req.correction else req.correction,
+            comment=self.events.mask(req.comment) if req.comment else req.comment,
+            correction=self.events.mask(req.correction) if req.correction else req.correction,
             producer="gateway",
         )
         self.publisher.publish(event)
@@ -398,28 +272,6 @@ class ChatServing:
             route, caller.request_id, session_id, message_id or new_message_id(), user_id, alias, version, stream
         )
 
-    def _publish_request(
-        self, turn: Turn, messages: list[dict[str, str]], max_tokens: int | None, temperature: float | None
-    ) -> None:
-        try:
-            event = ChatRequest(
-                session_id=turn.session_id,
-                message_id=turn.message_id,
-                user_id=turn.user_id,
-                model_alias=turn.alias,
-                messages=[{"role": m["role"], "content": self.mask(m["content"])} for m in messages],
-                max_tokens=max_tokens,
-                temperature=temperature,
-                stream=turn.stream,
-                route=turn.route,
-                producer="gateway",
-            )
-        except Exception as exc:  # an event we cannot build must not fail the request; it is visible
-            log.error("chat_request event invalid", extra={**turn.ids(), "error": repr(exc)})
-            self.metrics.event("failed", 1)
-            return
-        self.publisher.publish(event)
-
     async def _complete(self, turn: Turn, body: dict) -> dict:
         try:
             worker, data, _ = await self.upstream.complete(body)
@@ -431,7 +283,7 @@ class ChatServing:
         turn.parts.append(message.get("content") or "")
         turn.finish_reason = choices[0].get("finish_reason")
         self._usage(turn, data.get("usage"))
-        self._finish(turn)
+        self.events.finish(turn)
         return data
 
     async def _open_stream(self, turn: Turn, body: dict) -> UpstreamStream:
@@ -497,7 +349,7 @@ class ChatServing:
             yield _sse_error(502, "the inference worker failed mid-answer")
         finally:
             await self.upstream.close_stream(stream)
-            self._finish(turn)
+            self.events.finish(turn)
 
     @staticmethod
     def _usage(turn: Turn, usage: dict | None) -> None:
@@ -508,87 +360,10 @@ class ChatServing:
     def _failed(self, turn: Turn, exc: UpstreamFailure) -> GatewayError:
         turn.worker = exc.worker or turn.worker
         turn.status, turn.error = _status_of(exc), str(exc)
-        self._finish(turn)
+        self.events.finish(turn)
         code = {503: "no_worker_available", 504: "upstream_timeout"}.get(exc.status, "upstream_error")
         status = exc.status if exc.status in (400, 404, 413, 422, 503, 504) else 502
         return GatewayError(status, public_message(exc, status, turn.request_id), code)
-
-    def _finish(self, turn: Turn) -> None:
-        """Metrics, the response and latency events, and one log line for a finished turn."""
-        latency = time.perf_counter() - turn.started
-        version = turn.version
-        m = self.metrics
-        if turn.ttft_s is not None:
-            m.ttft.labels(turn.route).observe(turn.ttft_s)
-        if turn.completion_tokens:
-            m.completion_tokens.labels(version).inc(turn.completion_tokens)
-            m.prompt_tokens.labels(version).inc(turn.prompt_tokens)
-            gen_s = latency - (turn.ttft_s or 0.0)
-            tps = turn.completion_tokens / gen_s if gen_s > 0 else 0.0
-            m.tokens_per_s.labels(version).observe(tps)
-        else:
-            tps = 0.0
-        latency_ms = latency * 1000
-        ttft_ms = turn.ttft_s * 1000 if turn.ttft_s is not None else None
-        try:
-            self.publisher.publish(
-                ChatResponse(
-                    session_id=turn.session_id,
-                    message_id=turn.message_id,
-                    user_id=turn.user_id,
-                    model_alias=turn.alias,
-                    model_version=version,
-                    worker=turn.worker,
-                    content=self.mask(turn.content),
-                    finish_reason=turn.finish_reason,
-                    prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    ttft_ms=ttft_ms,
-                    latency_ms=latency_ms,
-                    status=turn.status,
-                    error=turn.error,
-                    route=turn.route,
-                    producer="gateway",
-                )
-            )
-            self.publisher.publish(
-                InferenceLatency(
-                    model_version=version,
-                    worker=turn.worker,
-                    session_id=turn.session_id,
-                    message_id=turn.message_id,
-                    route=turn.route,
-                    prompt_tokens=turn.prompt_tokens,
-                    completion_tokens=turn.completion_tokens,
-                    ttft_ms=ttft_ms,
-                    latency_ms=latency_ms,
-                    tokens_per_s=tps,
-                    status=turn.status,
-                    producer="gateway",
-                )
-            )
-        except Exception as exc:
-            log.error("response events invalid", extra={**turn.ids(), "error": repr(exc)})
-            m.event("failed", 2)
-        # DEBUG for a served turn: one JSON line per request cost 4% of the CPU; /metrics counts them
-        level = logging.DEBUG if turn.status == "ok" else logging.WARNING
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "chat turn",
-                extra={
-                    **turn.ids(),
-                    "user_id": turn.user_id,
-                    "route": turn.route,
-                    "model_version": version,
-                    "worker": turn.worker,
-                    "status": turn.status,
-                    "error": turn.error,
-                    "latency_ms": round(latency_ms, 2),
-                    "ttft_ms": ttft_ms,
-                    "completion_tokens": turn.completion_tokens,
-                },
-            )
 
 
 def _session_id(header: str | None) -> str:

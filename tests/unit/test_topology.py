@@ -97,7 +97,7 @@ def test_the_workers_subscribe_and_publish_what_is_declared():
 
 
 def test_the_gateway_publishes_what_is_declared():
-    assert built_events("inference.serving") == set(topology.BY_SERVICE["gateway"].produces)
+    assert built_events("inference.serving", "inference.turns") == set(topology.BY_SERVICE["gateway"].produces)
 
 
 def test_mermaid_names_every_service_and_topic():

@@ -1,0 +1,91 @@
+"""Admission of a gateway request: the API key and its scope, the rate limit, and who owns a session.
+
+Reads Redis (keys, rate limits, sessions, message owners) in one round trip per request where it can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from inference.auth import ApiKey, ApiKeyStore, parse_bearer
+from inference.protocol import GatewayError
+from inference.ratelimit import Decision, RateLimiter
+from inference.sessions import SessionNotOwned, SessionStore, parse_session
+
+
+@dataclass(frozen=True)
+class Caller:
+    key: ApiKey
+    user_id: str
+    request_id: str
+
+
+class Gate:
+    """API key, scope and per-key rate limit; the session route reads its history in the same round trip."""
+
+    def __init__(self, redis: Redis, keys: ApiKeyStore, limiter: RateLimiter, sessions: SessionStore):
+        self.redis = redis
+        self.keys = keys
+        self.limiter = limiter
+        self.sessions = sessions
+
+    async def authenticate(self, authorization: str | None, scope: str) -> ApiKey:
+        if not authorization:
+            raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+        token = parse_bearer(authorization)
+        key = await self.keys.verify(token) if token else None
+        if key is None:
+            raise GatewayError(401, "invalid API key", "invalid_api_key")
+        if not key.allows(scope):
+            raise GatewayError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
+        return key
+
+    async def admit(self, key: ApiKey) -> None:
+        _check_rate(await self.limiter.hit(key.key_id, key.rate_per_minute), key)
+
+    async def admit_and_remember(
+        self, key: ApiKey, message_id: str, user_id: str, session_id: str, claim: bool = False
+    ) -> None:
+        """Rate limit and record the owner of the coming answer (for /feedback): one round trip. With `claim`
+        (a session id the client named), the session becomes the user's unless it is another user's: 403 then.
+        A refused request leaves an owner record of an id nobody was given; it expires with the others."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
+        self.sessions.queue_remember_message(pipe, message_id, user_id, session_id)
+        if claim:
+            self.sessions.queue_claim(pipe, session_id, user_id)
+        rate, *rest = await pipe.execute()
+        _check_rate(Decision.from_reply(rate), key)
+        if claim:
+            owner = rest[-1].decode() if isinstance(rest[-1], bytes) else rest[-1]
+            if owner != user_id:
+                raise not_owned(SessionNotOwned(session_id))
+
+    async def admit_with_history(self, key: ApiKey, session_id: str, user_id: str) -> list[dict]:
+        """Rate limit, then the session's history; 403 when the session belongs to another user."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
+        self.sessions.queue_session(pipe, session_id)
+        rate, history, owner = await pipe.execute()
+        _check_rate(Decision.from_reply(rate), key)
+        try:
+            return parse_session(history, owner, session_id, user_id)
+        except SessionNotOwned as exc:
+            raise not_owned(exc) from None
+
+
+def not_owned(exc: SessionNotOwned) -> GatewayError:
+    return GatewayError(403, f"{exc}; use another session id", "not_session_owner", param="session_id")
+
+
+def _check_rate(decision: Decision, key: ApiKey) -> None:
+    if not decision.allowed:
+        raise GatewayError(
+            429,
+            f"rate limit of {key.rate_per_minute} requests per minute exceeded for this API key; "
+            f"retry in {decision.retry_after_header} s",
+            "rate_limit_exceeded",
+            headers={"Retry-After": decision.retry_after_header},
+        )
