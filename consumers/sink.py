@@ -1,7 +1,7 @@
 """The ClickHouse sink: every topic of the registry into its table, exactly once per event_id.
 
 Reads:  every topic of schemas.topics.TOPICS and their `<topic>.dlq` topics, consumer group
-        SINK_GROUP (consumers.settings); FLYWHEEL_* / FLYWHEEL_SINK_* settings.
+        SINK_GROUP (schemas.topology); FLYWHEEL_* / FLYWHEEL_SINK_* settings; routes per topic in consumers.routes.
 Writes: the registry's topics if missing (schemas.topics.create_topics, before subscribing);
         one table per topic (schemas.ddl), `dead_letters` (from the DLQ topics), the batch ledger
         `flywheel.sink_batches` (consumers.writer); DeadLetter events to `<topic>.dlq` for events
@@ -31,74 +31,28 @@ Both write through one clickhouse-connect client.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumers import metrics
 from consumers.batching import Accumulator, Batch, commit_positions
+from consumers.routes import PRODUCER, Route, dead_letter, gc_paused, routes
 from consumers.settings import SinkSettings
 from consumers.writer import StoreRejected, StoreUnavailable, StoreWriter
 from schemas import events, store
 from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
 from schemas.errors import EventError
-from schemas.events import DeadLetter, Event
-from schemas.rows import columns, row_builder
-from schemas.topics import DLQ_TABLE, TOPICS, create_topics
+from schemas.topics import create_topics
 from schemas.topology import SINK_GROUP
 
 logger = logging.getLogger(__name__)
-
-PRODUCER = "flywheel-sink"
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause CPython's cyclic garbage collector for one batch step (see the module docstring)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where one topic's messages go."""
-
-    topic: str
-    value_type: type[Event]
-    table: str
-    columns: list[str]
-    to_row: Callable[[Event], Sequence]
-    dlq: str | None  # None for a DLQ topic itself: its bad messages become dead_letters rows directly
-
-
-def routes() -> dict[str, Route]:
-    table = {}
-    for t in TOPICS:
-        table[t.name] = Route(t.name, t.value_type, t.table, columns(t.value_type), row_builder(t.value_type), t.dlq)
-        table[t.dlq] = Route(t.dlq, DeadLetter, DLQ_TABLE, columns(DeadLetter), row_builder(DeadLetter), None)
-    return table
-
-
-def dead_letter(
-    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, error: EventError
-) -> DeadLetter:
-    """The dead letter of an undecodable message, named by its position."""
-    return events.dead_letter(topic, partition, offset, key, value, error.kind, str(error), PRODUCER)
 
 
 class ShutdownAborted(Exception):

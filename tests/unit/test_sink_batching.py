@@ -8,7 +8,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from consumers.batching import Accumulator, PartitionBuffer, commit_positions, dedup_token
-from consumers.sink import dead_letter
+from consumers.routes import dead_letter
 from consumers.writer import StoreRejected, StoreUnavailable, classify
 from schemas.errors import NotJSON
 from schemas.rows import columns, to_row

@@ -371,7 +371,7 @@ def test_jobs_requested_elsewhere_cover_their_pairs():
 # -- dead-letter ids and agent selection ------------------------------------------------------------------
 def test_dead_letter_id_is_the_sinks_for_the_same_position():
     """One position, one dead-letter id, whoever writes it (the sink owns undecodable input)."""
-    from consumers.sink import dead_letter as sink_dead_letter
+    from consumers.routes import dead_letter as sink_dead_letter
     from schemas.errors import NotJSON
     from streams.pairs import dead_letter
 

@@ -62,7 +62,7 @@ def test_consumer_groups_are_the_services_own():
 
 
 def test_the_sink_reads_every_topic_and_dead_letters_to_their_dlqs():
-    from consumers.sink import routes
+    from consumers.routes import routes
 
     store = topology.BY_SERVICE["store"]
     table = routes()
