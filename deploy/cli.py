@@ -118,6 +118,7 @@ def _route_production_version() -> None:
 
     from inference.controller_cli import with_deployer
     from inference.keys import ROUTES_KEY
+    from inference.operator import promote_now
     from retrain.registry import Registry
     from retrain.settings import RetrainSettings
 
@@ -131,7 +132,7 @@ def _route_production_version() -> None:
     if redis.Redis.from_url(settings.redis_url).hlen(ROUTES_KEY.format(alias=settings.model_alias)):
         return  # routed already (a restart): the controller's state stands
     path = str(registry.show(current).path)
-    asyncio.run(with_deployer(lambda d: d.operator_promote(settings.model_alias, current, "stack start", path)))
+    asyncio.run(with_deployer(lambda d: promote_now(d, settings.model_alias, current, "stack start", path)))
     console.print(f"{settings.model_alias} routed to {current}")
 
 

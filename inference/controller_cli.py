@@ -23,6 +23,7 @@ from inference.controller import kafka_publisher
 from inference.controller_settings import ControllerSettings
 from inference.deployer import Deployer
 from inference.keys import ROLLOUT_KEY, ROUTES_KEY
+from inference.operator import promote_now, roll_back_now
 
 
 async def with_deployer(fn):
@@ -89,7 +90,7 @@ def deploy_group() -> None:
 def promote_command(version: str, alias: str, reason: str) -> None:
     """Route all of ALIAS to VERSION now (loads and verifies it on every worker first)."""
     try:
-        asyncio.run(with_deployer(lambda d: d.operator_promote(alias, version, reason)))
+        asyncio.run(with_deployer(lambda d: promote_now(d, alias, version, reason)))
     except AdapterLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{alias}: {version} at 100%")
@@ -101,7 +102,7 @@ def promote_command(version: str, alias: str, reason: str) -> None:
 def rollback_command(alias: str, reason: str) -> None:
     """Stop a running canary, or go back to the previous release."""
     try:
-        serving = asyncio.run(with_deployer(lambda d: d.operator_rollback(alias, reason)))
+        serving = asyncio.run(with_deployer(lambda d: roll_back_now(d, alias, reason)))
     except AdapterLoadError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{alias}: {serving} at 100%")

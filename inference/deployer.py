@@ -1,26 +1,12 @@
 """The transitions of a deployment: load, canary steps, promote, roll back, drain and unload.
 
-Shared by the controller service (inference/controller.py) and the operators' CLI
-(inference/controller_cli.py), so a `flywheel deploy promote` does exactly what an automatic
-promotion does. The decisions themselves are the pure `inference.rollout.first_weight` (the canary's first
-weight, from the alias's recent traffic rate) and `inference.rollout.decide` (at every poll, on the figures
-since the canary started and the canary's responses since its step started).
+Used by the controller service (inference/controller.py) and by the operators' transitions (inference/operator.py),
+so a promotion by hand does exactly what an automatic promotion does. The decisions themselves are the pure
+`inference.rollout.first_weight` (the canary's first weight, from the alias's recent traffic rate) and
+`inference.rollout.decide` (at every poll, on the figures since the canary started and the canary's responses
+since its step started).
 
-Redis (besides the routing contract of inference/routing.py):
-`flywheel:rollout:<alias>`        hash  the active rollout: id, phase (loading | canary | finishing),
-                                        current, canary, path, job_id, weight, started_at (epoch seconds
-                                        when the canary was first routed: the window of its evidence,
-                                        kept across a controller restart), retire (JSON list of
-                                        versions to unload once drained), pending (JSON of the event to
-                                        publish for the last transition, cleared once published),
-                                        waiting (while a canary step holds: what it waits for, with
-                                        the counts; a transition rewrites the record without it).
-`flywheel:rollout:<alias>:queue`  list  adapter_ready events (JSON) waiting for the alias's rollout.
-`flywheel:rollout:<alias>:done`   hash  version -> outcome (promoted | rolled_back): redeliveries skip.
-`flywheel:releases:<alias>`       list  promoted versions, newest first, as JSON {version, path}
-                                        (a hand rollback removes the version it rolls back).
-`flywheel:releases:<alias>:paths` hash  version -> adapter directory of every version ever rolled out
-                                        (what a hand promotion of an unloaded version loads).
+Redis: the rollout keys of inference/keys.py (described there).
 
 Every route change is one MULTI/EXEC with the rollout record (WATCHed, so an operator's transition
 supersedes a running rollout instead of racing it), and carries the Deployment event to publish in
@@ -121,7 +107,7 @@ class Deployer:
 
     # --- transitions ---------------------------------------------------------------------------------
 
-    async def _transition(
+    async def transition(
         self,
         alias: str,
         expect_id: str | None,
@@ -214,7 +200,7 @@ class Deployer:
             "weight": "0",
             "retire": "[]",
         }
-        await self._transition(alias, None, None, rec, None)
+        await self.transition(alias, None, None, rec, None)
         if ready.adapter_path:
             await self.redis.hset(PATHS_KEY.format(alias=alias), version, ready.adapter_path)
         return rec
@@ -246,7 +232,7 @@ class Deployer:
             f"{traffic} over {self.settings.canary_rate_window_s:.0f} s)",
             rec,
         )
-        await self._transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
+        await self.transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
         await self._catch_up(version, path)
         return True
 
@@ -334,7 +320,7 @@ class Deployer:
                 return Outcome.ADVANCE
             rec = {**rec, "weight": str(weight)}
             event = self._event(alias, "step", canary, current, weight, d.reason, rec)
-            await self._transition(alias, rec["id"], step_routes(current, canary, weight), rec, event)
+            await self.transition(alias, rec["id"], step_routes(current, canary, weight), rec, event)
 
     async def _announce_hold(self, alias: str, event: Deployment) -> None:
         """Publish a hold: information only, so a failed publish is logged and the canary goes on."""
@@ -350,7 +336,7 @@ class Deployer:
         retire = sorted(v for v in routed if v != canary and self.is_adapter(v))
         done = {**rec, "phase": "finishing", "weight": "100", "outcome": "promoted", "retire": json.dumps(retire)}
         event = self._event(alias, "promoted", canary, rec["current"], 100, reason, rec)
-        await self._transition(alias, rec["id"], {canary: 100}, done, event)
+        await self.transition(alias, rec["id"], {canary: 100}, done, event)
         await self.redis.lpush(RELEASES_KEY.format(alias=alias), json.dumps({"version": canary, "path": rec["path"]}))
         await self.finish(alias, done)
 
@@ -360,7 +346,7 @@ class Deployer:
         retire = [canary] if self.is_adapter(canary) else []
         done = {**rec, "phase": "finishing", "weight": "0", "outcome": "rolled_back", "retire": json.dumps(retire)}
         event = self._event(alias, "rolled_back", canary, current, 0, reason, rec)
-        await self._transition(alias, rec["id"], {current: 100}, done, event)
+        await self.transition(alias, rec["id"], {current: 100}, done, event)
         await self.finish(alias, done)
 
     async def finish(self, alias: str, rec: dict[str, str]) -> None:
@@ -430,78 +416,3 @@ class Deployer:
                 await self.rollback(alias, rec, f"controller restart: canary failed verification: {exc}")
                 return
         await self.run(alias, rec)
-
-    # --- operators (inference/controller_cli.py) -----------------------------------------------------
-
-    async def _path_of(self, alias: str, version: str) -> str:
-        path = await self.redis.hget(ADAPTERS_KEY, version)
-        if path:
-            return path
-        path = await self.redis.hget(PATHS_KEY.format(alias=alias), version)
-        if path:
-            return path
-        raise AdapterLoadError(version, "-", f"no path known (not in {ADAPTERS_KEY} nor rolled out on {alias})")
-
-    async def operator_promote(
-        self, alias: str, version: str, reason: str = "operator", path: str | None = None
-    ) -> None:
-        """Route all of `alias` to `version` now (loading it first if needed); supersedes a running rollout.
-
-        `path`: the adapter directory of a version the controller has never rolled out (e.g. the first one)."""
-        if path:
-            await self.redis.hset(PATHS_KEY.format(alias=alias), version, path)
-        active = await self.record(alias)
-        current = active.get("current") or await self.current_version(alias)
-        rec = {
-            "id": uuid.uuid4().hex,
-            "phase": "loading",
-            "current": current,
-            "canary": version,
-            "path": "",
-            "job_id": "",
-            "weight": "0",
-            "retire": "[]",
-        }
-        if self.is_adapter(version):
-            rec["path"] = await self._path_of(alias, version)
-            await self.redis.hset(ADAPTERS_KEY, version, rec["path"])
-            await self.admin.load(version, rec["path"], await ready_workers(self.redis))
-        await self._transition(alias, None, None, rec, None)  # supersedes the running rollout, if any
-        await self.promote(alias, rec, f"{reason}: promoted by hand")
-
-    async def operator_rollback(self, alias: str, reason: str = "operator") -> str:
-        """Roll back now: a running canary to its current version, else to the previous release.
-
-        Returns the version now serving."""
-        active = await self.record(alias)
-        if active and active.get("phase") in ("loading", "canary"):
-            rec = {**active, "id": uuid.uuid4().hex}
-            await self._transition(alias, None, None, rec, None)
-            await self.rollback(alias, rec, f"{reason}: rolled back by hand")
-            return rec["current"]
-        serving = await self.current_version(alias)
-        raw_releases = await self.redis.lrange(RELEASES_KEY.format(alias=alias), 0, -1)
-        releases = [json.loads(r) for r in raw_releases]
-        older = [r for r in releases if r["version"] != serving]
-        target = older[0] if older else {"version": self.settings.served_model_name, "path": ""}
-        if self.is_adapter(target["version"]):
-            await self.redis.hset(ADAPTERS_KEY, target["version"], target["path"])
-            await self.admin.load(target["version"], target["path"], await ready_workers(self.redis))
-        # The serving version is the "canary" being rolled back; the target becomes current.
-        rec = {
-            "id": uuid.uuid4().hex,
-            "phase": "canary",
-            "current": target["version"],
-            "canary": serving,
-            "path": "",
-            "job_id": "",
-            "weight": "100",
-            "retire": "[]",
-        }
-        await self._transition(alias, None, None, rec, None)
-        await self.rollback(alias, rec, f"{reason}: rolled back by hand to {target['version']}")
-        # The rolled-back release leaves the list so that a second rollback goes one further back.
-        for raw, release in zip(raw_releases, releases, strict=True):
-            if release["version"] == serving:
-                await self.redis.lrem(RELEASES_KEY.format(alias=alias), 0, raw)
-        return target["version"]

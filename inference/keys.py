@@ -1,8 +1,23 @@
 """Every Redis key of the stack, in one place. Formats take keyword arguments: `ROUTES_KEY.format(alias=...)`.
 
 The routing contract (gateway, workers, controller): inference/routing.py and inference/workers.py describe it.
-The controller's rollout keys: inference/deployer.py. The gateway's own keys: inference/auth.py (API keys),
-inference/ratelimit.py (one GCRA timestamp per key), inference/sessions.py (history, message index, owners).
+The gateway's own keys: inference/auth.py (API keys), inference/ratelimit.py (one GCRA timestamp per key),
+inference/sessions.py (history, message index, owners). The controller's rollout keys:
+
+`flywheel:rollout:<alias>`        hash  the active rollout: id, phase (loading | canary | finishing),
+                                        current, canary, path, job_id, weight, started_at (epoch seconds
+                                        when the canary was first routed: the window of its evidence,
+                                        kept across a controller restart), retire (JSON list of
+                                        versions to unload once drained), pending (JSON of the event to
+                                        publish for the last transition, cleared once published),
+                                        waiting (while a canary step holds: what it waits for, with
+                                        the counts; a transition rewrites the record without it).
+`flywheel:rollout:<alias>:queue`  list  adapter_ready events (JSON) waiting for the alias's rollout.
+`flywheel:rollout:<alias>:done`   hash  version -> outcome (promoted | rolled_back): redeliveries skip.
+`flywheel:releases:<alias>`       list  promoted versions, newest first, as JSON {version, path}
+                                        (a hand rollback removes the version it rolls back).
+`flywheel:releases:<alias>:paths` hash  version -> adapter directory of every version ever rolled out
+                                        (what a hand promotion of an unloaded version loads).
 """
 
 from __future__ import annotations
