@@ -1,12 +1,12 @@
 """Operators' commands for deployments: `promote VERSION` and `rollback`, immediately; and what is live now.
 
-They run the controller's own transitions (inference/deployer.py): the routes change in one Redis
-transaction that supersedes a running canary, a Deployment event says why, and replaced adapters are
-unloaded once drained. Exported as the click group `deploy_group` for the `flywheel` CLI.
+They run the controller's own transitions (inference/operator.py over inference/deployer.py): the routes change
+in one Redis transaction that supersedes a running canary, a Deployment event says why, and replaced adapters are
+unloaded once drained. The `flywheel` CLI adds the commands of `deploy_group` to `flywheel models`.
 
 Example:
-    flywheel deploy promote support@v3 --alias support
-    flywheel deploy rollback --alias support
+    flywheel models promote support@v3 --alias support
+    flywheel models rollback --alias support
 """
 
 from __future__ import annotations
