@@ -52,7 +52,7 @@ from schemas.errors import EventError
 from schemas.topics import create_topics
 from schemas.topology import SINK_GROUP
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class ShutdownAborted(Exception):
@@ -102,17 +102,17 @@ class Sink:
             self.acc.assign(tp.topic, tp.partition, plan)
             self.assigned.add((tp.topic, tp.partition))
             if plan:
-                logger.info(
+                log.info(
                     "replaying recorded batch ranges",
                     extra={"topic": tp.topic, "partition": tp.partition, "offset": tp.offset, "ranges": len(plan)},
                 )
-        logger.info("partitions assigned", extra={"count": len(partitions)})
+        log.info("partitions assigned", extra={"count": len(partitions)})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self.acc.revoke(tp.topic, tp.partition)  # unflushed messages: the next owner re-reads them
             self.assigned.discard((tp.topic, tp.partition))
-        logger.info("partitions revoked", extra={"count": len(partitions)})
+        log.info("partitions revoked", extra={"count": len(partitions)})
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> None:
@@ -123,14 +123,14 @@ class Sink:
                 self.poll_once(timeout=0.2)
             self.flush()  # on shutdown: complete batches become durable and committed
         except ShutdownAborted as exc:
-            logger.error("final flush abandoned; the next run re-reads from the last commit", extra={"error": str(exc)})
+            log.error("final flush abandoned; the next run re-reads from the last commit", extra={"error": str(exc)})
         finally:
             self.close()
 
     def close(self) -> None:
         self.consumer.close()
         self.producer.flush(5)
-        logger.info("sink stopped", extra={"events": self.flushed_events})
+        log.info("sink stopped", extra={"events": self.flushed_events})
 
     def subscribe(self) -> None:
         # Ledger ranges and insert tokens are offsets of this broker log: keyed by its epoch (schemas.epoch).
@@ -140,7 +140,7 @@ class Sink:
         self.consumer.subscribe(
             self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
         )
-        logger.info(
+        log.info(
             "sink started",
             extra={"group": self.group_id, "ledger_group": self.ledger_group, "topics": len(self.topics)},
         )
@@ -154,7 +154,7 @@ class Sink:
                 create_topics(self.settings.kafka_bootstrap, timeout=10)
                 return
             except Exception as exc:  # broker not up yet
-                logger.warning(f"cannot create topics; retrying in {delay:.1f}s", extra={"error": str(exc)})
+                log.warning(f"cannot create topics; retrying in {delay:.1f}s", extra={"error": str(exc)})
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, self.settings.sink_retry_max_s)
 
@@ -173,7 +173,7 @@ class Sink:
         for msg in messages:
             if msg.error() is not None:
                 if msg.error().code() != KafkaError._PARTITION_EOF:
-                    logger.warning("consumer error", extra={"error": str(msg.error())})
+                    log.warning("consumer error", extra={"error": str(msg.error())})
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             route = self.routes[topic]
@@ -213,7 +213,7 @@ class Sink:
             except KafkaException as exc:
                 # Harmless for correctness: the rows are durable, a re-read replays the ledger's ranges
                 # and the tokens drop the copies; the next commit of this partition covers these offsets.
-                logger.warning("offset commit failed", extra={"error": str(exc), "partitions": len(offsets)})
+                log.warning("offset commit failed", extra={"error": str(exc), "partitions": len(offsets)})
         for batch in batches:
             metrics.BATCHES.labels(batch.topic).inc()
         self.flushed_events += written
@@ -236,7 +236,7 @@ class Sink:
     def _insert_rows_one_by_one(self, batch: Batch, route: Route, token: str, exc: Exception) -> int:
         """The store rejected the batch: find the rows it rejects and dead-letter them, keep the rest."""
         metrics.STORE_ERRORS.labels("rejected").inc()
-        logger.error(
+        log.error(
             "store rejected a batch; inserting row by row",
             extra={
                 "topic": batch.topic,
@@ -268,7 +268,7 @@ class Sink:
                     name=f"{token}#{i}",
                 )
                 if route.dlq is None:
-                    logger.error("dead letter rejected by the store", extra={"topic": batch.topic, "row": i})
+                    log.error("dead letter rejected by the store", extra={"topic": batch.topic, "row": i})
                 else:
                     batch.dead.append(letter)
         metrics.EVENTS.labels(batch.topic).inc(written)
@@ -294,7 +294,7 @@ class Sink:
         self._retry(deliver, "produce dead letters")
         for _, letter in letters:
             metrics.DEAD_LETTERS.labels(letter.source_topic, letter.error_type).inc()
-            logger.info(
+            log.info(
                 "dead letter",
                 extra={
                     "topic": letter.source_topic,
@@ -330,7 +330,7 @@ class Sink:
                         deadline = deadline or time.monotonic() + self.settings.sink_shutdown_timeout_s
                         if time.monotonic() > deadline:
                             raise ShutdownAborted(f"{what}: still failing at shutdown: {exc}") from exc
-                    logger.warning(
+                    log.warning(
                         f"{what} failed; retrying in {delay:.1f}s", extra={"error": str(exc), "delay_s": delay}
                     )
                     if consume and not paused and self.assigned:

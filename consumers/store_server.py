@@ -47,7 +47,7 @@ from schemas import ddl, store
 from schemas.logs import setup_logging
 from schemas.settings import CommonSettings
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
@@ -215,7 +215,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         try:
             result = self.engine.execute(sql, fmt, params.get("database") or "default", bound)
         except QueryError as exc:
-            logger.info("query refused or failed", extra={"query_id": query_id, "code": exc.code, "error": str(exc)})
+            log.info("query refused or failed", extra={"query_id": query_id, "code": exc.code, "error": str(exc)})
             self._error(exc, query_id)
             return
         self._send(
@@ -245,7 +245,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - BaseHTTPRequestHandler's signature
-        logger.debug("http " + format, *args)
+        log.debug("http " + format, *args)
 
 
 def make_server(engine: StoreEngine, port: int, host: str = HOST) -> ThreadingHTTPServer:
@@ -278,7 +278,7 @@ def start_sink(settings: SinkSettings, stop: threading.Event):
         try:
             sink.run()
         except BaseException:
-            logger.exception("the sink failed; stopping the store process")
+            log.exception("the sink failed; stopping the store process")
             sink.failed = True
             stop.set()
 
@@ -301,13 +301,13 @@ def serve(settings: CommonSettings, stop: threading.Event) -> int:
         engine = StoreEngine(path)
     except Exception as exc:
         # The usual cause: another process has the path open (chDB allows one process per path).
-        logger.error(f"cannot open the store at {path} (is another process holding it?): {exc}", extra={"path": path})
+        log.error(f"cannot open the store at {path} (is another process holding it?): {exc}", extra={"path": path})
         raise SystemExit(1) from exc
-    logger.info("migrations applied", extra={"versions": applied, "path": path})
+    log.info("migrations applied", extra={"versions": applied, "path": path})
     server = make_server(engine, settings.clickhouse_http_port)
     thread = threading.Thread(target=server.serve_forever, name="store-http", daemon=True)
     thread.start()
-    logger.info("store serving", extra={"url": f"http://{HOST}:{settings.clickhouse_http_port}", "path": path})
+    log.info("store serving", extra={"url": f"http://{HOST}:{settings.clickhouse_http_port}", "path": path})
     sink = sink_thread = None
     if isinstance(settings, SinkSettings) and settings.sink_enabled:
         sink, sink_thread = start_sink(settings, stop)
@@ -320,7 +320,7 @@ def serve(settings: CommonSettings, stop: threading.Event) -> int:
         server.shutdown()
         server.server_close()
         engine.close()
-        logger.info("store stopped")
+        log.info("store stopped")
     return 1 if sink is not None and sink.failed else 0
 
 

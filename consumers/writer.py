@@ -18,7 +18,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from consumers.batching import Batch, ledger_id
 from schemas.ddl import DATABASE, SINK_LEDGER
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # The batch ledger: offset ranges recorded before their rows are written (created by schemas.ddl, migration 5).
 LEDGER_TABLE = f"{DATABASE}.{SINK_LEDGER}"

@@ -31,7 +31,7 @@ from deploy.demo_traffic import USER_PREFIX, Exchange, Gateway, Traffic, Traffic
 from retrain.demo import QA
 from retrain.rouge import rouge_l
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEPLOYMENT_ACTIONS = ("adapter_ready", "canary_started", "hold", "step", "promoted", "rolled_back")
 
@@ -149,7 +149,7 @@ class BusWatcher:
                     try:
                         event = decode(msg.value())
                     except Exception as exc:  # noqa: BLE001 - a bad message on the bus is not the demo's failure
-                        logger.debug("undecodable event: %s", exc)
+                        log.debug("undecodable event: %s", exc)
                         continue
                     if event.occurred_at.timestamp() >= self.since:
                         with self._lock:
@@ -173,7 +173,7 @@ def read_routes(redis_client, alias: str) -> dict[str, int] | None:
     try:
         raw = redis_client.hgetall(ROUTES_KEY.format(alias=alias))
     except Exception as exc:  # noqa: BLE001 - the display falls back to /v1/models
-        logger.debug("routes from redis: %s", exc)
+        log.debug("routes from redis: %s", exc)
         return None
     return {_text(v): int(w) for v, w in raw.items() if int(w) > 0}
 
@@ -422,7 +422,7 @@ def _bad_step(
             try:
                 trainer["result"] = train_bad_adapter(pairs, config.timeout)
             except Exception as exc:  # noqa: BLE001 - reported in the run's note
-                logger.exception("training the bad adapter failed")
+                log.exception("training the bad adapter failed")
                 trainer["error"] = f"training the bad adapter failed: {exc}"
 
         trainer["thread"] = threading.Thread(target=train, name="demo-bad-adapter", daemon=True)

@@ -30,7 +30,7 @@ from deploy.demo import DemoRun
 from deploy.demo_traffic import LEARNED_AT, Exchange
 from schemas.views import DB, ab_summary_sql
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 VERSION_COLUMNS = (
     "model_version",
@@ -206,7 +206,7 @@ def wait_for_sink(client, run: DemoRun, timeout: float = 60.0) -> bool:
         if rows[0]["answers"] >= len(answered) and rows[0]["rated"] >= len(rated):
             return True
         if time.monotonic() > deadline:
-            logger.warning(
+            log.warning(
                 "the store has %s of %s answers and %s of %s verdicts",
                 rows[0]["answers"],
                 len(answered),

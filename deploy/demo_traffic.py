@@ -20,7 +20,7 @@ import httpx
 from retrain.demo import QA
 from retrain.rouge import rouge_l
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CORRECT_AT = 0.7  # ROUGE-L at or above which a user takes an answer as right
 LEARNED_AT = 0.8  # ROUGE-L at or above which an answer after the loop counts as "answered with the correction"
@@ -180,10 +180,10 @@ class Gateway:
         try:
             r = await http.post("/feedback", json=body, headers={"X-User-Id": ex.user})
         except httpx.HTTPError as exc:
-            logger.warning("feedback failed: %s", exc)
+            log.warning("feedback failed: %s", exc)
             return False
         if r.status_code != 202:
-            logger.warning("feedback refused: %s %s", r.status_code, r.text[:200])
+            log.warning("feedback refused: %s %s", r.status_code, r.text[:200])
         return r.status_code == 202
 
     def routes(self) -> dict[str, int]:
@@ -192,7 +192,7 @@ class Gateway:
             r = httpx.get(f"{self.url}/v1/models", headers=self.headers, timeout=10.0)
             entry = next((m for m in r.json()["data"] if m["id"] == self.alias), {})
         except (httpx.HTTPError, ValueError, KeyError) as exc:
-            logger.debug("routes from /v1/models: %s", exc)
+            log.debug("routes from /v1/models: %s", exc)
             return {}
         return {v["version"]: int(v["weight"]) for v in entry.get("versions") or []}
 

@@ -22,7 +22,7 @@ from deploy.supervision import Supervisor, kill, pid_alive, pidfile_pid, wait_go
 from schemas.settings import CommonSettings
 from schemas.topics import create_topics
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 FAILED_STATES = frozenset({"FATAL", "EXITED", "STOPPED", "UNKNOWN"})
 LOG_TAIL_LINES = 20
@@ -89,7 +89,7 @@ def up(
         for directory in (layout.logs_dir, *(d for s in wanted for d in s.dirs)):
             directory.mkdir(parents=True, exist_ok=True)
         layout.conf_path.write_text(render_conf(layout, wanted))
-        logger.info("starting supervisord", extra={"conf": str(layout.conf_path)})
+        log.info("starting supervisord", extra={"conf": str(layout.conf_path)})
         supervisor.start()
     try:
         infra = [s for s in wanted if not s.after_infra]
@@ -188,7 +188,7 @@ def down(settings: CommonSettings, timeout: float = 30.0) -> DownResult:
             supervisor.stop_all()
             supervisor.shutdown()
         except Exception as exc:  # a dying supervisord may drop the connection mid-call
-            logger.warning("supervisord stop request failed: %s", exc)
+            log.warning("supervisord stop request failed: %s", exc)
     else:
         stale = pidfile_pid(layout.pidfile)
         if stale and pid_alive(stale) and _is_supervisord(stale):

@@ -21,7 +21,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from deploy.conf import Layout
 from deploy.errors import StackError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 RPC_TIMEOUT = 10.0
 
@@ -133,6 +133,6 @@ def kill(pids: Iterable[int], sig: signal.Signals = signal.SIGKILL) -> None:
     for pid in pids:
         try:
             os.kill(pid, sig)
-            logger.warning("sent %s to leftover pid %d", sig.name, pid)
+            log.warning("sent %s to leftover pid %d", sig.name, pid)
         except ProcessLookupError:
             pass
