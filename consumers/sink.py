@@ -154,7 +154,7 @@ class Sink:
                 create_topics(self.settings.kafka_bootstrap, timeout=10)
                 return
             except Exception as exc:  # broker not up yet
-                log.warning(f"cannot create topics; retrying in {delay:.1f}s", extra={"error": str(exc)})
+                log.warning("cannot create topics; retrying", extra={"error": str(exc), "retry_in_s": round(delay, 1)})
                 self.stop_event.wait(delay)
                 delay = min(delay * 2, self.settings.sink_retry_max_s)
 
@@ -331,7 +331,7 @@ class Sink:
                         if time.monotonic() > deadline:
                             raise ShutdownAborted(f"{what}: still failing at shutdown: {exc}") from exc
                     log.warning(
-                        f"{what} failed; retrying in {delay:.1f}s", extra={"error": str(exc), "delay_s": delay}
+                        "store step failed; retrying", extra={"step": what, "error": str(exc), "delay_s": delay}
                     )
                     if consume and not paused and self.assigned:
                         paused = self.consumer.assignment()

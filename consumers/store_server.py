@@ -301,7 +301,7 @@ def serve(settings: CommonSettings, stop: threading.Event) -> int:
         engine = StoreEngine(path)
     except Exception as exc:
         # The usual cause: another process has the path open (chDB allows one process per path).
-        log.error(f"cannot open the store at {path} (is another process holding it?): {exc}", extra={"path": path})
+        log.error("cannot open the store (is another process holding it?)", extra={"path": path, "error": str(exc)})
         raise SystemExit(1) from exc
     log.info("migrations applied", extra={"versions": applied, "path": path})
     server = make_server(engine, settings.clickhouse_http_port)

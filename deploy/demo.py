@@ -149,7 +149,7 @@ class BusWatcher:
                     try:
                         event = decode(msg.value())
                     except Exception as exc:  # noqa: BLE001 - a bad message on the bus is not the demo's failure
-                        log.debug("undecodable event: %s", exc)
+                        log.debug("undecodable event", extra={"error": repr(exc)})
                         continue
                     if event.occurred_at.timestamp() >= self.since:
                         with self._lock:
@@ -173,7 +173,7 @@ def read_routes(redis_client, alias: str) -> dict[str, int] | None:
     try:
         raw = redis_client.hgetall(ROUTES_KEY.format(alias=alias))
     except Exception as exc:  # noqa: BLE001 - the display falls back to /v1/models
-        log.debug("routes from redis: %s", exc)
+        log.debug("routes from redis failed", extra={"error": repr(exc)})
         return None
     return {_text(v): int(w) for v, w in raw.items() if int(w) > 0}
 

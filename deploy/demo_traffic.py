@@ -180,10 +180,10 @@ class Gateway:
         try:
             r = await http.post("/feedback", json=body, headers={"X-User-Id": ex.user})
         except httpx.HTTPError as exc:
-            log.warning("feedback failed: %s", exc)
+            log.warning("feedback failed", extra={"error": repr(exc)})
             return False
         if r.status_code != 202:
-            log.warning("feedback refused: %s %s", r.status_code, r.text[:200])
+            log.warning("feedback refused", extra={"status": r.status_code, "body": r.text[:200]})
         return r.status_code == 202
 
     def routes(self) -> dict[str, int]:
@@ -192,7 +192,7 @@ class Gateway:
             r = httpx.get(f"{self.url}/v1/models", headers=self.headers, timeout=10.0)
             entry = next((m for m in r.json()["data"] if m["id"] == self.alias), {})
         except (httpx.HTTPError, ValueError, KeyError) as exc:
-            log.debug("routes from /v1/models: %s", exc)
+            log.debug("routes from /v1/models failed", extra={"error": repr(exc)})
             return {}
         return {v["version"]: int(v["weight"]) for v in entry.get("versions") or []}
 

@@ -188,7 +188,7 @@ def down(settings: CommonSettings, timeout: float = 30.0) -> DownResult:
             supervisor.stop_all()
             supervisor.shutdown()
         except Exception as exc:  # a dying supervisord may drop the connection mid-call
-            log.warning("supervisord stop request failed: %s", exc)
+            log.warning("supervisord stop request failed", extra={"error": repr(exc)})
     else:
         stale = pidfile_pid(layout.pidfile)
         if stale and pid_alive(stale) and _is_supervisord(stale):

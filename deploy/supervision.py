@@ -133,6 +133,6 @@ def kill(pids: Iterable[int], sig: signal.Signals = signal.SIGKILL) -> None:
     for pid in pids:
         try:
             os.kill(pid, sig)
-            log.warning("sent %s to leftover pid %d", sig.name, pid)
+            log.warning("signalled a leftover process", extra={"signal": sig.name, "pid": pid})
         except ProcessLookupError:
             pass

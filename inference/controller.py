@@ -103,7 +103,7 @@ class Controller:
             except asyncio.CancelledError:
                 raise
             except Superseded as exc:
-                log.warning("rollout superseded: %s", exc, extra={"alias": alias})
+                log.warning("rollout superseded", extra={"alias": alias, "reason": str(exc)})
             except Exception:
                 log.exception("rollout step failed; retrying", extra={"alias": alias})
                 await asyncio.sleep(RETRY_S)
@@ -133,13 +133,13 @@ class Controller:
                     continue
                 if msg.error():
                     if msg.error().code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error: %s", msg.error())
+                        log.warning("consumer error", extra={"error": str(msg.error())})
                     continue
                 ids = {"offset": msg.offset(), "partition": msg.partition()}
                 try:
                     event = decode(msg.value(), Deployment)
                 except EventError as exc:
-                    log.error("bad deployment event skipped: %s", exc, extra=ids)
+                    log.error("bad deployment event skipped", extra={**ids, "error": str(exc)})
                 else:
                     if event.action == "adapter_ready":
                         queued = await self.enqueue(event)

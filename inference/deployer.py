@@ -101,7 +101,7 @@ class Deployer:
                 self.metrics, alias, versions, datetime.now(UTC) - timedelta(seconds=window)
             )
         except Exception as exc:  # the store may be down: start at the plan's first weight
-            log.warning("traffic rate unknown: %s", exc, extra={"alias": alias})
+            log.warning("traffic rate unknown", extra={"alias": alias, "error": repr(exc)})
             return None
         return sum(f.responses for f in figures.values()) / window
 
@@ -275,7 +275,7 @@ class Deployer:
             if missing:
                 await self.admin.load(version, path, missing)
         except Exception as exc:  # the worker's own heartbeat loads it; not a reason to stop
-            log.warning("catch-up load failed: %s", exc, extra={"version": version})
+            log.warning("catch-up load failed", extra={"version": version, "error": repr(exc)})
 
     async def run_canary(self, alias: str, rec: dict[str, str]) -> Outcome:
         """Step through the plan from the recorded weight until promotion or rollback.
@@ -305,7 +305,7 @@ class Deployer:
                 )
                 if d.outcome is not Outcome.HOLD:
                     break
-                log.info("canary hold: %s", d.reason, extra={"alias": alias, "version": canary, "weight": weight})
+                log.info("canary hold", extra={"alias": alias, "version": canary, "weight": weight, "reason": d.reason})
                 # What the rollout waits for, for `flywheel status` and `models show` (a step rewrites the record).
                 await self.redis.hset(ROLLOUT_KEY.format(alias=alias), "waiting", d.reason)
                 if d.category != announced and d.category not in QUIET_HOLDS:
@@ -327,7 +327,9 @@ class Deployer:
         try:
             await self.announce(alias, event)
         except Exception as exc:
-            log.warning("hold event not published: %s", exc, extra={"alias": alias, "version": event.version})
+            log.warning(
+                "hold event not published", extra={"alias": alias, "version": event.version, "error": repr(exc)}
+            )
 
     async def promote(self, alias: str, rec: dict[str, str], reason: str) -> None:
         """Route everything to the canary; retire the other routed adapters once drained."""

@@ -111,7 +111,7 @@ class Worker:
         registry = self.redis.hgetall(ADAPTERS_KEY) if routes else {}
         wanted, unknown = routed_adapters(routes, registry, base)
         for version in unknown:
-            log.error("routed adapter has no path in %s", ADAPTERS_KEY, extra={"version": version})
+            log.error("routed adapter has no path", extra={"version": version, "key": ADAPTERS_KEY})
         loaded = self.vllm.loaded_adapters(base)
         for version, path in wanted.items():
             if version in loaded:
@@ -169,7 +169,7 @@ class Worker:
                     self.heartbeat()
                 except (redis.RedisError, httpx.HTTPError) as e:
                     # Redis down or the server busy: skip a beat; the record's TTL says the rest.
-                    log.warning("heartbeat failed: %s", e, extra={"index": self.index})
+                    log.warning("heartbeat failed", extra={"index": self.index, "error": repr(e)})
                 # Poll fast while starting (readiness matters), at the heartbeat period after.
                 self.stopping.wait(period if self.ever_healthy else min(period, 0.5))
             return 0
@@ -214,7 +214,7 @@ class Worker:
         log.warning("processes of the vLLM group still present", extra={"pgid": self.child.pid})
 
     def request_stop(self, signum: int, _frame) -> None:
-        log.info("stopping on signal %d", signum, extra={"index": self.index})
+        log.info("stopping on a signal", extra={"index": self.index, "signal": signum})
         self._clear_record()  # leave the gateway's view before the server stops answering
         self.stopping.set()
 
