@@ -206,6 +206,7 @@ def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics, topology_command
+    from deploy.cli_keys import keys_group
     from inference.controller_cli import deploy_group
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
@@ -219,6 +220,7 @@ def _register() -> None:
     commands = (
         topics,
         topology_command,
+        keys_group,
         db,
         schemas,
         produce_command,
