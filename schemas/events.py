@@ -18,6 +18,12 @@ Route = Literal["openai", "session", "sdk"]
 NonNegInt = Annotated[int, Field(ge=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
+# Bounds on what one event may carry: a message's text, and a conversation's messages. An event over them is
+# refused where it is made (the SDK) and dead-lettered with the reason where it is read (the sink).
+MAX_TEXT_CHARS = 100_000
+MAX_MESSAGES = 512
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Messages = Annotated[list["ChatMessage"], Field(min_length=1, max_length=MAX_MESSAGES)]
 
 
 def _now() -> datetime:
@@ -30,7 +36,7 @@ class Frozen(BaseModel):
 
 class ChatMessage(Frozen):
     role: Role
-    content: str
+    content: Text
 
 
 class Event(Frozen):
@@ -54,7 +60,7 @@ class ChatRequest(Event):
     message_id: Id
     user_id: Id = "anonymous"
     model_alias: Id
-    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    messages: Messages
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     stream: bool = False
@@ -69,7 +75,7 @@ class ChatResponse(Event):
     model_alias: Id
     model_version: Id
     worker: str = ""
-    content: str = ""
+    content: Text = ""
     finish_reason: str | None = None
     prompt_tokens: NonNegInt = 0
     completion_tokens: NonNegInt = 0
@@ -129,9 +135,9 @@ class DPOPair(Event):
     pair_id: Id
     base_model: Id
     model_version: Id
-    prompt: Annotated[list[ChatMessage], Field(min_length=1)]
-    chosen: str | None = None
-    rejected: str
+    prompt: Messages
+    chosen: Text | None = None
+    rejected: Text
     source: Literal["correction", "thumbs_up", "teacher", "needs_chosen"]
     session_id: Id
     message_id: Id

@@ -19,13 +19,13 @@ from schemas.topics import CHAT_REQUESTS
 pytestmark = pytest.mark.integration
 
 
-def request(content: str) -> ChatRequest:
+def request(content: str, messages: int = 1) -> ChatRequest:
     sid = f"s{uuid.uuid4().hex[:12]}"
     return ChatRequest(
         session_id=sid,
         message_id=f"m{uuid.uuid4().hex[:12]}",
         model_alias="support",
-        messages=[ChatMessage(role="user", content=content)],
+        messages=[ChatMessage(role="user", content=content)] * messages,
     )
 
 
@@ -43,7 +43,7 @@ def test_an_oversized_event_is_dead_lettered_and_the_spool_drains(stack, tmp_pat
     consumer = Consumer(consumer_config)
     consumer.subscribe([CHAT_REQUESTS.name, CHAT_REQUESTS.dlq])
     small = [request(f"small {i}") for i in range(3)]
-    big = request("x" * 2_000_000)  # over librdkafka's message.max.bytes (1,000,000)
+    big = request("x" * 50_000, messages=30)  # within the event's bounds, over librdkafka's 1,000,000 bytes
 
     async def run():
         publisher = EventPublisher(settings)

@@ -116,3 +116,20 @@ def test_export_json_schemas(tmp_path):
     schema = json.loads((tmp_path / "chat_response.schema.json").read_text())
     assert schema["additionalProperties"] is False
     assert "latency_ms" in schema["required"]
+
+
+def test_an_event_is_bounded_in_its_text_and_its_messages():
+    from schemas.events import MAX_MESSAGES, MAX_TEXT_CHARS, ChatRequest
+
+    ok = {"session_id": "s", "message_id": "m", "model_alias": "support"}
+    ChatRequest(**ok, messages=[{"role": "user", "content": "x" * MAX_TEXT_CHARS}] * 2)
+    with pytest.raises(ValidationError, match="at most 100000 characters"):
+        ChatRequest(**ok, messages=[{"role": "user", "content": "x" * (MAX_TEXT_CHARS + 1)}])
+    with pytest.raises(ValidationError, match="at most 512 items"):
+        ChatRequest(**ok, messages=[{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1))
+    raw = encode(ChatResponse(**ok, model_version="v1", latency_ms=1.0))
+    big = raw.replace(b'"content":""', b'"content":"' + b"x" * (MAX_TEXT_CHARS + 1) + b'"')
+    assert len(big) > MAX_TEXT_CHARS
+    with pytest.raises(InvalidField) as err:  # what the sink dead-letters, with the field named
+        decode(big, ChatResponse)
+    assert "content" in str(err.value)
