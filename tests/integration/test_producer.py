@@ -64,7 +64,10 @@ def consume(config: dict, topics: list[str], keep: Callable[[Event], bool], expe
         while len(found) < expected and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=2000, timeout=1.0):
                 assert msg.error() is None, msg.error()
-                event = decode(msg.value())
+                try:
+                    event = decode(msg.value())
+                except EventError:  # other tests' deliberately bad events share the stack's topics
+                    continue
                 if keep(event):
                     found.append((msg.key().decode(), event))
     finally:
