@@ -25,6 +25,7 @@ import httpx
 from redis.asyncio import Redis
 
 from inference.keys import WORKERS_PATTERN
+from schemas.artifacts import manifest_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,9 @@ class AdapterLoadError(RuntimeError):
         self.reason = reason
 
 
-def validate_adapter_dir(path: str) -> str | None:
-    """Why `path` cannot be a LoRA adapter every worker loads, or None."""
+def validate_adapter_dir(path: str, registered: bool = False) -> str | None:
+    """Why `path` cannot be a LoRA adapter every worker loads, or None. With `registered`, it must also be an
+    intact registered version: its manifest present and every file's sha256 as recorded (schemas.artifacts)."""
     p = Path(path)
     if not p.is_absolute():
         return f"adapter path must be absolute (workers resolve it themselves): {path}"
@@ -52,7 +54,7 @@ def validate_adapter_dir(path: str) -> str | None:
         return f"no adapter_config.json in {path}"
     if not any((p / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
         return f"no adapter weights in {path}"
-    return None
+    return manifest_problem(p) if registered else None
 
 
 async def ready_workers(redis: Redis) -> list[str]:
@@ -114,8 +116,9 @@ def busy_with(samples: list[tuple[str, dict[str, str], float]], version: str) ->
 class AdapterAdmin:
     """Load, verify, drain and unload LoRA adapters on vLLM workers."""
 
-    def __init__(self, timeout_s: float = 60.0, client: httpx.AsyncClient | None = None):
+    def __init__(self, timeout_s: float = 60.0, client: httpx.AsyncClient | None = None, registered: bool = True):
         self.http = client or httpx.AsyncClient(timeout=timeout_s)
+        self.registered = registered  # load only intact registered versions (their manifest checked)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def aclose(self) -> None:
@@ -123,7 +126,7 @@ class AdapterAdmin:
 
     async def load(self, version: str, path: str, workers: list[str]) -> None:
         """Load `version` from `path` on every worker and verify it there; AdapterLoadError on the first failure."""
-        error = validate_adapter_dir(path)
+        error = validate_adapter_dir(path, self.registered)
         if error:
             raise AdapterLoadError(version, "-", error)
         if not workers:

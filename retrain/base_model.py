@@ -34,7 +34,7 @@ from pathlib import Path
 
 import click
 
-from retrain.registry import sha256_file
+from schemas.artifacts import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ marked `verdict: rejected`, and can never be promoted.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,7 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-METADATA = "metadata.json"
+from schemas.artifacts import METADATA, manifest_problem, sha256_file
+
 POINTER = "production.json"
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 
@@ -64,14 +64,6 @@ def parse_version(name: str) -> tuple[str, int]:
     if not sep or not alias or not match:
         raise RegistryError(f"not a version name: {name!r} (expected <alias>@v<N>)")
     return alias, int(match.group(1))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -141,10 +133,9 @@ class Registry:
 
     def verify(self, name: str) -> None:
         """Raise RegistryError unless every file still has the sha256 recorded at registration."""
-        version = self.show(name)
-        for rel, digest in version.metadata["files"].items():
-            if sha256_file(version.path / rel) != digest:
-                raise RegistryError(f"{name}: {rel} does not match its recorded sha256")
+        problem = manifest_problem(self.show(name).path)
+        if problem:
+            raise RegistryError(f"{name}: {problem}")
 
     # -- writing -----------------------------------------------------------------------------------
 

@@ -139,7 +139,10 @@ def make_adapter(model_dir, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from retrain.registry import Registry
+
     root = tmp_path_factory.mktemp("adapters")
+    registry = Registry(root / "registry")  # the controller loads registered versions only (their manifest checked)
 
     def make(name: str) -> str:
         base = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -148,7 +151,7 @@ def make_adapter(model_dir, tmp_path_factory):
         )
         out = root / name
         get_peft_model(base, cfg).save_pretrained(out)
-        return str(out.resolve())
+        return str(registry.register("test", out, {"kind": "test", "name": name}).path.resolve())
 
     return make
 
@@ -223,9 +226,16 @@ def test_adapter_load_verify_unload(vllm_url, make_adapter, tmp_path):
             bad.mkdir()
             (bad / "adapter_config.json").write_text('{"r": 8, "peft_type": "LORA"}')
             (bad / "adapter_model.safetensors").write_bytes(b"not weights")
-            with pytest.raises(AdapterLoadError) as err:
+            with pytest.raises(AdapterLoadError) as err:  # never registered: refused before any worker sees it
                 await admin.load("admin@bad", str(bad), [vllm_url])
-            assert err.value.worker == vllm_url and err.value.reason
+            assert err.value.worker == "-" and "not a registered version" in err.value.reason
+            lax = AdapterAdmin(60, registered=False)
+            try:
+                with pytest.raises(AdapterLoadError) as err:  # let through: vLLM itself refuses the weights
+                    await lax.load("admin@bad", str(bad), [vllm_url])
+                assert err.value.worker == vllm_url and err.value.reason
+            finally:
+                await lax.aclose()
             assert "admin@bad" not in models_of(vllm_url)
         finally:
             await admin.aclose()

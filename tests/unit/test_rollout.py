@@ -286,3 +286,19 @@ def test_validate_adapter_dir(tmp_path):
     assert "weights" in validate_adapter_dir(str(tmp_path))
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     assert validate_adapter_dir(str(tmp_path)) is None
+
+
+def test_only_intact_registered_versions_pass_the_manifest_check(tmp_path):
+    from retrain.registry import Registry
+
+    src = tmp_path / "adapter"
+    src.mkdir()
+    (src / "adapter_config.json").write_text("{}")
+    (src / "adapter_model.safetensors").write_bytes(b"weights")
+    assert "not a registered version" in validate_adapter_dir(str(src), registered=True)
+    version = Registry(tmp_path / "registry").register("support", src, {}).path
+    assert validate_adapter_dir(str(version), registered=True) is None
+    (version / "adapter_model.safetensors").write_bytes(b"other weights")  # changed on disk
+    assert "does not match its recorded sha256" in validate_adapter_dir(str(version), registered=True)
+    (version / "adapter_model.safetensors").unlink()
+    assert "weights" in validate_adapter_dir(str(version), registered=True)
