@@ -45,6 +45,24 @@ class Gate:
     async def admit(self, key: ApiKey) -> None:
         _check_rate(await self.limiter.hit(key.key_id, key.rate_per_minute), key)
 
+    async def admit_feedback(self, key: ApiKey, user_id: str, per_user_minute: int) -> None:
+        """The key's rate limit, and the user's own feedback quota (feedback is training data: one user must
+        not steer a job alone): both checked in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
+        self.limiter.queue(pipe, f"feedback:{key.key_id}:{user_id}", per_user_minute)
+        rate, quota = await pipe.execute()
+        _check_rate(Decision.from_reply(rate), key)
+        decision = Decision.from_reply(quota)
+        if not decision.allowed:
+            raise GatewayError(
+                429,
+                f"feedback quota of {per_user_minute} per minute exceeded for this user; "
+                f"retry in {decision.retry_after_header} s",
+                "feedback_quota_exceeded",
+                headers={"Retry-After": decision.retry_after_header},
+            )
+
     async def admit_and_remember(
         self, key: ApiKey, message_id: str, user_id: str, session_id: str, claim: bool = False
     ) -> None:

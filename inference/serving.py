@@ -179,7 +179,7 @@ class ChatServing:
     # -- feedback ----------------------------------------------------------------------------------
 
     async def feedback(self, req: FeedbackRequest, caller: Caller) -> Response:
-        await self.gate.admit(caller.key)
+        await self.gate.admit_feedback(caller.key, caller.user_id, self.settings.gateway_feedback_per_user_minute)
         owner = await self.sessions.message_owner(req.message_id)
         if owner is None:
             raise GatewayError(

@@ -80,6 +80,9 @@ class GatewaySettings(ProducerSettings):
     gateway_mask_pii: bool = Field(True, description="mask e-mails and phone numbers in published events")
     # The interactive docs (/docs) and the OpenAPI schema (/openapi.json) describe every route to whoever asks.
     gateway_docs: bool = Field(False, description="serve /docs and /openapi.json")
+    # Feedback is training data: each user (per key) may send this many per minute (429 above), so that one user
+    # cannot fill a retrain job with their own corrections in a burst.
+    gateway_feedback_per_user_minute: int = Field(30, ge=1, description="feedback requests per user per minute")
     # Bounds on what a request may make the gateway read: larger ones are refused before their body is read.
     gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
     gateway_max_header_bytes: int = Field(32_768, ge=1024, description="largest request head (431 above)")

@@ -47,6 +47,7 @@ def gateway(stack, stub_url, tmp_path_factory):
         **settings_env(stack),
         "FLYWHEEL_GATEWAY_UPSTREAMS": f"http://127.0.0.1:{dead},{stub_url}",
         "FLYWHEEL_GATEWAY_EXTRA_FIELDS": "stub_delay_ms",  # the stub upstream's own field (timeouts)
+        "FLYWHEEL_GATEWAY_FEEDBACK_PER_USER_MINUTE": "10",
         "FLYWHEEL_GATEWAY_READ_TIMEOUT_S": "1.5",
         "FLYWHEEL_GATEWAY_EJECT_COOLDOWN_S": "0.5",
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
@@ -410,3 +411,17 @@ def test_personal_data_is_masked_in_the_events(gateway, consumer_config):
     masked = "I am [EMAIL], call [PHONE] about order 2024-05-01"
     assert requests[mid].messages[-1].content == masked
     assert "jane.doe" not in responses[mid].content and "[EMAIL]" in responses[mid].content  # the stub echoes
+
+
+def test_each_user_has_a_feedback_quota(client):
+    user = f"u-{uuid.uuid4().hex[:8]}"
+    r = client.post("/chat", json={"message": "rate me"}, headers={"X-User-Id": user})
+    body = {**FEEDBACK, "session_id": r.json()["session_id"], "message_id": r.json()["message_id"]}
+    codes = [client.post("/feedback", json=body, headers={"X-User-Id": user}).status_code for _ in range(10)]
+    assert codes == [202] * 10
+    over = client.post("/feedback", json=body, headers={"X-User-Id": user})
+    assert over.status_code == 429 and over.json()["error"]["code"] == "feedback_quota_exceeded", over.text
+    assert int(over.headers["retry-after"]) >= 1
+    other = client.post("/chat", json={"message": "me too"}, headers={"X-User-Id": "another-" + user})
+    mine = {**FEEDBACK, "session_id": other.json()["session_id"], "message_id": other.json()["message_id"]}
+    assert client.post("/feedback", json=mine, headers={"X-User-Id": "another-" + user}).status_code == 202
