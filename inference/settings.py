@@ -34,6 +34,11 @@ class GatewaySettings(ProducerSettings):
     gateway_extra_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra /v1/chat/completions fields forwarded upstream"
     )
+    # Hosts a worker found in Redis may live on (comma-separated or JSON list): a readiness record naming any
+    # other host is ignored, so whoever can write to Redis cannot point the gateway's prompts elsewhere.
+    gateway_worker_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost"], description="hosts discovered workers may be on"
+    )
     # Also route to the ready workers registered in Redis (`flywheel:workers:<index>`).
     gateway_discover_workers: bool = Field(True, description="discover workers from Redis")
     # How often the worker list and the routing tables are re-read from Redis (background task).
@@ -97,7 +102,7 @@ class GatewaySettings(ProducerSettings):
     # request by ~25% and the broker's by ~35% (bench/gateway.py); events are for analytics, not latency.
     producer_linger_ms: float = Field(100.0, ge=0, description="linger.ms of the gateway's producer")
 
-    @field_validator("gateway_upstreams", "gateway_extra_fields", mode="before")
+    @field_validator("gateway_upstreams", "gateway_extra_fields", "gateway_worker_hosts", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -250,6 +251,7 @@ class Refresher:
         self.last_ok: float | None = None
         self.last_error: str | None = None
         self.discovered: dict[str, frozenset[str]] = {}
+        self.worker_hosts = frozenset(settings.gateway_worker_hosts)
         self.pool.set_workers([], settings.gateway_upstreams)
 
     async def refresh_once(self) -> None:
@@ -265,6 +267,9 @@ class Refresher:
                 except orjson.JSONDecodeError:
                     continue
                 if rec.get("ready") and rec.get("url"):
+                    if urlsplit(str(rec["url"])).hostname not in self.worker_hosts:
+                        log.warning("worker record on a host not allowed: ignored", extra={"url": rec["url"]})
+                        continue
                     ready[rec["url"]] = frozenset([*(rec.get("adapters") or []), rec.get("model")])
             self.discovered = ready
         self.pool.set_workers(self.discovered, self.settings.gateway_upstreams)

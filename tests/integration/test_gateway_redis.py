@@ -276,3 +276,27 @@ async def test_bad_session_ids_never_reach_redis(redis):
     with pytest.raises(InvalidId):
         await sessions.record_turn("s1", "u", "bad id", "q", "a")
     assert await redis.dbsize() == 0
+
+
+# --- worker discovery -----------------------------------------------------------------------------------
+
+
+async def test_worker_records_on_other_hosts_are_ignored(redis):
+    import json
+
+    from inference.keys import worker_key
+    from inference.router import RouteTable, WorkerPool
+    from inference.settings import GatewaySettings
+    from inference.upstream import Refresher
+
+    record = {"ready": True, "adapters": [], "model": "tiny"}
+    await redis.set(worker_key(0), json.dumps({**record, "url": "http://127.0.0.1:8000"}))
+    await redis.set(worker_key(1), json.dumps({**record, "url": "http://evil.example:8000"}))
+    settings = GatewaySettings(gateway_upstreams=[])
+    refresher = Refresher(settings, redis, WorkerPool(1, 5.0), RouteTable(("support",), "tiny"))
+    await refresher.refresh_once()
+    assert set(refresher.discovered) == {"http://127.0.0.1:8000"}
+    allowed = GatewaySettings(gateway_upstreams=[], gateway_worker_hosts="127.0.0.1,evil.example")
+    refresher = Refresher(allowed, redis, WorkerPool(1, 5.0), RouteTable(("support",), "tiny"))
+    await refresher.refresh_once()
+    assert set(refresher.discovered) == {"http://127.0.0.1:8000", "http://evil.example:8000"}
