@@ -48,6 +48,7 @@ from deploy.demo import BusWatcher
 from deploy.ports import free_ports
 from inference.keys import ROUTES_KEY
 from schemas.settings import CommonSettings
+from schemas.views import LOOP_STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -485,16 +486,6 @@ class Traffic:
 
 # -- stage times -----------------------------------------------------------------------------------------------------
 
-STAGES = (
-    ("threshold pair", "threshold_pair_at", None),
-    ("job requested", "requested_at", "pair_to_requested_s"),
-    ("job started", "started_at", "requested_to_started_s"),
-    ("job succeeded", "succeeded_at", "started_to_succeeded_s"),
-    ("adapter_ready", "adapter_ready_at", "succeeded_to_ready_s"),
-    ("canary started", "canary_started_at", "ready_to_canary_s"),
-    ("promoted (100%)", "promoted_at", "canary_to_promoted_s"),
-)
-
 
 def stage_rows(store, job_id: str | None = None) -> list[dict]:
     where = "WHERE job_id = %(job)s " if job_id else ""
@@ -526,7 +517,7 @@ def stage_table(row: dict, floor_s: float | None = None):
     table.add_column("since previous", justify="right")
     table.add_column("since threshold pair", justify="right")
     start = row["threshold_pair_at"]
-    for name, at_col, dur_col in STAGES:
+    for name, at_col, dur_col in LOOP_STAGES:
         at = row.get(at_col)
         dur = row.get(dur_col) if dur_col else None
         since = (at - start).total_seconds() if at is not None and start is not None else None

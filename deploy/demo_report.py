@@ -28,7 +28,7 @@ from rich.table import Table
 from deploy import analytics
 from deploy.demo import DemoRun
 from deploy.demo_traffic import LEARNED_AT, Exchange
-from schemas.views import DB, ab_summary_sql
+from schemas.views import DB, LOOP_STAGES, ab_summary_sql
 
 log = logging.getLogger(__name__)
 
@@ -305,18 +305,6 @@ def _clip(text: str | None, width: int = 50) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-STAGES = (
-    ("threshold pair", "threshold_pair_at", None),
-    ("job requested", "requested_at", "pair_to_requested_s"),
-    ("job started", "started_at", "requested_to_started_s"),
-    ("job succeeded", "succeeded_at", "started_to_succeeded_s"),
-    ("adapter_ready", "adapter_ready_at", "succeeded_to_ready_s"),
-    ("canary started", "canary_started_at", "ready_to_canary_s"),
-    ("promoted", "promoted_at", "canary_to_promoted_s"),
-    ("rolled back", "rolled_back_at", "canary_to_rolled_back_s"),
-)
-
-
 def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, shared by the console and report.md."""
     out = []
@@ -370,7 +358,7 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ["stage", "at", "seconds from the previous stage"],
             [
                 [name, str(stages.get(at) or "-"), _f(stages.get(secs), "{:.1f}") if secs else "-"]
-                for name, at, secs in STAGES
+                for name, at, secs in LOOP_STAGES
                 if stages.get(at)
             ],
         )

@@ -196,6 +196,17 @@ def view_statements() -> tuple[str, ...]:
 #   -> promoted or rolled_back (model_deployments of the job's adapter version; a version name is never reused).
 # Times are the events' `occurred_at` (set by the process that made the transition); durations in seconds,
 # NULL while a stage has not happened. `total_s` is threshold pair -> promoted (the loop's goal).
+# (stage, its time column, its seconds-since-the-previous-stage column) of v_loop_stages, in order: for reports.
+LOOP_STAGES = (
+    ("threshold pair", "threshold_pair_at", None),
+    ("job requested", "requested_at", "pair_to_requested_s"),
+    ("job started", "started_at", "requested_to_started_s"),
+    ("job succeeded", "succeeded_at", "started_to_succeeded_s"),
+    ("adapter_ready", "adapter_ready_at", "succeeded_to_ready_s"),
+    ("canary started", "canary_started_at", "ready_to_canary_s"),
+    ("promoted", "promoted_at", "canary_to_promoted_s"),
+    ("rolled back", "rolled_back_at", "canary_to_rolled_back_s"),
+)
 LOOP_STAGES_SQL = f"""
 SELECT
     j.job_id AS job_id,
