@@ -1,8 +1,8 @@
 """The one way to open the ClickHouse store: a clickhouse-connect client for `chdb://PATH` or `http(s)://host:port`.
 
-chDB runs in this process (one data path per process); over HTTP the client sends plain bodies (the local store
-server and chDB-backed endpoints need no compression) and no session id, so concurrent queries of one client
-never wait on a ClickHouse session lock. Extra options (timeouts, retries) go to `clickhouse_connect.get_client`.
+chDB runs in this process (one data path per process). Over HTTP the client sends uncompressed bodies and no
+session id, so concurrent queries of one client never wait on a ClickHouse session lock. Extra options
+(timeouts, retries) go to `clickhouse_connect.get_client`.
 """
 
 from __future__ import annotations
