@@ -28,17 +28,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from inference.settings import GatewaySettings
+from inference.spool import Spool
 from schemas.events import Event, dead_letter
 from schemas.topics import BY_EVENT, create_topics
 
@@ -49,127 +47,6 @@ PRODUCER = "flywheel-gateway"
 # librdkafka errors that retrying (or spooling) cannot cure: the message itself is refused
 UNDELIVERABLE = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_MSG})
 DEAD_PAYLOAD_BYTES = 65_536
-
-
-class Spool:
-    """Append-only JSON-lines segments; a writer thread writes and fsyncs each batch.
-
-    One record: {"topic": ..., "key": ..., "value": <the event's JSON>}.
-    """
-
-    def __init__(self, directory: Path, flush_s: float = 0.2):
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.flush_s = flush_s
-        self._pending: list[bytes] = []
-        self._lock = threading.Lock()  # guards _pending
-        self._file_lock = threading.Lock()  # guards the current segment
-        self._current: Path | None = None
-        self._seq = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="flywheel-spool", daemon=True)
-        self.written = 0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def append(self, topic: str, key: bytes | str | None, value: bytes) -> None:
-        if isinstance(key, bytes):
-            key = key.decode(errors="replace")
-        try:
-            line = orjson.dumps({"topic": topic, "key": key, "value": orjson.Fragment(value)})
-        except orjson.JSONEncodeError:  # not JSON (cannot happen for events): keep it as a string
-            line = orjson.dumps({"topic": topic, "key": key, "value": value.decode(errors="replace")})
-        with self._lock:
-            self._pending.append(line)
-
-    def flush(self) -> int:
-        """Write and fsync what is buffered; returns the number of records written."""
-        with self._file_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            if not batch:
-                return 0
-            if self._current is None:
-                self._seq += 1
-                self._current = self.dir / f"spool-{time.time_ns()}-{self._seq}.jsonl"
-            with open(self._current, "ab") as f:
-                f.write(b"\n".join(batch) + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            self.written += len(batch)
-            return len(batch)
-
-    def rotate(self) -> list[Path]:
-        """Close the current segment; return every closed segment, oldest first."""
-        self.flush()
-        with self._file_lock:
-            self._current = None
-            return self.segments()
-
-    def segments(self) -> list[Path]:
-        current = self._current
-        return sorted(
-            (p for p in self.dir.glob("spool-*.jsonl") if p != current),
-            key=lambda p: tuple(int(x) for x in p.stem.split("-")[1:]),
-        )
-
-    def has_records(self) -> bool:
-        """Anything not yet replayed: buffered, in the open segment, or in closed ones."""
-        return bool(self._pending) or self._current is not None or bool(self.segments())
-
-    def backlog(self) -> int:
-        """Records buffered or on disk, not yet replayed (counts lines; for health and metrics)."""
-        n = len(self._pending)
-        for p in self.dir.glob("spool-*.jsonl"):
-            try:
-                with open(p, "rb") as f:
-                    n += sum(1 for _ in f)
-            except FileNotFoundError:
-                pass
-        return n
-
-    @staticmethod
-    def read(path: Path) -> list[tuple[str, str | None, bytes]]:
-        records = []
-        with open(path, "rb") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError:  # a torn last line after a crash
-                    log.error("unreadable spool line skipped", extra={"segment": str(path)})
-                    continue
-                value = rec["value"]
-                value = value.encode() if isinstance(value, str) else orjson.dumps(value)
-                records.append((rec["topic"], rec.get("key"), value))
-        return records
-
-    @staticmethod
-    def rewrite(path: Path, records: list[tuple[str, str | None, bytes]]) -> None:
-        """Replace a segment by the records not yet replayed."""
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for topic, key, value in records:
-                f.write(orjson.dumps({"topic": topic, "key": key, "value": orjson.Fragment(value)}) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_s):
-            try:
-                self.flush()
-            except Exception:
-                log.exception("spool write failed; will retry")
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-        self.flush()
 
 
 class EventPublisher:
@@ -431,9 +308,3 @@ class EventPublisher:
 
 def _undeliverable(err: KafkaError) -> bool:
     return err.code() in UNDELIVERABLE
-
-
-def iter_spool(directory: Path) -> Iterator[tuple[str, str | None, bytes]]:
-    """Every record left in a spool directory (for tests and operators)."""
-    for p in sorted(directory.glob("spool-*.jsonl")):
-        yield from Spool.read(p)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inference.publisher import Spool
+from inference.spool import Spool
 
 
 def test_records_in_the_open_segment_are_still_to_replay(tmp_path):
