@@ -125,7 +125,8 @@ def demo_command(
     from rich.live import Live
 
     from deploy import analytics
-    from deploy.demo_report import build_report, print_report, write_report
+    from deploy.demo_render import print_report, write_report
+    from deploy.demo_report import build_report
     from inference.settings import GatewaySettings
 
     console = Console()

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from deploy.analytics import VersionSummary
-from deploy.demo import DemoConfig, DemoRun, LoopTracker, nothing_to_correct, swapped_pairs
+from deploy.demo import DemoConfig, DemoRun, LoopTracker, nothing_to_correct
+from deploy.demo_bad import swapped_pairs
+from deploy.demo_render import markdown, tables
 from deploy.demo_report import (
     before_after,
     decision,
-    markdown,
-    tables,
     time_series,
     unseen_summary,
     version_rows,
