@@ -2,7 +2,7 @@
 
 Everything runs as separate processes started here: a broker + Redis (+ store) stack under a temporary data
 dir on free ports (`deploy.stack.up`, infra only), bench/upstream_stub.py, our gateway (`python -m
-inference.app`, every feature on: API key auth, a rate limit far above the load, session history in Redis,
+inference.gateway.app`, every feature on: API key auth, a rate limit far above the load, session history in Redis,
 events to the broker) and bench/naive_gateway.py. The load comes from another process.
 
 (a) throughput: `wrk` (Debian package; a Python load tool saturates first) with a Lua POST-body script,
@@ -144,7 +144,7 @@ def start_gateway(
     data_dir = tmp / f"gw-{label}"
     env = gateway_env(settings, data_dir, port, upstream, extra or {})
     env["PYTHONPATH"] = str(code_dir)
-    proc = spawn(f"gateway-{label}", [sys.executable, "-m", "inference.app"], logs, env, cwd=code_dir)
+    proc = spawn(f"gateway-{label}", [sys.executable, "-m", "inference.gateway.app"], logs, env, cwd=code_dir)
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, url + "/health")
     key = (data_dir / "dev-api-key").read_text().strip()
@@ -466,7 +466,7 @@ def search_rates(
 
 def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], args, stub_url: str) -> None:
     if args.vllm:
-        from inference.workers import WorkerSettings, vllm_command, vllm_env
+        from inference.worker.spec import WorkerSettings, vllm_command, vllm_env
 
         (port,) = free_ports(1)
         ws = WorkerSettings(

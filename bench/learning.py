@@ -89,7 +89,7 @@ def offline(args) -> dict:
 
 def turn(args) -> dict:
     from deploy.demo import DemoConfig, Gateway, run_demo
-    from inference.settings import GatewaySettings
+    from inference.gateway.settings import GatewaySettings
     from retrain.demo import load_domain, sft_splits
     from retrain.rouge import rouge_l
     from schemas.settings import CommonSettings

@@ -199,7 +199,7 @@ def _describe(event) -> str:
 class RouteLog:
     """The routing table `flywheel:routes:<alias>` sampled every `period` s: [(unix time, {version: weight})].
 
-    An empty or missing table routes the alias to the base model (inference.router.RouteTable.versions): it is
+    An empty or missing table routes the alias to the base model (inference.gateway.router.RouteTable.versions): it is
     sampled as {base_model: 100}.
     """
 

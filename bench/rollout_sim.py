@@ -1,10 +1,12 @@
-"""Simulated canary rollouts through the controller's own decision code (inference.rollout), with Poisson traffic.
+"""Simulated canary rollouts through the controller's own decision code, with Poisson traffic.
+
+The decisions are `inference.controller.rollout`'s.
 
 Each rollout: total traffic of `rate` requests/s (Poisson per poll), split between the canary and the current
 version by the routed weight; every response fails with the version's error rate, every successful answer is
 rated with probability 0.8 and thumbed down with the version's thumbs-down rate, latencies are lognormal. The
 controller looks every `--poll-s` seconds with the cumulative figures since the canary started, exactly as
-inference/deployer.py does (first weight from the measured recent rate, steps, holds, max duration).
+inference/controller/deployer.py does (first weight from the measured recent rate, steps, holds, max duration).
 
 Three experiments, with the default Policy unless told otherwise:
 1. a version with no real difference (thumbs-down 0.2, errors 0.01): the share rolled back for harm is the false
@@ -27,7 +29,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from inference.rollout import Figures, Outcome, Policy, decide, first_weight, next_weight
+from inference.controller.rollout import Figures, Outcome, Policy, decide, first_weight, next_weight
 
 RATED_P = 0.8  # share of successful answers their user rates
 RATE_WINDOW_S = 120.0  # the controller's window for the recent traffic rate (canary_rate_window_s)

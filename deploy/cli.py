@@ -84,7 +84,7 @@ def up(settings: CommonSettings, infra_only: bool, timeout: float) -> None:
 
 def _ensure_base_model() -> None:
     """Build the served base model's directory when missing (SmolLM2 from its wheel by default)."""
-    from inference.workers import WorkerSettings
+    from inference.worker.spec import WorkerSettings
     from retrain.base_model import BaseModelError, ensure_base_model
 
     worker_settings = WorkerSettings()
@@ -116,9 +116,9 @@ def _route_production_version() -> None:
     """A stack that starts with no routes serves the registry's production version (when there is one)."""
     import asyncio
 
-    from inference.controller_cli import with_deployer
+    from inference.controller.cli import with_deployer
+    from inference.controller.operator import promote_now
     from inference.keys import ROUTES_KEY
-    from inference.operator import promote_now
     from retrain.registry import Registry
     from retrain.settings import RetrainSettings
 
@@ -154,7 +154,7 @@ def show_command(version: str) -> None:
 
     import redis
 
-    from inference.controller_cli import live_state
+    from inference.controller.cli import live_state
     from retrain.cli import version_metadata
 
     metadata = version_metadata(version)
@@ -174,7 +174,7 @@ def _print_serving(settings: CommonSettings) -> None:
     """The alias's routes and running rollout (what a holding canary waits for); nothing when Redis is down."""
     import redis
 
-    from inference.controller_cli import describe, live_state
+    from inference.controller.cli import describe, live_state
 
     try:
         state = live_state(settings.redis_url, settings.model_alias)
@@ -207,7 +207,7 @@ def _register() -> None:
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics, topology_command
     from deploy.cli_keys import keys_group
-    from inference.controller_cli import deploy_group
+    from inference.controller.cli import deploy_group
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
     from retrain.launch import launch_command

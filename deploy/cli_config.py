@@ -15,9 +15,9 @@ from rich.table import Table
 
 from consumers.settings import SinkSettings
 from deploy.analytics import AnalyticsSettings
-from inference.controller_settings import ControllerSettings
-from inference.settings import GatewaySettings
-from inference.workers import WorkerSettings
+from inference.controller.settings import ControllerSettings
+from inference.gateway.settings import GatewaySettings
+from inference.worker.spec import WorkerSettings
 from producers.settings import ProducerSettings
 from retrain.settings import RetrainSettings
 from schemas.settings import PREFIX, CommonSettings

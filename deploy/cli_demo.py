@@ -127,7 +127,7 @@ def demo_command(
     from deploy import analytics
     from deploy.demo_render import print_report, write_report
     from deploy.demo_report import build_report
-    from inference.settings import GatewaySettings
+    from inference.gateway.settings import GatewaySettings
 
     console = Console()
     key_file = settings.data_dir / "dev-api-key"

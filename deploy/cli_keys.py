@@ -2,7 +2,7 @@
 
 Scopes: `chat` (the chat, session and feedback routes), `admin` (router state), `act_as` (the key's holder may
 name the end user of a request, with X-User-Id or the body's `user`: an application that signs its users in).
-A key is shown once, when it is created; Redis keeps only its hash (inference/auth.py).
+A key is shown once, when it is created; Redis keeps only its hash (inference/gateway/auth.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from rich.console import Console
 from rich.table import Table
 
-from inference.auth import ACT_AS, ApiKeyStore
+from inference.gateway.auth import ACT_AS, ApiKeyStore
 from schemas.settings import CommonSettings
 
 SCOPES = ("chat", "admin", ACT_AS)

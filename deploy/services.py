@@ -18,9 +18,9 @@ from urllib.parse import urlparse
 
 from deploy.errors import StackError
 from deploy.health import Health, group_health, http_health, kafka_health, redis_health, store_health, worker_health
+from inference.gateway.settings import GatewaySettings
 from inference.keys import worker_key
-from inference.settings import GatewaySettings
-from inference.workers import WorkerSettings, worker_programs
+from inference.worker.spec import WorkerSettings, worker_programs
 from schemas.settings import CommonSettings, child_env
 from schemas.topology import CONTROLLER_GROUP, RETRAIN_GROUP
 from streams.settings import StreamSettings
@@ -159,7 +159,7 @@ def sink(settings: CommonSettings) -> Service | None:
 
 
 def workers(settings: CommonSettings) -> list[Service]:
-    """The vLLM workers, each behind its readiness wrapper (inference/worker.py)."""
+    """The vLLM workers, each behind its readiness wrapper (inference/worker/wrapper.py)."""
     worker_settings = WorkerSettings()
     env = child_env(settings)
     redis_url = settings.redis_url
@@ -189,7 +189,7 @@ def gateway(settings: CommonSettings) -> Service:
         "gateway",
         url,
         lambda: http_health(f"{url}/health"),
-        (sys.executable, "-m", "inference.app"),
+        (sys.executable, "-m", "inference.gateway.app"),
         gateway_settings.gateway_port,
         child_env(settings),
         priority=50,
@@ -237,7 +237,7 @@ def retrain_worker(settings: CommonSettings) -> Service:
 
 
 def controller(settings: CommonSettings) -> Service:
-    return _consumer(settings, "controller", "inference.controller", CONTROLLER_GROUP, priority=60)
+    return _consumer(settings, "controller", "inference.controller.service", CONTROLLER_GROUP, priority=60)
 
 
 Builder = Callable[[CommonSettings], "Service | list[Service] | None"]

@@ -2,8 +2,8 @@
 
 Calls each worker's `POST /v1/load_lora_adapter`, `GET /v1/models`, `POST /v1/chat/completions`
 (a smoke prompt with `"model": <version>`), `GET /metrics` and `POST /v1/unload_lora_adapter`.
-Needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` on the servers (inference/workers.py sets it).
-Reads the ready workers from Redis (`flywheel:workers:*`, inference/workers.py).
+Needs `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True` on the servers (inference/worker/spec.py sets it).
+Reads the ready workers from Redis (`flywheel:workers:*`, inference/worker/spec.py).
 
 Concurrency: one asyncio lock per adapter name (as vLLM's own serving layer does), so a load and an
 unload of the same version never interleave, while different versions proceed in parallel.
@@ -71,6 +71,37 @@ async def ready_workers(redis: Redis) -> list[str]:
         if record.get("ready") and record.get("url"):
             urls.append(record["url"])
     return sorted(set(urls))
+
+
+async def wait_advertised(redis: Redis, version: str, workers: list[str], timeout_s: float) -> None:
+    """Wait until every worker's readiness record lists `version` (or `timeout_s` passes).
+
+    The gateway sends a version's requests only to workers whose record lists it (inference/gateway/router.py), and
+    records are rewritten once per worker heartbeat: routing the canary as soon as vLLM has loaded it made
+    the canary's first requests fail ("no ready worker has model version ... loaded yet"), and those errors
+    rolled good canaries back."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(workers)
+    while pending:
+        keys = [k async for k in redis.scan_iter(match=WORKERS_PATTERN, count=100)]
+        for raw in (await redis.mget(keys)) if keys else []:
+            try:
+                record = json.loads(raw) if raw else {}
+            except ValueError:
+                continue
+            # Only records kept by a worker's heartbeat (inference/worker/wrapper.py) are rewritten with `adapters`.
+            if record.get("url") in pending and (
+                version in (record.get("adapters") or []) or "heartbeat_at" not in record
+            ):
+                pending.discard(record["url"])
+        if not pending:
+            break
+        if time.monotonic() > deadline:  # the adapter answers on every worker (verified): route it anyway
+            log.warning(
+                "workers do not advertise the adapter yet", extra={"version": version, "workers": sorted(pending)}
+            )
+            break
+        await asyncio.sleep(0.5)
 
 
 def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:

@@ -1,8 +1,8 @@
 """Every Redis key of the stack, in one place. Formats take keyword arguments: `ROUTES_KEY.format(alias=...)`.
 
-The routing contract (gateway, workers, controller): inference/routing.py and inference/workers.py describe it.
-The gateway's own keys: inference/auth.py (API keys), inference/ratelimit.py (one GCRA timestamp per key),
-inference/sessions.py (history, message index, owners). The controller's rollout keys:
+The routing contract (gateway, workers, controller): inference/routing.py and inference/worker/spec.py describe it.
+The gateway's own keys: inference/gateway/auth.py (API keys), inference/gateway/ratelimit.py (one GCRA timestamp
+per key), inference/gateway/sessions.py (history, message index, owners). The controller's rollout keys:
 
 `flywheel:rollout:<alias>`        hash  the active rollout: id, phase (loading | canary | finishing),
                                         current, canary, path, job_id, weight, started_at (epoch seconds

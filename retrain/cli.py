@@ -219,7 +219,7 @@ def models_group() -> None:
     """The adapter registry: versions, lineage, evaluation, the production pointer.
 
     `promote` and `rollback` are added by the `flywheel` CLI from the hot-swap controller
-    (inference/controller_cli.py): they route traffic and publish the Deployment event, from
+    (inference/controller/cli.py): they route traffic and publish the Deployment event, from
     which the retrain worker moves this registry's production pointer.
     """
 

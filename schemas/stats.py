@@ -8,7 +8,7 @@ Fixed-sample tests (deploy/abtest.py; valid for one look at a sample fixed in ad
 - `welch_ttest`: Welch's t-test (unequal variances) from each arm's mean, sample sd and count, the same as
   `scipy.stats.ttest_ind(a, b, equal_var=False)` on the raw values.
 
-Sequential test (inference/rollout.py; valid at every look, however often and whenever the looks are taken):
+Sequential test (inference/controller/rollout.py; valid at every look, however often and whenever the looks are taken):
 the mixture sequential probability ratio test (mSPRT) with a normal mixture, as in Johari, Pekelis and Walsh,
 "Always valid inference: continuous monitoring of A/B tests" (the Optimizely stats engine). For the difference θ
 of two arms, with the estimate θ̂ and its variance V at the current look (V = σ_a²/n_a + σ_b²/n_b), and the

@@ -70,7 +70,7 @@ _EVERY_TOPIC = tuple(name for t in TOPICS for name in (t.name, t.dlq))
 SERVICES: tuple[Service, ...] = (
     Service(
         "gateway",
-        "inference.app",
+        "inference.gateway.app",
         None,
         consumes=(),
         produces=(CHAT_REQUESTS.name, CHAT_RESPONSES.name, CHAT_FEEDBACK.name, INFERENCE_LATENCY.name),
@@ -113,7 +113,7 @@ SERVICES: tuple[Service, ...] = (
     ),
     Service(
         "controller",
-        "inference.controller",
+        "inference.controller.service",
         CONTROLLER_GROUP,
         consumes=(MODEL_DEPLOYMENTS.name,),
         produces=(MODEL_DEPLOYMENTS.name,),

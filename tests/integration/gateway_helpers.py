@@ -1,6 +1,6 @@
 """Helpers shared by the gateway's integration tests (test_gateway.py, test_gateway_vllm.py).
 
-Processes are started and stopped here (the gateway as `python -m inference.app`), and events are consumed
+Processes are started and stopped here (the gateway as `python -m inference.gateway.app`), and events are consumed
 back from the broker and decoded with schemas.codec, as a downstream consumer would.
 """
 
@@ -20,7 +20,7 @@ from confluent_kafka import Consumer
 from redis.asyncio import Redis
 
 from deploy.ports import free_ports
-from inference.auth import ApiKeyStore
+from inference.gateway.auth import ApiKeyStore
 from schemas.codec import decode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ def stop(proc: subprocess.Popen, wait_s: float = 15.0) -> None:
 
 @contextmanager
 def run_gateway(env: dict[str, str], log_path: Path, port: int | None = None) -> Iterator[dict]:
-    """The gateway as its own process (`python -m inference.app`) with `env` (FLYWHEEL_* settings).
+    """The gateway as its own process (`python -m inference.gateway.app`) with `env` (FLYWHEEL_* settings).
 
     Yields {"url", "key" (the dev key it wrote under FLYWHEEL_DATA_DIR), "proc", "log"}; stops it on exit.
     """
@@ -63,7 +63,7 @@ def run_gateway(env: dict[str, str], log_path: Path, port: int | None = None) ->
     url = f"http://127.0.0.1:{port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "inference.app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "inference.gateway.app"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
         )
         try:
             wait_http(url + "/metrics", proc)

@@ -31,10 +31,10 @@ from confluent_kafka import Consumer
 
 from deploy.ports import free_ports
 from inference.adapters import AdapterAdmin, AdapterLoadError
-from inference.canary_metrics import ClickHouseMetrics
-from inference.controller import kafka_publisher, serve
-from inference.controller_cli import describe, live_state
-from inference.controller_settings import ControllerSettings
+from inference.controller.canary_metrics import ClickHouseMetrics
+from inference.controller.cli import describe, live_state
+from inference.controller.service import kafka_publisher, serve
+from inference.controller.settings import ControllerSettings
 from inference.keys import ADAPTERS_KEY, ROUTES_KEY
 from inference.routing import Route, choose
 from schemas.ddl import migrate
@@ -158,7 +158,7 @@ def make_adapter(model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vllm_url(model_dir, tmp_path_factory):
-    from inference.workers import WorkerSettings, vllm_command, vllm_env
+    from inference.worker.spec import WorkerSettings, vllm_command, vllm_env
 
     (port,) = free_ports(1)
     ws = WorkerSettings(base_model=model_dir, served_model_name="tiny", worker_base_port=port, max_loras=4)
@@ -444,7 +444,7 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
 def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url, make_adapter, consumer_config):
     from click.testing import CliRunner
 
-    from inference.controller_cli import deploy_group
+    from inference.controller.cli import deploy_group
     from inference.keys import ROLLOUT_KEY
 
     alias = f"resume{uuid.uuid4().hex[:4]}"

@@ -1,6 +1,6 @@
 """The gateway against the real local stack (Tansu broker, Redis) and bench/upstream_stub.py as upstream.
 
-The gateway runs as its own process (`python -m inference.app`), as in production; its upstreams are a
+The gateway runs as its own process (`python -m inference.gateway.app`), as in production; its upstreams are a
 dead port (to exercise retry and ejection) and the stub. test_gateway_vllm.py runs the same kinds of checks
 against a real vLLM worker.
 """

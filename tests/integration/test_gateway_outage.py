@@ -72,7 +72,9 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
             "FLYWHEEL_LOG_LEVEL": "WARNING",
         }
         log = open(tmp_path / "gateway.log", "wb")  # noqa: SIM115
-        gateway = subprocess.Popen([sys.executable, "-m", "inference.app"], cwd=ROOT, env=env, stdout=log, stderr=log)
+        gateway = subprocess.Popen(
+            [sys.executable, "-m", "inference.gateway.app"], cwd=ROOT, env=env, stdout=log, stderr=log
+        )
         url = f"http://127.0.0.1:{gw_port}"
         _wait_http(url + "/metrics", gateway)
         key = (tmp_path / "dev-api-key").read_text().strip()

@@ -11,10 +11,9 @@ import stat
 import pytest
 from redis.asyncio import Redis
 
-from inference.auth import DEV_KEY_NAME, ApiKeyStore, ensure_dev_key, hash_key
-from inference.keys import APIKEYS_KEY, RATELIMIT_KEY
-from inference.ratelimit import Decision, RateLimiter
-from inference.sessions import (
+from inference.gateway.auth import DEV_KEY_NAME, ApiKeyStore, ensure_dev_key, hash_key
+from inference.gateway.ratelimit import Decision, RateLimiter
+from inference.gateway.sessions import (
     ACTIVE_KEY,
     HISTORY_KEY,
     InvalidId,
@@ -23,6 +22,7 @@ from inference.sessions import (
     parse_history,
     parse_session,
 )
+from inference.keys import APIKEYS_KEY, RATELIMIT_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
@@ -284,10 +284,10 @@ async def test_bad_session_ids_never_reach_redis(redis):
 async def test_worker_records_on_other_hosts_are_ignored(redis):
     import json
 
+    from inference.gateway.router import RouteTable, WorkerPool
+    from inference.gateway.settings import GatewaySettings
+    from inference.gateway.upstream import Refresher
     from inference.keys import worker_key
-    from inference.router import RouteTable, WorkerPool
-    from inference.settings import GatewaySettings
-    from inference.upstream import Refresher
 
     record = {"ready": True, "adapters": [], "model": "tiny"}
     await redis.set(worker_key(0), json.dumps({**record, "url": "http://127.0.0.1:8000"}))

@@ -1,7 +1,7 @@
 """The gateway against the real stack: Tansu broker, Redis, and one real vLLM CPU worker serving the tiny model.
 
-As in production, the worker is the readiness wrapper (`python -m inference.worker`, which starts the vLLM
-OpenAI server as its child) and the gateway (`python -m inference.app`) finds it through its readiness record
+As in production, the worker is the readiness wrapper (`python -m inference.worker.wrapper`, which starts the vLLM
+OpenAI server as its child) and the gateway (`python -m inference.gateway.app`) finds it through its readiness record
 in Redis and routes the alias `support` to the base model's served name through `flywheel:routes:support`.
 Both use a Redis database of their own (the worker reads every routing table of its database) and the gateway
 a data directory of its own (its dev key and spool).
@@ -97,7 +97,7 @@ def worker(model_dir, db_url, tmp_path_factory):
     r = redis.Redis.from_url(db_url, decode_responses=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "inference.worker", "--index", str(INDEX)],
+            [sys.executable, "-m", "inference.worker.wrapper", "--index", str(INDEX)],
             cwd=ROOT,
             env=env,
             stdout=log,

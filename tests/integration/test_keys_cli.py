@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from redis.asyncio import Redis
 
 from deploy.cli import main
-from inference.auth import ApiKeyStore
+from inference.gateway.auth import ApiKeyStore
 from tests.conftest import settings_env
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,7 @@
 """`flywheel models show` and `flywheel status` on a real Redis: the registry's metadata with what is live now.
 
-A rollout record as the controller writes it (inference/deployer.py): a canary at 5% whose step holds, with what
+A rollout record as the controller writes it (inference/controller/deployer.py):
+a canary at 5% whose step holds, with what
 it waits for. The commands must show the weight and the hold; a version outside the rollout shows its weight only.
 """
 

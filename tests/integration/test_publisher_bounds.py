@@ -10,8 +10,8 @@ import uuid
 import pytest
 from confluent_kafka import Consumer
 
-from inference.publisher import EventPublisher
-from inference.settings import GatewaySettings
+from inference.gateway.publisher import EventPublisher
+from inference.gateway.settings import GatewaySettings
 from schemas.codec import decode
 from schemas.events import ChatMessage, ChatRequest, DeadLetter
 from schemas.topics import CHAT_REQUESTS

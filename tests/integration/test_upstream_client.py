@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from inference.settings import GatewaySettings
-from inference.upstream import make_client
+from inference.gateway.settings import GatewaySettings
+from inference.gateway.upstream import make_client
 
 pytestmark = pytest.mark.integration
 

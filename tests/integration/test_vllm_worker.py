@@ -86,7 +86,7 @@ def start_worker(model_dir, worker_redis_url, tmp_path):
     def start() -> subprocess.Popen:
         log = open(tmp_path / f"worker-{len(procs)}.log", "wb")
         p = subprocess.Popen(
-            [sys.executable, "-m", "inference.worker", "--index", str(INDEX)],
+            [sys.executable, "-m", "inference.worker.wrapper", "--index", str(INDEX)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from inference.auth import (
+from inference.gateway.auth import (
     ApiKey,
     TTLCache,
     hash_key,

@@ -69,3 +69,18 @@ def test_the_dependency_direction_holds():
         if f.split("/")[0] in ALLOWED and m.split(".")[0] not in ALLOWED[f.split("/")[0]]
     ]
     assert wrong == []
+
+
+ROOMS = ("inference.gateway", "inference.worker", "inference.controller")
+
+
+def test_the_inference_processes_share_only_the_top_modules():
+    def room(module: str) -> str | None:
+        return next((r for r in ROOMS if module == r or module.startswith(r + ".")), None)
+
+    wrong = [
+        f"{f}:{line}: from {m} import {n}"
+        for f, line, m, n in project_imports()
+        if f.startswith("inference/") and room(m) not in (None, room(f[:-3].replace("/", ".")))
+    ]
+    assert wrong == []

@@ -6,7 +6,7 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from inference.protocol import (
+from inference.gateway.protocol import (
     ChatCompletionRequest,
     FeedbackRequest,
     GatewayError,
@@ -181,8 +181,8 @@ def test_openai_requests_are_bounded(extra, field):
 
 
 def test_upstream_failures_tell_clients_no_worker_address():
-    from inference.serving import public_message
-    from inference.upstream import UpstreamFailure, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+    from inference.gateway.serving import public_message
+    from inference.gateway.upstream import UpstreamFailure, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
 
     worker = "http://127.0.0.1:8000"
     cases = [

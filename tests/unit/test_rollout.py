@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inference.adapters import busy_with, parse_metrics, validate_adapter_dir
-from inference.rollout import (
+from inference.controller.rollout import (
     Figures,
     Outcome,
     Policy,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from inference.router import NoWorkerAvailable, RouteTable, WorkerPool, may_retry
+from inference.gateway.router import NoWorkerAvailable, RouteTable, WorkerPool, may_retry
 from inference.routing import Route, bucket
 
 

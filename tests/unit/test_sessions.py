@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from inference.sessions import InvalidId, new_session_id, parse_history, resolve_session_id, valid_id
+from inference.gateway.sessions import InvalidId, new_session_id, parse_history, resolve_session_id, valid_id
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
-"""The gateway's disk spool (inference/publisher.py): what counts as still to replay."""
+"""The gateway's disk spool (inference/gateway/publisher.py): what counts as still to replay."""
 
 from __future__ import annotations
 
-from inference.spool import Spool
+from inference.gateway.spool import Spool
 
 
 def test_records_in_the_open_segment_are_still_to_replay(tmp_path):

@@ -92,12 +92,14 @@ def test_the_workers_subscribe_and_publish_what_is_declared():
     retrain, controller = topology.BY_SERVICE["retrain"], topology.BY_SERVICE["controller"]
     assert subscribed("retrain.worker") == set(retrain.consumes)
     assert built_events("retrain.worker") == set(retrain.produces)
-    assert subscribed("inference.controller") == set(controller.consumes)
-    assert built_events("inference.controller", "inference.deployer") == set(controller.produces)
+    assert subscribed("inference.controller.service") == set(controller.consumes)
+    assert built_events("inference.controller.service", "inference.controller.deployer") == set(controller.produces)
 
 
 def test_the_gateway_publishes_what_is_declared():
-    assert built_events("inference.serving", "inference.turns") == set(topology.BY_SERVICE["gateway"].produces)
+    assert built_events("inference.gateway.serving", "inference.gateway.turns") == set(
+        topology.BY_SERVICE["gateway"].produces
+    )
 
 
 def test_mermaid_names_every_service_and_topic():

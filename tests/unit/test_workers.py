@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from inference.keys import routes_key, worker_key
-from inference.workers import (
+from inference.worker.spec import (
     WorkerSettings,
     readiness_record,
     routed_adapters,
@@ -101,7 +101,7 @@ def test_settings_from_environment(monkeypatch):
     s = WorkerSettings(_env_file=None)
     assert s.base_model == Path("/models/Qwen2.5-7B-Instruct")
     assert [p.name for p in worker_programs(s)] == ["vllm-0", "vllm-1"]
-    assert worker_programs(s, python="py")[1].command == ["py", "-m", "inference.worker", "--index", "1"]
+    assert worker_programs(s, python="py")[1].command == ["py", "-m", "inference.worker.wrapper", "--index", "1"]
     assert flag(vllm_command(s, 0), "--served-model-name") == "qwen"
 
 

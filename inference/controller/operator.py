@@ -1,6 +1,6 @@
 """Operators' transitions, run at once: promote a version, or roll back (a running canary, else the last release).
 
-Both supersede a running rollout (inference/deployer.py's transitions: one Redis transaction, a Deployment event
+Both supersede a running rollout (`deployer.py`'s transitions: one Redis transaction, a Deployment event
 saying why, replaced adapters unloaded once drained). Used by `flywheel models promote|rollback` and by
 `flywheel up`, which routes the first version.
 """
@@ -11,7 +11,7 @@ import json
 import uuid
 
 from inference.adapters import AdapterLoadError, ready_workers
-from inference.deployer import Deployer
+from inference.controller.deployer import Deployer
 from inference.keys import ADAPTERS_KEY, PATHS_KEY, RELEASES_KEY
 
 

@@ -3,7 +3,7 @@
 Reads: `model.deployments` (consumer group `flywheel-hotswap-controller`; only `adapter_ready` is acted
 on), the routing table and worker records in Redis, canary figures from the analytics store
 (`settings.query_url`). Writes: `flywheel:adapters`, `flywheel:routes:<alias>`, its rollout records
-(layout in inference/deployer.py), Deployment events (`canary_started`, `step`, `promoted`,
+(layout in inference/controller/deployer.py), Deployment events (`canary_started`, `step`, `promoted`,
 `rolled_back`) to `model.deployments`; calls the workers' LoRA admin API.
 
 One rollout per alias at a time: an adapter_ready event is appended to the alias's queue in Redis and
@@ -16,7 +16,7 @@ drains and unloads again; a record that does not match the routes is rolled back
 version. Pending events of the last transition are published again.
 
 Example:
-    FLYWHEEL_CANARY_STEP_S=20 python -m inference.controller
+    FLYWHEEL_CANARY_STEP_S=20 python -m inference.controller.service
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from confluent_kafka import Consumer, KafkaError
 from redis.asyncio import Redis
 
 from inference.adapters import AdapterAdmin
-from inference.canary_metrics import ClickHouseMetrics, MetricsSource
-from inference.controller_settings import ControllerSettings
-from inference.deployer import Deployer, Publish, Superseded
+from inference.controller.canary_metrics import ClickHouseMetrics, MetricsSource
+from inference.controller.deployer import Deployer, Publish, Superseded
+from inference.controller.settings import ControllerSettings
 from inference.keys import DONE_KEY, QUEUE_KEY, ROLLOUT_KEY
 from producers import ChatEventProducer
 from schemas.codec import decode

@@ -1,8 +1,8 @@
-"""Readiness wrapper around one vLLM OpenAI server: `python -m inference.worker --index N`.
+"""Readiness wrapper around one vLLM OpenAI server: `python -m inference.worker.wrapper --index N`.
 
 Reads: WorkerSettings (FLYWHEEL_*), the Redis hashes `flywheel:routes:<alias>` and
 `flywheel:adapters`. Writes: `flywheel:workers:<index>` (JSON readiness record with a TTL;
-layout in inference/workers.py). Calls the child's `/health`, `/v1/models` and
+layout in inference/worker/spec.py). Calls the child's `/health`, `/v1/models` and
 `/v1/load_lora_adapter`.
 
 Life cycle:
@@ -17,7 +17,7 @@ Life cycle:
 
 Example:
     FLYWHEEL_BASE_MODEL=.flywheel/models/tiny FLYWHEEL_REDIS_URL=redis://127.0.0.1:6379/0 \
-        python -m inference.worker --index 0
+        python -m inference.worker.wrapper --index 0
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import redis
 
 from inference.adapters import AdapterLoadError
 from inference.keys import ADAPTERS_KEY, ROUTES_PATTERN, worker_key
-from inference.workers import (
+from inference.worker.spec import (
     WorkerSettings,
     encode_record,
     readiness_record,

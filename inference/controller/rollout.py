@@ -1,7 +1,7 @@
 """The canary rollout as pure functions: the plan, the first weight, the routes of a step, the decision, resumption.
 
-No I/O here: inference/deployer.py feeds these functions the routing table and the figures of
-inference/canary_metrics.py and carries out what they return.
+No I/O here: inference/controller/deployer.py feeds these functions the routing table and the figures of
+inference/controller/canary_metrics.py and carries out what they return.
 
 The decision compares the canary with the current version over the same window: everything since the canary
 started (cumulative, across steps), with the always-valid mixture sequential test of schemas/stats.py (mSPRT),
@@ -43,7 +43,7 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True)
 class Figures:
-    """One version's figures over a window (see inference/canary_metrics.py)."""
+    """One version's figures over a window (see inference/controller/canary_metrics.py)."""
 
     version: str
     responses: int = 0

@@ -5,7 +5,7 @@ at 64 concurrent requests against bench/upstream_stub.py, one shared httpx.Async
 httpcore 1.0) managed 212 requests/s in one process, an aiohttp session 2,663 (httpcore scans every
 pooled connection for readability on each request); the gateway's throughput is bounded by this client.
 
-A connection failure marks the worker (see inference/router.py: ejection with cool-down) and the request is
+A connection failure marks the worker (see inference/gateway/router.py: ejection with cool-down) and the request is
 retried on another worker; for streams the first upstream line is read before the gateway answers, so a
 worker that dies before its first token is retried too. Timeouts become `UpstreamTimeout` (504).
 
@@ -25,10 +25,10 @@ import aiohttp
 import orjson
 from redis.asyncio import Redis
 
+from inference.gateway.router import NoWorkerAvailable, RouteTable, Worker, WorkerPool, may_retry
+from inference.gateway.settings import GatewaySettings
 from inference.keys import ROUTES_KEY, WORKERS_PATTERN
-from inference.router import NoWorkerAvailable, RouteTable, Worker, WorkerPool, may_retry
 from inference.routing import parse_routes
-from inference.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The gateway's logic: chat completions (OpenAI and session APIs, streamed or not), feedback, and the events
-each request produces. Admission (key, scope, rate limit, session owners) is inference/admission.py.
+each request produces. Admission (key, scope, rate limit, session owners) is inference/gateway/admission.py.
 
-Reads: Redis (keys, rate limits, sessions, message owners), the inference workers (inference/upstream.py).
-Writes: chat.requests, chat.responses, inference.latency, chat.feedback (through inference/publisher.py,
+Reads: Redis (keys, rate limits, sessions, message owners), the inference workers (inference/gateway/upstream.py).
+Writes: chat.requests, chat.responses, inference.latency, chat.feedback (through inference/gateway/publisher.py,
 fire-and-forget: no request waits for the broker).
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from fastapi.responses import Response, StreamingResponse
 
-from inference.admission import Caller, Gate, not_owned
-from inference.auth import ACT_AS
-from inference.metrics import GatewayMetrics
-from inference.protocol import (
+from inference.gateway.admission import Caller, Gate, not_owned
+from inference.gateway.auth import ACT_AS
+from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.protocol import (
     ChatCompletionRequest,
     FeedbackRequest,
     GatewayError,
@@ -29,18 +29,18 @@ from inference.protocol import (
     error_body,
     new_message_id,
 )
-from inference.publisher import EventPublisher
-from inference.router import RouteTable, UnknownModel
-from inference.sessions import (
+from inference.gateway.publisher import EventPublisher
+from inference.gateway.router import RouteTable, UnknownModel
+from inference.gateway.sessions import (
     InvalidId,
     SessionNotOwned,
     SessionStore,
     resolve_session_id,
     valid_id,
 )
-from inference.settings import GatewaySettings
-from inference.turns import Turn, TurnEvents, event_message
-from inference.upstream import Upstream, UpstreamFailure, UpstreamStream, UpstreamTimeout
+from inference.gateway.settings import GatewaySettings
+from inference.gateway.turns import Turn, TurnEvents, event_message
+from inference.gateway.upstream import Upstream, UpstreamFailure, UpstreamStream, UpstreamTimeout
 from schemas.events import Feedback
 from schemas.text import mask_pii
 

@@ -1,6 +1,6 @@
 """The Flywheel gateway: FastAPI app factory, routes, error handlers, lifespan, `main()`.
 
-Reads: FLYWHEEL_* settings (inference/settings.py), Redis, the inference workers.
+Reads: FLYWHEEL_* settings (inference/gateway/settings.py), Redis, the inference workers.
 Writes: events to Kafka (or the disk spool), `<data_dir>/dev-api-key` on first start.
 
 Routes (the contract of ARCHITECTURE.md):
@@ -15,7 +15,7 @@ Routes (the contract of ARCHITECTURE.md):
 
 Example:
 
-    FLYWHEEL_GATEWAY_UPSTREAMS=http://127.0.0.1:8000 python -m inference.app
+    FLYWHEEL_GATEWAY_UPSTREAMS=http://127.0.0.1:8000 python -m inference.gateway.app
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inference.admission import Caller, Gate
-from inference.auth import ACT_AS, ApiKeyStore, ensure_dev_key
-from inference.metrics import GatewayMetrics
-from inference.middleware import JSON, BodyTooLarge, ObserveMiddleware, error_response, json_error
-from inference.protocol import (
+from inference.gateway.admission import Caller, Gate
+from inference.gateway.auth import ACT_AS, ApiKeyStore, ensure_dev_key
+from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.middleware import JSON, BodyTooLarge, ObserveMiddleware, error_response, json_error
+from inference.gateway.protocol import (
     ChatCompletionRequest,
     FeedbackRequest,
     GatewayError,
@@ -46,13 +46,13 @@ from inference.protocol import (
     describe_validation_errors,
     parse_request,
 )
-from inference.publisher import EventPublisher
-from inference.ratelimit import RateLimiter
-from inference.router import RouteTable, WorkerPool
-from inference.serving import ChatServing
-from inference.sessions import SessionStore
-from inference.settings import GatewaySettings
-from inference.upstream import Refresher, Upstream, make_client
+from inference.gateway.publisher import EventPublisher
+from inference.gateway.ratelimit import RateLimiter
+from inference.gateway.router import RouteTable, WorkerPool
+from inference.gateway.serving import ChatServing
+from inference.gateway.sessions import SessionStore
+from inference.gateway.settings import GatewaySettings
+from inference.gateway.upstream import Refresher, Upstream, make_client
 from schemas.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ def main() -> None:
         proxy_headers=False,
     )
     if settings.gateway_workers > 1:  # each worker process builds its own app from the same settings
-        uvicorn.run("inference.app:worker_app", factory=True, workers=settings.gateway_workers, **options)
+        uvicorn.run("inference.gateway.app:worker_app", factory=True, workers=settings.gateway_workers, **options)
     else:
         app = create_app(settings)
         tune_gc(settings.gateway_gc_gen0)

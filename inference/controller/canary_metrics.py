@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from inference.rollout import Figures
+from inference.controller.rollout import Figures
 from schemas import store
 from schemas.views import DB
 

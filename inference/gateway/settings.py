@@ -1,4 +1,4 @@
-"""Settings of the gateway (inference/app.py): where it listens, which upstreams, timeouts, spool.
+"""Settings of the gateway (inference/gateway/app.py): where it listens, which upstreams, timeouts, spool.
 
 Every field reads `FLYWHEEL_<NAME>` (e.g. `FLYWHEEL_GATEWAY_UPSTREAMS=http://127.0.0.1:8000`) or `.env`.
 The bus, Redis and data directory come from CommonSettings.
@@ -29,7 +29,7 @@ class GatewaySettings(ProducerSettings):
     gateway_upstreams: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="static upstream base URLs"
     )
-    # Request fields of /v1/chat/completions forwarded upstream beyond the declared ones (inference/protocol.py):
+    # Request fields of /v1/chat/completions forwarded upstream beyond the declared ones (protocol.py):
     # further vLLM extensions, or a test upstream's own (comma-separated or JSON list). Others get 422.
     gateway_extra_fields: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="extra /v1/chat/completions fields forwarded upstream"

@@ -1,7 +1,7 @@
-"""Settings of the hot-swap controller (inference/controller.py) and its CLI (inference/controller_cli.py).
+"""Settings of the hot-swap controller (inference/controller/service.py) and its CLI (inference/controller/cli.py).
 
 Every field reads `FLYWHEEL_<NAME>` (e.g. `FLYWHEEL_CANARY_STEP_S=20`) or `.env`. The canary's rules are
-inference/rollout.py's (decisions on cumulative, always-valid evidence); its defaults were tuned with
+inference/controller/rollout.py's (decisions on cumulative, always-valid evidence); its defaults were tuned with
 `python -m bench.rollout_sim`: a good version at 1 request/s of total traffic is promoted in about 4 minutes
 (p50), a neutral one in about 10, and a version with twice the thumbs-down rate is rolled back in 100% of runs.
 """
@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from inference.rollout import Policy, plan_error
+from inference.controller.rollout import Policy, plan_error
 from producers.settings import ProducerSettings
 
 

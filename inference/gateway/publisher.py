@@ -35,8 +35,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from inference.settings import GatewaySettings
-from inference.spool import Spool
+from inference.gateway.settings import GatewaySettings
+from inference.gateway.spool import Spool
 from schemas.events import Event, dead_letter
 from schemas.topics import BY_EVENT, create_topics
 

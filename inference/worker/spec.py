@@ -1,7 +1,7 @@
 """vLLM workers as data: settings, the server command line, its environment, the Redis contract.
 
 The local stack's supervisor runs `worker_programs(settings)`: one wrapper process per worker
-(`python -m inference.worker --index N`, see inference/worker.py), which starts the vLLM
+(`python -m inference.worker.wrapper --index N`, see inference/worker/wrapper.py), which starts the vLLM
 OpenAI server built by `vllm_command` as its child. Nothing here does I/O.
 
 Redis layout (the contract between the hot-swap controller, the workers and the gateway;
@@ -155,11 +155,11 @@ class WorkerProgram:
 
 
 def worker_programs(settings: WorkerSettings, python: str | None = None) -> list[WorkerProgram]:
-    """What the supervisor runs: `python -m inference.worker --index N` for N in range(workers)."""
+    """What the supervisor runs: `python -m inference.worker.wrapper --index N` for N in range(workers)."""
     return [
         WorkerProgram(
             name=f"vllm-{i}",
-            command=[python or sys.executable, "-m", "inference.worker", "--index", str(i)],
+            command=[python or sys.executable, "-m", "inference.worker.wrapper", "--index", str(i)],
             env={"HF_HUB_OFFLINE": "1"},
         )
         for i in range(settings.workers)

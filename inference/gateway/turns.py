@@ -1,7 +1,7 @@
 """One chat turn as the gateway records it: what a request knows about itself, and the events, metrics and log
 line it leaves (chat.requests when it starts; chat.responses and inference.latency when it ends).
 
-Events are published fire-and-forget (inference/publisher.py); personal data in them is masked by `mask`.
+Events are published fire-and-forget (inference/gateway/publisher.py); personal data in them is masked by `mask`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from inference.metrics import GatewayMetrics
-from inference.publisher import EventPublisher
+from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.publisher import EventPublisher
 from schemas.events import ChatRequest, ChatResponse, InferenceLatency
 
 log = logging.getLogger(__name__)

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from inference.auth import ApiKey, ApiKeyStore, parse_bearer
-from inference.protocol import GatewayError
-from inference.ratelimit import Decision, RateLimiter
-from inference.sessions import SessionNotOwned, SessionStore, parse_session
+from inference.gateway.auth import ApiKey, ApiKeyStore, parse_bearer
+from inference.gateway.protocol import GatewayError
+from inference.gateway.ratelimit import Decision, RateLimiter
+from inference.gateway.sessions import SessionNotOwned, SessionStore, parse_session
 
 
 @dataclass(frozen=True)

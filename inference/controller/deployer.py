@@ -1,10 +1,9 @@
 """The transitions of a deployment: load, canary steps, promote, roll back, drain and unload.
 
-Used by the controller service (inference/controller.py) and by the operators' transitions (inference/operator.py),
-so a promotion by hand does exactly what an automatic promotion does. The decisions themselves are the pure
-`inference.rollout.first_weight` (the canary's first weight, from the alias's recent traffic rate) and
-`inference.rollout.decide` (at every poll, on the figures since the canary started and the canary's responses
-since its step started).
+Used by the controller service (`service.py`) and by the operators' transitions (`operator.py`), so a promotion
+by hand does exactly what an automatic promotion does. The decisions themselves are the pure `rollout.first_weight`
+(the canary's first weight, from the alias's recent traffic rate) and `rollout.decide` (at every poll, on the
+figures since the canary started and the canary's responses since its step started).
 
 Redis: the rollout keys of inference/keys.py (described there).
 
@@ -29,11 +28,11 @@ from datetime import UTC, datetime, timedelta
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from inference.adapters import AdapterAdmin, AdapterLoadError, ready_workers
-from inference.canary_metrics import MetricsSource
-from inference.controller_settings import ControllerSettings
-from inference.keys import ADAPTERS_KEY, DONE_KEY, PATHS_KEY, RELEASES_KEY, ROLLOUT_KEY, ROUTES_KEY, WORKERS_PATTERN
-from inference.rollout import Outcome, Policy, decide, first_weight, next_weight, resume_action, step_routes
+from inference.adapters import AdapterAdmin, AdapterLoadError, ready_workers, wait_advertised
+from inference.controller.canary_metrics import MetricsSource
+from inference.controller.rollout import Outcome, Policy, decide, first_weight, next_weight, resume_action, step_routes
+from inference.controller.settings import ControllerSettings
+from inference.keys import ADAPTERS_KEY, DONE_KEY, PATHS_KEY, RELEASES_KEY, ROLLOUT_KEY, ROUTES_KEY
 from schemas.events import Deployment
 
 log = logging.getLogger(__name__)
@@ -213,7 +212,8 @@ class Deployer:
         try:
             workers = await ready_workers(self.redis)
             await self.admin.load(version, path, workers)
-            await self._wait_advertised(version, workers)
+            await wait_advertised(self.redis, version, workers, ADVERTISE_TIMEOUT_S)
+            await asyncio.sleep(self.settings.route_propagation_s)  # for the gateways to re-read the records
         except AdapterLoadError as exc:
             await self.rollback(alias, rec, f"adapter failed to load: {exc}")
             return False
@@ -235,37 +235,6 @@ class Deployer:
         await self.transition(alias, rec["id"], step_routes(rec["current"], version, weight), rec, event)
         await self._catch_up(version, path)
         return True
-
-    async def _wait_advertised(self, version: str, workers: list[str]) -> None:
-        """Wait until every worker's readiness record lists `version`, then for the gateways to re-read them.
-
-        The gateway sends a version's requests only to workers whose record lists it (inference/router.py), and
-        records are rewritten once per worker heartbeat: routing the canary as soon as vLLM has loaded it made
-        the canary's first requests fail ("no ready worker has model version ... loaded yet"), and those errors
-        rolled good canaries back."""
-        deadline = time.monotonic() + ADVERTISE_TIMEOUT_S
-        pending = set(workers)
-        while pending:
-            keys = [k async for k in self.redis.scan_iter(match=WORKERS_PATTERN, count=100)]
-            for raw in (await self.redis.mget(keys)) if keys else []:
-                try:
-                    record = json.loads(raw) if raw else {}
-                except ValueError:
-                    continue
-                # Only records kept by a worker's heartbeat (inference/worker.py) are rewritten with `adapters`.
-                if record.get("url") in pending and (
-                    version in (record.get("adapters") or []) or "heartbeat_at" not in record
-                ):
-                    pending.discard(record["url"])
-            if not pending:
-                break
-            if time.monotonic() > deadline:  # the adapter answers on every worker (verified): route it anyway
-                log.warning(
-                    "workers do not advertise the adapter yet", extra={"version": version, "workers": sorted(pending)}
-                )
-                break
-            await asyncio.sleep(0.5)
-        await asyncio.sleep(self.settings.route_propagation_s)
 
     async def _catch_up(self, version: str, path: str) -> None:
         """Load on workers that became ready since (they load routed adapters themselves too)."""

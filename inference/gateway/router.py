@@ -4,7 +4,7 @@
   ejected after `eject_failures` consecutive connection failures and comes back, on probation,
   once its cool-down has passed (one more failure ejects it again).
 - `RouteTable`: the in-memory copy of the Redis routing tables (refreshed in the background by
-  inference/upstream.py), resolving a requested model name to the version a user gets.
+  inference/gateway/upstream.py), resolving a requested model name to the version a user gets.
 - `may_retry`: the rule for retrying on another worker: only a connection failure, and only
   while nothing has been sent to the client.
 """

@@ -14,8 +14,8 @@ from fastapi import Request
 from fastapi.responses import Response
 from redis.exceptions import RedisError
 
-from inference.metrics import GatewayMetrics
-from inference.protocol import GatewayError, error_body
+from inference.gateway.metrics import GatewayMetrics
+from inference.gateway.protocol import GatewayError, error_body
 
 log = logging.getLogger(__name__)
 

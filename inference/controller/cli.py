@@ -1,7 +1,7 @@
 """Operators' commands for deployments: `promote VERSION` and `rollback`, immediately; and what is live now.
 
-They run the controller's own transitions (inference/operator.py over inference/deployer.py): the routes change
-in one Redis transaction that supersedes a running canary, a Deployment event says why, and replaced adapters are
+They run the controller's own transitions (`operator.py` over `deployer.py`, beside this module): the routes
+change in one Redis transaction that supersedes a running canary, a Deployment event says why, and replaced adapters are
 unloaded once drained. The `flywheel` CLI adds the commands of `deploy_group` to `flywheel models`.
 
 Example:
@@ -19,11 +19,11 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from inference.adapters import AdapterAdmin, AdapterLoadError
-from inference.controller import kafka_publisher
-from inference.controller_settings import ControllerSettings
-from inference.deployer import Deployer
+from inference.controller.deployer import Deployer
+from inference.controller.operator import promote_now, roll_back_now
+from inference.controller.service import kafka_publisher
+from inference.controller.settings import ControllerSettings
 from inference.keys import ROLLOUT_KEY, ROUTES_KEY
-from inference.operator import promote_now, roll_back_now
 
 
 async def with_deployer(fn):

@@ -1,5 +1,5 @@
 """The gateway's disk spool: events the broker could not take (an outage, a failed delivery), kept in order until
-the publisher replays them (inference/publisher.py).
+the publisher replays them (inference/gateway/publisher.py).
 
 `<spool_dir>/spool-<ns>-<seq>.jsonl`: append-only JSON lines {topic, key, value}; a writer thread writes and
 fsyncs each batch; a segment is closed (rotated) before it is replayed and deleted once replayed.

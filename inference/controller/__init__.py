@@ -1,0 +1,1 @@
+"""The hot-swap controller: `python -m inference.controller.service`."""

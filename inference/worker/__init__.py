@@ -1,0 +1,1 @@
+"""The vLLM worker wrapper: `python -m inference.worker.wrapper --index N`."""
