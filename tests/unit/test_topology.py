@@ -77,14 +77,16 @@ def test_the_streams_agents_read_and_send_what_is_declared():
     streams = topology.BY_SERVICE["streams"]
     sources = {name for agent in app.app.agents.values() for name in agent.channel.topics}
     assert sources == set(streams.consumes)
-    senders = {
-        node.func.value.id
-        for node in ast.walk(tree("streams.app"))
+    senders = {  # `ch.<channel>.send(...)` in every agent group
+        node.func.value.attr
+        for group in ("metrics", "pairs", "trigger")
+        for node in ast.walk(tree(f"streams.agents.{group}"))
         if isinstance(node, ast.Call)
         and getattr(node.func, "attr", None) == "send"
-        and isinstance(node.func.value, ast.Name)
+        and isinstance(node.func.value, ast.Attribute)
     }
-    sent = {name for sender in senders for name in getattr(app, sender).topics}
+    assert len(senders) >= 5
+    sent = {name for sender in senders for name in getattr(app.channels, sender).topics}
     assert sent == set(streams.produces)
 
 
