@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.ddl import SINK_LEDGER, TABLES
+from schemas.internal import JoinedFeedback, TriggerInput
 from schemas.topics import (
     CHAT_FEEDBACK,
     CHAT_REQUESTS,
@@ -39,14 +40,13 @@ class InternalTopic:
 
     name: str
     partitions: int
-    record: str  # what one message holds
+    record: type  # what one message holds: a model of schemas/internal.py, or bytes
 
 
-FEEDBACK_JOINED = InternalTopic(
-    "streams.feedback-joined", CHAT_RESPONSES.partitions, "feedback joined with its request and answer (JSON)"
-)
-PAIR_TICKS = InternalTopic("streams.pair-ticks", CHAT_RESPONSES.partitions, "a clock tick per partition (b'tick')")
-TRIGGER_INPUT = InternalTopic("streams.trigger-input", 1, "a usable pair, a job's status, or a clock tick (JSON)")
+# feedback joined with its request and answer, keyed by question
+FEEDBACK_JOINED = InternalTopic("streams.feedback-joined", CHAT_RESPONSES.partitions, JoinedFeedback)
+PAIR_TICKS = InternalTopic("streams.pair-ticks", CHAT_RESPONSES.partitions, bytes)  # a clock tick per partition
+TRIGGER_INPUT = InternalTopic("streams.trigger-input", 1, TriggerInput)  # a usable pair, a job's status, a tick
 INTERNAL_TOPICS: tuple[InternalTopic, ...] = (FEEDBACK_JOINED, PAIR_TICKS, TRIGGER_INPUT)
 
 
@@ -128,7 +128,7 @@ def topic_rows() -> list[tuple[str, str, str, str, str]]:
     rows = []
     names = [(t.name, t.value_type.__name__, t.table) for t in TOPICS]
     names += [(t.dlq, "DeadLetter", DLQ_TABLE) for t in TOPICS]
-    names += [(t.name, t.record, "-") for t in INTERNAL_TOPICS]
+    names += [(t.name, t.record.__name__, "-") for t in INTERNAL_TOPICS]
     for name, record, table in names:
         producers = ", ".join(s.name for s in SERVICES if name in s.produces) or "-"
         consumers = ", ".join(s.name for s in SERVICES if name in s.consumes) or "-"

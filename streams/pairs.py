@@ -24,6 +24,7 @@ from typing import Any
 
 from schemas import events
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, DeadLetter, DPOPair, Feedback
+from schemas.internal import JoinedFeedback
 from schemas.text import mask_pii
 from schemas.topics import CHAT_FEEDBACK
 from streams import pairing
@@ -57,7 +58,7 @@ def question_partition(question: str, partitions: int) -> int:
 
 @dataclass
 class JoinOutput:
-    joined: list[dict[str, Any]] = field(default_factory=list)
+    joined: list[JoinedFeedback] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)  # event ids of feedback dead-lettered after its wait
 
@@ -175,25 +176,25 @@ class FeedbackJoiner:
         return out
 
     @staticmethod
-    def _join(feedback: Feedback, ctx: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+    def _join(feedback: Feedback, ctx: dict[str, Any], item: dict[str, Any]) -> JoinedFeedback:
         question = question_of(ctx["messages"])
-        return {
-            "feedback_id": str(feedback.event_id),
-            "feedback": feedback.feedback,
-            "occurred_at": feedback.occurred_at.timestamp(),
-            "session_id": feedback.session_id,
-            "message_id": feedback.message_id,
-            "correction": feedback.correction,
-            "comment": feedback.comment,
-            "partition": item["partition"],
-            "offset": item["offset"],
-            "model_version": ctx["model_version"],
-            "route": ctx["route"],
-            "status": ctx["status"],
-            "messages": ctx["messages"],
-            "answer": ctx["answer"],
-            "question": pairing.normalize_question(question),
-        }
+        return JoinedFeedback(
+            feedback_id=str(feedback.event_id),
+            feedback=feedback.feedback,
+            occurred_at=feedback.occurred_at.timestamp(),
+            session_id=feedback.session_id,
+            message_id=feedback.message_id,
+            correction=feedback.correction,
+            comment=feedback.comment,
+            partition=item["partition"],
+            offset=item["offset"],
+            model_version=ctx["model_version"],
+            route=ctx["route"],
+            status=ctx["status"],
+            messages=ctx["messages"],
+            answer=ctx["answer"],
+            question=pairing.normalize_question(question),
+        )
 
 
 @dataclass
@@ -220,34 +221,32 @@ class PairBuilder:
         self.max_chars = max_chars
         self.teacher = teacher
 
-    async def on_joined(self, rec: dict[str, Any]) -> PairOutcome:
-        answer = rec["answer"] or ""
-        if rec["feedback"] == "thumbs_up":
-            if rec["status"] == "ok" and answer.strip() and rec["question"]:
-                entries = self.answers.get(rec["question"]) or []
-                self.answers[rec["question"]] = pairing.record_thumbs_up(
-                    entries, answer, rec["message_id"], rec["occurred_at"]
-                )
+    async def on_joined(self, rec: JoinedFeedback) -> PairOutcome:
+        answer = rec.answer or ""
+        if rec.feedback == "thumbs_up":
+            if rec.status == "ok" and answer.strip() and rec.question:
+                entries = self.answers.get(rec.question) or []
+                self.answers[rec.question] = pairing.record_thumbs_up(entries, answer, rec.message_id, rec.occurred_at)
             return PairOutcome()
-        if rec["status"] != "ok" or not answer.strip():
+        if rec.status != "ok" or not answer.strip():
             return PairOutcome(
                 dead=dead_letter(
                     CHAT_FEEDBACK.name,
-                    rec["partition"],
-                    rec["offset"],
-                    rec["session_id"],
+                    rec.partition,
+                    rec.offset,
+                    rec.session_id,
                     _payload(rec),
                     "no_answer",
-                    f"thumbs_down on message {rec['message_id']!r} with status {rec['status']!r} and no answer text",
+                    f"thumbs_down on message {rec.message_id!r} with status {rec.status!r} and no answer text",
                 )
             )
         chosen, source, chosen_message_id = await self._chosen(rec, answer)
         problem = pairing.quality_problem(chosen, answer, self.min_chars, self.max_chars)
         if problem:
             return PairOutcome(dropped=problem)
-        prompt = [ChatMessage(role=m["role"], content=mask_pii(m["content"])) for m in rec["messages"]]
-        pair_id = pairing.pair_id_for(rec["feedback_id"])
-        duplicate = self.dedup.check_and_add(pair_id, pairing.dedup_text(rec["question"], answer, chosen))
+        prompt = [ChatMessage(role=m["role"], content=mask_pii(m["content"])) for m in rec.messages]
+        pair_id = pairing.pair_id_for(rec.feedback_id)
+        duplicate = self.dedup.check_and_add(pair_id, pairing.dedup_text(rec.question, answer, chosen))
         if duplicate:
             return PairOutcome(dropped=f"near-duplicate of pair {duplicate}")
         pair = DPOPair(
@@ -255,34 +254,32 @@ class PairBuilder:
             producer=PRODUCER,
             pair_id=pair_id,
             base_model=self.base_model,
-            model_version=rec["model_version"],
+            model_version=rec.model_version,
             prompt=prompt,
             chosen=mask_pii(chosen) if chosen is not None else None,
             rejected=mask_pii(answer),
             source=source,  # type: ignore[arg-type]
-            session_id=rec["session_id"],
-            message_id=rec["message_id"],
-            feedback_event_id=uuid.UUID(rec["feedback_id"]),
+            session_id=rec.session_id,
+            message_id=rec.message_id,
+            feedback_event_id=uuid.UUID(rec.feedback_id),
             chosen_message_id=chosen_message_id,
         )
         return PairOutcome(pair=pair)
 
-    async def _chosen(self, rec: dict[str, Any], answer: str) -> tuple[str | None, str, str | None]:
-        if rec["correction"] and rec["correction"].strip():
-            return rec["correction"], "correction", None
+    async def _chosen(self, rec: JoinedFeedback, answer: str) -> tuple[str | None, str, str | None]:
+        if rec.correction and rec.correction.strip():
+            return rec.correction, "correction", None
         rejected_key = pairing.normalize_question(answer)
-        entries = [e for e in (self.answers.get(rec["question"]) or []) if e["key"] != rejected_key]
-        best = pairing.best_answer(entries) if rec["question"] else None
+        entries = [e for e in (self.answers.get(rec.question) or []) if e["key"] != rejected_key]
+        best = pairing.best_answer(entries) if rec.question else None
         if best is not None:
             return best["answer"], "thumbs_up", best["message_id"]
         if self.teacher is not None:
-            taught = await self.teacher(rec["messages"])
+            taught = await self.teacher(rec.messages)
             if taught:
                 return taught, "teacher", None
         return None, "needs_chosen", None
 
 
-def _payload(rec: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps({k: rec[k] for k in ("feedback_id", "session_id", "message_id", "feedback")})
+def _payload(rec: JoinedFeedback) -> str:
+    return rec.model_dump_json(include={"feedback_id", "session_id", "message_id", "feedback"})

@@ -11,11 +11,11 @@ import time
 from collections import defaultdict
 
 import faust
-import orjson
 
 from schemas.codec import decode, encode
 from schemas.errors import EventError
 from schemas.events import ChatResponse
+from schemas.internal import JoinedFeedback
 from schemas.topics import CHAT_FEEDBACK, CHAT_RESPONSES
 from schemas.topology import FEEDBACK_JOINED
 from streams.settings import StreamSettings
@@ -92,19 +92,19 @@ def install(
                 completion_tokens=r.completion_tokens,
             )
         else:
-            rec = orjson.loads(value)
+            rec = JoinedFeedback.model_validate_json(value)
             book.add_feedback(
                 topic,
                 partition,
                 offset,
                 now,
-                model_version=rec["model_version"],
-                route=rec["route"],
-                event_time=rec["occurred_at"],
-                feedback=rec["feedback"],
-                feedback_id=rec["feedback_id"],
+                model_version=rec.model_version,
+                route=rec.route,
+                event_time=rec.occurred_at,
+                feedback=rec.feedback,
+                feedback_id=rec.feedback_id,
             )
-            book.release(rec["feedback_id"])
+            book.release(rec.feedback_id)
 
     def backlog() -> dict[tuple[str, int], int | None]:
         """Per source this worker's windows wait for: events between the last one applied and the highwater

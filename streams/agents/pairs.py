@@ -14,12 +14,12 @@ import time
 
 import faust
 import httpx
-import orjson
 from faust.types import TP
 
 from schemas.codec import decode, encode
 from schemas.errors import EventError
 from schemas.events import ChatRequest, ChatResponse, Feedback
+from schemas.internal import JoinedFeedback
 from schemas.topics import CHAT_FEEDBACK, CHAT_REQUESTS, CHAT_RESPONSES
 from schemas.topology import PAIR_TICKS
 from streams.pairing import NearDuplicateFilter
@@ -115,9 +115,9 @@ def install(
                 hold_windows(book, topic, partition, offset, parsed if topic == CHAT_FEEDBACK.name else None, out, now)
             for rec in out.joined:
                 await ch.feedback_joined.send(
-                    key=rec["question"].encode(),
-                    value=orjson.dumps(rec),
-                    partition=question_partition(rec["question"], partitions),
+                    key=rec.question.encode(),
+                    value=rec.model_dump_json().encode(),
+                    partition=question_partition(rec.question, partitions),
                 )
             for dead in out.dead:
                 await ch.feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
@@ -148,7 +148,7 @@ def install(
         # during a catch-up the join runs far ahead of the metrics): it holds its windows until applied.
         wait = settings.streams_pending_timeout_s + settings.streams_window_idle_s
         for rec in out.joined:
-            book.hold(rec["feedback_id"], rec["occurred_at"], now + wait)
+            book.hold(rec.feedback_id, rec.occurred_at, now + wait)
         for feedback_id in out.expired:  # dead-lettered: it will never reach a window
             book.release(feedback_id)
         if feedback is not None:
@@ -164,7 +164,7 @@ def install(
     async def build_pairs(stream: faust.StreamT) -> None:
         """One question's thumbs-up answers and thumbs-downs meet in this partition: build DPO pairs."""
         async for value in stream:
-            rec = orjson.loads(value)
+            rec = JoinedFeedback.model_validate_json(value)
             outcome = await builder.on_joined(rec)
             if outcome.pair is not None:
                 pair = outcome.pair
@@ -177,10 +177,10 @@ def install(
                 await ch.feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
                 log.warning(
                     "feedback dead-lettered",
-                    extra={"error_type": outcome.dead.error_type, "message_id": rec["message_id"]},
+                    extra={"error_type": outcome.dead.error_type, "message_id": rec.message_id},
                 )
             elif outcome.dropped:
-                log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec["message_id"]})
+                log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec.message_id})
 
     @app.timer(interval=settings.streams_tick_interval_s)
     async def pair_tick() -> None:

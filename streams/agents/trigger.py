@@ -11,11 +11,11 @@ import logging
 import time
 
 import faust
-import orjson
 
 from schemas.codec import decode, encode
 from schemas.errors import EventError
 from schemas.events import DPOPair, RetrainJob
+from schemas.internal import TICK, TriggerInput
 from streams.settings import StreamSettings
 from streams.trigger import TriggerState
 from streams.wiring import Channels, Shared
@@ -49,44 +49,44 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
                 shared.skip_undecodable(message.topic, message.partition, message.offset, exc)
                 continue
             if isinstance(parsed, DPOPair):
-                rec = {
-                    "kind": "pair",
-                    "base_model": parsed.base_model,
-                    "pair_id": parsed.pair_id,
-                    "usable": parsed.source != "needs_chosen" and parsed.chosen is not None,
-                }
+                rec = TriggerInput(
+                    kind="pair",
+                    base_model=parsed.base_model,
+                    pair_id=parsed.pair_id,
+                    usable=parsed.source != "needs_chosen" and parsed.chosen is not None,
+                )
             elif isinstance(parsed, RetrainJob):
-                rec = {
-                    "kind": "job",
-                    "base_model": parsed.base_model,
-                    "job_id": parsed.job_id,
-                    "status": parsed.status,
-                    "pair_ids": parsed.pair_ids,
-                    "at": parsed.occurred_at.timestamp(),
-                }
+                rec = TriggerInput(
+                    kind="job",
+                    base_model=parsed.base_model,
+                    job_id=parsed.job_id,
+                    status=parsed.status,
+                    pair_ids=parsed.pair_ids,
+                    at=parsed.occurred_at.timestamp(),
+                )
             else:
                 continue
-            await ch.trigger_input.send(value=orjson.dumps(rec), partition=0)
+            await ch.trigger_input.send(value=rec.model_dump_json().encode(), partition=0)
 
     @app.agent(ch.trigger_input, name=AGENT_RETRAIN_TRIGGER)
     async def retrain_trigger(stream: faust.StreamT) -> None:
         async for value in stream:
-            rec, now = orjson.loads(value), time.time()
-            models = [rec["base_model"]] if "base_model" in rec else list(trigger_state.keys())
+            rec, now = TriggerInput.model_validate_json(value), time.time()
+            models = [rec.base_model] if rec.base_model is not None else list(trigger_state.keys())
             for base_model in models:
                 state = (
                     TriggerState.from_json(trigger_state[base_model])
                     if base_model in trigger_state
                     else TriggerState(base_model)
                 )
-                if rec["kind"] == "pair":
-                    state.on_pair(rec["pair_id"], rec["usable"], trigger_covered)
-                elif rec["kind"] == "job":
+                if rec.kind == "pair":
+                    state.on_pair(rec.pair_id, rec.usable, trigger_covered)
+                elif rec.kind == "job":
                     state.on_job(
-                        rec["job_id"],
-                        rec["status"],
-                        rec["pair_ids"],
-                        rec["at"],
+                        rec.job_id,
+                        rec.status,
+                        rec.pair_ids,
+                        rec.at,
                         settings.streams_retrain_cooldown_s,
                         trigger_covered,
                     )
@@ -101,4 +101,4 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
         """Cool-downs end without an event: a tick makes every model's state machine decide again."""
         if TABLE_TRIGGER_STATE not in shared.recovered:
             return
-        await ch.trigger_input.send(value=b'{"kind": "tick"}', partition=0)
+        await ch.trigger_input.send(value=TICK.model_dump_json().encode(), partition=0)

@@ -270,7 +270,7 @@ def test_feedback_before_response_waits_then_joins_or_dead_letters():
     assert joiner.on_feedback(fb, 0, 7, now=0).joined == []
     joiner.on_request(req, 0, now=1)
     [joined] = joiner.on_response(resp, 0, now=2).joined
-    assert (joined["answer"], joined["question"], joined["offset"]) == ("Nowhere.", "where is my order", 7)
+    assert (joined.answer, joined.question, joined.offset) == ("Nowhere.", "where is my order", 7)
     lost = Feedback(session_id="s", message_id="m-unknown", feedback="thumbs_up")
     joiner.on_feedback(lost, 1, 9, now=3)
     assert joiner.sweep(1, now=12).dead == []
@@ -286,7 +286,7 @@ def test_feedback_waits_longer_while_the_join_reads_behind():
     assert joiner.sweep(0, now=30, behind=True).dead == []  # past its deadline, but answers are still to read
     joiner.on_request(req, 0, now=31)
     [joined] = joiner.on_response(resp, 0, now=32).joined
-    assert joined["offset"] == 7
+    assert joined.offset == 7
     lost = Feedback(session_id="s", message_id="m-unknown", feedback="thumbs_down")
     joiner.on_feedback(lost, 0, 9, now=40)
     assert joiner.sweep(0, now=99, behind=True).dead == []  # deadline 50, + 50 while behind

@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from schemas import topics as registry
 from schemas import topology
 from schemas.ddl import SINK_LEDGER
@@ -111,3 +113,17 @@ def test_mermaid_names_every_service_and_topic():
         assert f"{s.name}[{s.name}]" in text
     for t in registry.TOPICS:
         assert f"([{t.name}])" in text
+
+
+def test_internal_topics_carry_frozen_models_checked_when_read():
+    from pydantic import ValidationError
+
+    from schemas.internal import TICK, TriggerInput
+
+    for t in topology.INTERNAL_TOPICS:
+        assert t.record is bytes or t.record.model_config["frozen"], t.name
+    assert TriggerInput.model_validate_json(TICK.model_dump_json()) == TICK
+    with pytest.raises(ValidationError):
+        TriggerInput.model_validate_json(b'{"kind": "jobs"}')
+    with pytest.raises(ValidationError):  # an unknown field is refused, not carried along
+        TriggerInput.model_validate_json(b'{"kind": "tick", "extra": 1}')
