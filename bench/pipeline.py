@@ -49,9 +49,9 @@ from confluent_kafka import Consumer, Producer
 from rich.console import Console
 from rich.table import Table
 
-from bench.broker import start_tansu
 from consumers.settings import SinkSettings
 from consumers.sink import Sink
+from deploy.sandbox import start_tansu
 from schemas import ddl, store
 from schemas.codec import decode, encode
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, DPOPair, Feedback, MetricsWindow

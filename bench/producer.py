@@ -29,7 +29,7 @@ from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
 
-from bench.broker import start_tansu
+from deploy.sandbox import start_tansu
 from producers.sdk import ChatEventProducer
 from producers.settings import ProducerSettings
 from schemas.events import ChatResponse

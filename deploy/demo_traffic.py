@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from deploy.openloop import OpenLoop
 from retrain.demo import QA
 from retrain.rouge import rouge_l
 
@@ -206,47 +207,29 @@ class Gateway:
         return asyncio.run(run())
 
 
-class Traffic:
+class Traffic(OpenLoop):
     """Open-loop traffic at `rate` asks/s from `plan`, each answer judged and fed back; in its own thread."""
 
+    name = "demo-traffic"
+
     def __init__(self, gateway: Gateway, plan: TrafficPlan, rate: float):
+        super().__init__(rate)
         self.gateway = gateway
         self.plan = plan
-        self.rate = rate
         self.correcting = True  # off: wrong answers get plain thumbs-down (the --bad run once it has its pairs)
         self.exchanges: list[Exchange] = []
         self.sent = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="demo-traffic", daemon=True)
-
-    def start(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 300.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout)
 
     def snapshot(self) -> list[Exchange]:
         with self._lock:
             return list(self.exchanges)
 
-    async def _run(self) -> None:
-        async with self.gateway.client() as http:
-            tasks: set[asyncio.Task] = set()
-            t0, k = time.monotonic(), 0
-            while not self._stop.is_set():
-                delay = t0 + k / self.rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(min(delay, 0.5))
-                    continue
-                k += 1
-                task = asyncio.create_task(self._one(http, self.plan.next()))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+    def client(self) -> httpx.AsyncClient:
+        return self.gateway.client()
+
+    async def one(self, http: httpx.AsyncClient) -> None:
+        await self._one(http, self.plan.next())
 
     async def _one(self, http: httpx.AsyncClient, ask: Ask) -> None:
         self.sent += 1

@@ -1,4 +1,4 @@
-"""Port checks for the local stack: is a TCP port free on an address, and free ports for tests."""
+"""Port checks for the local stack: is a TCP port free on an address, and free ports for a sandbox stack."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Everything runs as `flywheel up` runs it (`deploy.stack.up(settings, infra_only=False)`: broker, Redis, store, a
 vLLM CPU worker, gateway, streams, retrain worker, hot-swap controller), configured only through FLYWHEEL_*
-environment variables: `bench.loop.LocalLoop` puts the local loop settings (`bench.loop.LOOP_SETTINGS`: retrain
+environment variables: `deploy.sandbox.LocalLoop` puts the local loop settings (`deploy.sandbox.LOOP_SETTINGS`: retrain
 threshold 8, canary steps of 5 s with 10 samples per arm) into this process's environment, which the services
 inherit, and restores it afterwards. FLYWHEEL_E2E_* variables of the caller override durations, e.g.
 `FLYWHEEL_E2E_RATE=25` (steady traffic, requests/s).
@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from bench.loop import Events, LocalLoop, RouteLog
+from deploy.sandbox import Events, LocalLoop, RouteLog
 from deploy.supervision import pid_alive
 
 E2E_RATE = float(os.environ.get("FLYWHEEL_E2E_RATE", "22"))  # steady traffic through the gateway, requests/s

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.loop import LocalLoop
+from deploy.sandbox import LocalLoop
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 pytest.importorskip("vllm")

@@ -32,16 +32,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.loop import (
-    ALIAS,
-    LocalLoop,
-    Traffic,
-    ask,
-    openai_client,
-    send_corrections,
-    stage_table,
-    wait_stage_row,
-)
+from deploy.load import Traffic, ask, openai_client, send_corrections
+from deploy.sandbox import ALIAS, LocalLoop, stage_table, wait_stage_row
 from tests.e2e.conftest import E2E_LOOP_TIMEOUT_S, E2E_RATE, E2E_USERS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # the first test also starts the stack

@@ -223,7 +223,7 @@ def test_a_new_broker_log_is_not_taken_for_the_old_one(tmp_path_factory):
 
 
 def _sink_through_a_fresh_broker(client, path, group: str, run: str, n: int = 1000) -> str:
-    from bench.broker import start_tansu
+    from deploy.sandbox import start_tansu
     from schemas.epoch import broker_epoch
 
     broker, bootstrap = start_tansu()

@@ -84,3 +84,15 @@ def test_the_inference_processes_share_only_the_top_modules():
         if f.startswith("inference/") and room(m) not in (None, room(f[:-3].replace("/", ".")))
     ]
     assert wrong == []
+
+
+def test_tests_and_benchmarks_do_not_lean_on_each_other():
+    """What both need (a sandbox stack, simulated users) is product code in deploy/; a bench's own test is the
+    one exception."""
+    wrong = [
+        f"{f}:{line}: from {m} import {n}"
+        for f, line, m, n in project_imports()
+        if (f.startswith("tests/") and m.startswith("bench") and not f.endswith("_bench.py"))
+        or (f.startswith("bench/") and m.startswith("tests"))
+    ]
+    assert wrong == []
