@@ -71,6 +71,14 @@ def stack(tmp_path_factory) -> CommonSettings:
 
 
 @pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """The tiny random-weight model, built once per run; read-only for the tests that share it."""
+    from retrain.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
 def kafka_bootstrap(stack: CommonSettings) -> str:
     return stack.kafka_bootstrap
 

@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from deploy.ports import free_ports
 from inference.gateway.auth import ApiKeyStore
 from schemas.codec import decode
+from tests.reading import assign_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +103,7 @@ def consume_topics(
     set, decoded and validated with schemas.codec. One consumer for all the topics; polls until every topic
     has every wanted id or the deadline passes (the caller asserts on what was found)."""
     consumer = Consumer(consumer_config)
-    consumer.subscribe(list(wanted))
+    assign_all(consumer, list(wanted))
     found: dict[str, dict[str, object]] = {t: {} for t in wanted}
     deadline = time.monotonic() + timeout
     try:

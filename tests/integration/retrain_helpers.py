@@ -12,6 +12,7 @@ from confluent_kafka import Consumer
 
 from schemas.codec import decode
 from schemas.events import ChatMessage, DPOPair
+from tests.reading import assign_all
 
 GOOD = "Your order shipped and arrives in 3 business days."
 BAD = "I do not know."
@@ -58,7 +59,7 @@ class Collector:
         self.events = []
         self._stop = threading.Event()
         self._consumer = Consumer(config)
-        self._consumer.subscribe(topics)
+        assign_all(self._consumer, topics)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, Producer
 from schemas.codec import decode, encode
 from schemas.events import Event
 from schemas.topics import BY_EVENT, create_topics
+from tests.reading import assign_all
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +99,7 @@ class Collector:
                 "enable.auto.commit": False,
             }
         )
-        self.consumer.subscribe([topic])
+        assign_all(self.consumer, [topic])
         self.events: list = []
 
     def poll_until(self, done, timeout: float = 60.0):

@@ -41,6 +41,7 @@ from schemas.ddl import migrate
 from schemas.events import ChatResponse, Deployment, Feedback
 from schemas.rows import columns, to_row
 from schemas.topics import MODEL_DEPLOYMENTS
+from tests.reading import assign_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -127,11 +128,9 @@ vllm_only = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def model_dir(tiny_model: Path) -> Path:
     pytest.importorskip("vllm")
-    from retrain.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -356,7 +355,7 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
     settings = controller_settings(stack, r.url)
     producer, publish = kafka_publisher(settings)
     consumer = Consumer(consumer_config)
-    consumer.subscribe([MODEL_DEPLOYMENTS.name])
+    assign_all(consumer, [MODEL_DEPLOYMENTS.name])
     load = Load(r.url, alias, vllm_url)
     weights_seen: list[dict] = []
 
@@ -453,7 +452,7 @@ def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url
     settings = controller_settings(stack, r.url).model_copy(update={"canary_step_s": 3.0})
     producer, publish = kafka_publisher(settings)
     consumer = Consumer(consumer_config)
-    consumer.subscribe([MODEL_DEPLOYMENTS.name])
+    assign_all(consumer, [MODEL_DEPLOYMENTS.name])
     done = lambda s: s[-1].action in ("promoted", "rolled_back")  # noqa: E731
 
     async def first_life():

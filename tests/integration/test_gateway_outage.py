@@ -25,6 +25,7 @@ from schemas.codec import decode
 from schemas.topics import create_topics
 from tests.conftest import settings_env
 from tests.integration.test_gateway import _stop, _wait_http, stub_url  # noqa: F401  (fixture)
+from tests.reading import assign_all
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +119,7 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
                 "enable.auto.commit": False,
             }
         )
-        consumer.subscribe(["chat.requests", "chat.responses", "inference.latency"])
+        assign_all(consumer, ["chat.requests", "chat.responses", "inference.latency"])
         counts: collections.Counter = collections.Counter()
         per_topic: dict[str, set[str]] = collections.defaultdict(set)
         wanted = set(down_ids) | set(after_ids)

@@ -51,10 +51,8 @@ def rows(qa) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from retrain.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 def test_init_base_builds_smollm2_from_the_wheel(tmp_path):

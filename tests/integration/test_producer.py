@@ -32,6 +32,7 @@ from schemas.codec import decode, encode
 from schemas.errors import EventError
 from schemas.events import ChatMessage, ChatRequest, ChatResponse, Event, Feedback
 from schemas.topics import BY_EVENT, CHAT_RESPONSES, create_topics
+from tests.reading import assign_all
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def dead_settings() -> ProducerSettings:
 def consume(config: dict, topics: list[str], keep: Callable[[Event], bool], expected: int, timeout: float = 60):
     """Read `topics` from the start until `expected` events pass `keep`; return (key, event) in order."""
     consumer = Consumer(config)
-    consumer.subscribe(topics)
+    assign_all(consumer, topics)
     found: list[tuple[str, Event]] = []
     deadline = time.monotonic() + timeout
     try:

@@ -15,6 +15,7 @@ from inference.gateway.settings import GatewaySettings
 from schemas.codec import decode
 from schemas.events import ChatMessage, ChatRequest, DeadLetter
 from schemas.topics import CHAT_REQUESTS
+from tests.reading import assign_all
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def read(consumer: Consumer, want, timeout: float = 30.0) -> list:
 def test_an_oversized_event_is_dead_lettered_and_the_spool_drains(stack, tmp_path, consumer_config):
     settings = GatewaySettings(kafka_bootstrap=stack.kafka_bootstrap, data_dir=tmp_path)
     consumer = Consumer(consumer_config)
-    consumer.subscribe([CHAT_REQUESTS.name, CHAT_REQUESTS.dlq])
+    assign_all(consumer, [CHAT_REQUESTS.name, CHAT_REQUESTS.dlq])
     small = [request(f"small {i}") for i in range(3)]
     big = request("x" * 50_000, messages=30)  # within the event's bounds, over librdkafka's 1,000,000 bytes
 

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import clickhouse_connect
 import psutil
@@ -34,10 +35,8 @@ pytest.importorskip("trl")
 
 
 @pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    from retrain.tiny_model import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def base_model(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from schemas.codec import decode, encode
 from schemas.events import DeadLetter, Feedback
 from schemas.topics import BY_EVENT, CHAT_RESPONSES, DLQ_TABLE
 from tests.examples import examples
+from tests.reading import assign_all
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +119,7 @@ def test_bad_event_goes_to_the_dlq_with_the_reason(store, producer, consumer_con
     key = f"bad-{uuid.uuid4().hex[:10]}"
     payload = bad_value(value)
     dlq = Consumer(consumer_config)
-    dlq.subscribe([CHAT_RESPONSES.dlq])
+    assign_all(dlq, [CHAT_RESPONSES.dlq])
     try:
         produce(producer, CHAT_RESPONSES.name, key.encode(), payload)
         letter = None
