@@ -15,12 +15,17 @@ events to the broker) and bench/naive_gateway.py. The load comes from another pr
     >= 0.5%, then refined; for the worker directly and through our gateway, answers of 16 tokens.
     Goal: the gateway sustains >= 90% of the direct rate.
 
+A peer runs in the same rounds with --litellm EXE: the LiteLLM proxy (`litellm[proxy]`, one worker per core) on the
+same stub upstream, without a database or key (its lightest configuration). Install it in an environment of its own,
+since its pins clash with ours: `python3 -m venv /tmp/litellm && /tmp/litellm/bin/pip install 'litellm[proxy]'`.
+
 Extra variants of our gateway run beside it in the same rounds (e.g. a snapshot of the code before a
 change, or other settings): --variant LABEL=DIR[:KEY=VAL,KEY=VAL] (DIR holds the packages; "." = here).
 
 Examples:
 
     python -m bench.gateway                                   # (a), 3 rounds
+    python -m bench.gateway --litellm /tmp/litellm/bin/litellm   # (a) with the LiteLLM proxy as a row
     python -m bench.gateway --rounds 5 --duration 10 --variant w2=.:FLYWHEEL_GATEWAY_WORKERS=2
     python -m bench.gateway --skip-a --b-stub --b-duration 3 --b-start 20 --b-step 20 --b-max 60
     python -m bench.gateway --skip-a --vllm .flywheel/models/tiny  # (b) with a vLLM CPU worker
@@ -149,6 +154,20 @@ def start_gateway(
     wait_http(proc, url + "/health")
     key = (data_dir / "dev-api-key").read_text().strip()
     return proc, url, key
+
+
+def start_litellm(exe: str, tmp: Path, logs: Path, upstream: str) -> tuple[Proc, str]:
+    """The LiteLLM proxy on the stub, one worker per core; returns (process, base URL)."""
+    (port,) = free_ports(1)
+    config = tmp / "litellm.yaml"
+    model = {"model": "openai/tiny", "api_base": f"{upstream}/v1", "api_key": "unused"}
+    config.write_text(json.dumps({"model_list": [{"model_name": "tiny", "litellm_params": model}]}))  # JSON is YAML
+    workers = str(os.cpu_count() or 1)
+    cmd = [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", workers]
+    proc = spawn("litellm", cmd, logs, {"LITELLM_LOG": "ERROR"})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(proc, url + "/health/liveliness", timeout=180.0)
+    return proc, url
 
 
 # -- (a) wrk ---------------------------------------------------------------------------------------
@@ -560,6 +579,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--c1-duration", type=float, default=5.0, help="seconds per wrk run at -c1")
     p.add_argument("--skip-a", action="store_true")
     p.add_argument("--no-naive", action="store_true", help="(a) without the naive gateway (variants only)")
+    p.add_argument("--litellm", metavar="EXE", help="(a) also load the LiteLLM proxy, this `litellm` executable")
     p.add_argument("--routes", default="chat,openai", help="our routes to load: chat (/chat), openai")
     p.add_argument("--variant", action="append", default=[], help="LABEL=DIR[:KEY=VAL,...] another gateway")
     p.add_argument(
@@ -631,6 +651,10 @@ def main(argv: list[str] | None = None) -> None:
                 targets.append(
                     (Target(naive_label, naive_url, chat_body, session_field=True, pid=naive.popen.pid), "/chat")
                 )
+            if args.litellm:
+                proc, url = start_litellm(args.litellm, tmp, logs, stub_url)
+                procs.append(proc)
+                targets.append((Target("litellm proxy", url, OPENAI_BODY, pid=proc.popen.pid), "/v1/chat/completions"))
             gateways = [("ours", ROOT, dict(args.ours_env))]
             gateways += [(lab, d, {**dict(args.ours_env), **env}) for lab, d, env in map(parse_variant, args.variant)]
             routes = args.routes.split(",")

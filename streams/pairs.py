@@ -1,4 +1,4 @@
-"""Feedback -> DPO pairs, in two steps that the agents in streams/app.py drive.
+"""Feedback -> DPO pairs, in two steps that the agents in streams/agents/pairs.py drive.
 
 1. `FeedbackJoiner` (source partition = session): remembers each message's prompt (ChatRequest) and
    answer (ChatResponse) for `context_ttl_s`; joins every Feedback with them. Feedback that comes before
