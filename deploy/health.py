@@ -88,12 +88,12 @@ def worker_health(redis_url: str, key: str, timeout: float = 2.0) -> Health:
     return Health(True, f"ready at {record.get('url')}; adapters: {adapters}")
 
 
-def http_health(url: str, timeout: float = 3.0) -> Health:
+def http_health(url: str, headers: dict[str, str] | None = None, timeout: float = 3.0) -> Health:
     """GET a health endpoint; 200 is healthy, anything else shows its body."""
     import httpx
 
     try:
-        response = httpx.get(url, timeout=timeout)
+        response = httpx.get(url, headers=headers, timeout=timeout)
     except Exception as exc:
         return Health(False, _reason(exc))
     if response.status_code != 200:

@@ -182,13 +182,21 @@ def workers(settings: CommonSettings) -> list[Service]:
     return found
 
 
+def _admin_headers(key_file: Path) -> dict[str, str]:
+    """The local dev key (it has the admin scope), so that the gateway's /health says what is wrong in detail."""
+    try:
+        return {"Authorization": f"Bearer {key_file.read_text().strip()}"}
+    except OSError:  # not written yet: the status alone
+        return {}
+
+
 def gateway(settings: CommonSettings) -> Service:
     gateway_settings = GatewaySettings()
     url = f"http://{gateway_settings.gateway_host}:{gateway_settings.gateway_port}"
     return Service(
         "gateway",
         url,
-        lambda: http_health(f"{url}/health"),
+        lambda: http_health(f"{url}/health", _admin_headers(gateway_settings.dev_key_path)),
         (sys.executable, "-m", "inference.gateway.app"),
         gateway_settings.gateway_port,
         child_env(settings),

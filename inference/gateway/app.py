@@ -10,8 +10,8 @@ Routes (the contract of ARCHITECTURE.md):
     DELETE /session/{session_id}                                            scope chat
     POST   /feedback              thumbs_up / thumbs_down                   scope chat
     GET    /admin/workers         router state (workers, routes)            scope admin
-    GET    /health                deep: workers, Redis, Kafka (no key)
-    GET    /metrics               Prometheus (no key)
+    GET    /health                deep: workers, Redis, Kafka (no key: status only; admin key: details)
+    GET    /metrics               Prometheus (admin key, or FLYWHEEL_GATEWAY_PUBLIC_METRICS)
 
 Example:
 
@@ -263,9 +263,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         }
         return Response(orjson.dumps({"workers": gw.pool.snapshot(), "routes": routes}), media_type=JSON)
 
+    async def is_admin(authorization: str | None) -> bool:
+        try:
+            await g().gate.authenticate(authorization, "admin")
+        except GatewayError:
+            return False
+        return True
+
     @app.get("/health")
-    async def health():
+    async def health(authorization: str | None = Header(None)):
         ok, checks = await g().health()
+        if not await is_admin(authorization):  # the status and each check's verdict; details for operators
+            checks = {name: {"ok": check["ok"]} for name, check in checks.items()}
         return Response(
             orjson.dumps({"status": "ok" if ok else "degraded", "checks": checks}),
             status_code=200 if ok else 503,
@@ -273,8 +282,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
 
     @app.get("/metrics")
-    async def metrics():
+    async def metrics(authorization: str | None = Header(None)):
         gw = g()
+        if not settings.gateway_public_metrics:
+            await gw.gate.authenticate(authorization, "admin")
         try:
             gw.metrics.active_sessions.set(await asyncio.wait_for(gw.sessions.active_count(), 1.0))
         except Exception as exc:  # Redis down: keep the last value, say why in the log

@@ -85,6 +85,11 @@ class GatewaySettings(ProducerSettings):
     gateway_mask_pii: bool = Field(True, description="mask e-mails and phone numbers in published events")
     # The interactive docs (/docs) and the OpenAPI schema (/openapi.json) describe every route to whoever asks.
     gateway_docs: bool = Field(False, description="serve /docs and /openapi.json")
+    # /metrics names model versions and counts per route; /health's details name workers and errors. Both are for
+    # operators: /metrics needs an admin key (Prometheus sends it as a bearer token) unless this is on, e.g. for a
+    # scraper on a private network; /health answers everyone with its status and each check's ok, the details
+    # only with an admin key.
+    gateway_public_metrics: bool = Field(False, description="serve /metrics without an admin key")
     # Feedback is training data: each user (per key) may send this many per minute (429 above), so that one user
     # cannot fill a retrain job with their own corrections in a burst.
     gateway_feedback_per_user_minute: int = Field(30, ge=1, description="feedback requests per user per minute")

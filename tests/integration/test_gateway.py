@@ -326,6 +326,17 @@ def test_events_on_each_topic(gateway, consumer_config):
     assert responses[a].content.startswith("echo model=tiny")
 
 
+def test_metrics_and_health_details_are_for_operators(gateway, keys):
+    url = gateway["url"]
+    assert httpx.get(url + "/metrics").status_code == 401
+    assert httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {keys['chat_only']}"}).status_code == 403
+    ops = {"Authorization": f"Bearer {keys['admin_only']}"}
+    assert "flywheel_gateway_requests_total" in httpx.get(url + "/metrics", headers=ops).text
+    public = httpx.get(url + "/health").json()
+    assert public["status"] == "ok" and public["checks"]["workers"] == {"ok": True}, public
+    assert httpx.get(url + "/health", headers=ops).json()["checks"]["workers"]["ready"] >= 1
+
+
 def test_health_and_metrics(client):
     h = client.get("/health")
     assert h.status_code == 200, h.text
