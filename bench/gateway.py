@@ -16,8 +16,8 @@ events to the broker) and bench/naive_gateway.py. The load comes from another pr
     Goal: the gateway sustains >= 90% of the direct rate.
 
 A peer runs in the same rounds with --litellm EXE: the LiteLLM proxy (`litellm[proxy]`, one worker per core) on the
-same stub upstream, without a database or key (its lightest configuration). Install it in an environment of its own,
-since its pins clash with ours: `python3 -m venv /tmp/litellm && /tmp/litellm/bin/pip install 'litellm[proxy]'`.
+same stub upstream, with a master key and no database (its lightest configuration). Install it in an environment of
+its own (its pins clash with ours): `python3 -m venv /tmp/litellm && /tmp/litellm/bin/pip install 'litellm[proxy]'`.
 
 Extra variants of our gateway run beside it in the same rounds (e.g. a snapshot of the code before a
 change, or other settings): --variant LABEL=DIR[:KEY=VAL,KEY=VAL] (DIR holds the packages; "." = here).
@@ -156,18 +156,24 @@ def start_gateway(
     return proc, url, key
 
 
-def start_litellm(exe: str, tmp: Path, logs: Path, upstream: str) -> tuple[Proc, str]:
-    """The LiteLLM proxy on the stub, one worker per core; returns (process, base URL)."""
+def start_litellm(exe: str, tmp: Path, logs: Path, upstream: str) -> tuple[Proc, str, str]:
+    """The LiteLLM proxy on the stub, one worker per core, a master key as its only key (it refuses to start
+    without one); returns (process, base URL, the key)."""
     (port,) = free_ports(1)
     config = tmp / "litellm.yaml"
+    key = f"sk-{uuid.uuid4().hex}"
     model = {"model": "openai/tiny", "api_base": f"{upstream}/v1", "api_key": "unused"}
-    config.write_text(json.dumps({"model_list": [{"model_name": "tiny", "litellm_params": model}]}))  # JSON is YAML
+    config.write_text(  # JSON is YAML
+        json.dumps(
+            {"model_list": [{"model_name": "tiny", "litellm_params": model}], "general_settings": {"master_key": key}}
+        )
+    )
     workers = str(os.cpu_count() or 1)
     cmd = [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", workers]
     proc = spawn("litellm", cmd, logs, {"LITELLM_LOG": "ERROR"})
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, url + "/health/liveliness", timeout=180.0)
-    return proc, url
+    return proc, url, key
 
 
 # -- (a) wrk ---------------------------------------------------------------------------------------
@@ -652,9 +658,12 @@ def main(argv: list[str] | None = None) -> None:
                     (Target(naive_label, naive_url, chat_body, session_field=True, pid=naive.popen.pid), "/chat")
                 )
             if args.litellm:
-                proc, url = start_litellm(args.litellm, tmp, logs, stub_url)
+                proc, url, key = start_litellm(args.litellm, tmp, logs, stub_url)
                 procs.append(proc)
-                targets.append((Target("litellm proxy", url, OPENAI_BODY, pid=proc.popen.pid), "/v1/chat/completions"))
+                auth = {"Authorization": f"Bearer {key}"}
+                targets.append(
+                    (Target("litellm proxy", url, OPENAI_BODY, auth, pid=proc.popen.pid), "/v1/chat/completions")
+                )
             gateways = [("ours", ROOT, dict(args.ours_env))]
             gateways += [(lab, d, {**dict(args.ours_env), **env}) for lab, d, env in map(parse_variant, args.variant)]
             routes = args.routes.split(",")
