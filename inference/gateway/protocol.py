@@ -12,7 +12,7 @@ import random
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 Temperature = Annotated[float, Field(ge=0, le=2)]
@@ -29,6 +29,24 @@ def new_message_id() -> str:
     return f"chatcmpl-{random.getrandbits(128):032x}"
 
 
+INT64 = (-(2**63), 2**63 - 1)  # what the workers' JSON (and ours, orjson) carries; larger integers are refused
+
+
+def _fits_64_bits(value: Any) -> bool:
+    """Whether every integer in a free-form JSON value fits in 64 bits."""
+    if isinstance(value, bool) or not isinstance(value, int | dict | list):
+        return True
+    if isinstance(value, int):
+        return INT64[0] <= value <= INT64[1]
+    items = value.values() if isinstance(value, dict) else value
+    return all(_fits_64_bits(v) for v in items)
+
+
+def _check_free_form(*values: Any) -> None:
+    if not all(_fits_64_bits(v) for v in values):
+        raise ValueError("integers must fit in 64 bits")
+
+
 class OpenMessage(BaseModel):
     """One chat message as OpenAI clients send it; content may be text, parts or null (tool calls)."""
 
@@ -40,6 +58,11 @@ class OpenMessage(BaseModel):
         | Annotated[list[dict[str, Any]], Field(max_length=64)]
         | None
     ) = None
+
+    @model_validator(mode="after")
+    def _free_form_fits(self) -> OpenMessage:
+        _check_free_form(self.model_extra, self.content)
+        return self
 
     def text(self) -> str:
         """The message as plain text (text parts joined), for events and history."""
@@ -76,7 +99,7 @@ class ChatCompletionRequest(BaseModel):
     n: Literal[1] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     stop: Annotated[str, Field(max_length=200)] | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=INT64[0], le=INT64[1])] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
     logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100, le=100)]], Field(max_length=300)] | None = None
@@ -86,6 +109,13 @@ class ChatCompletionRequest(BaseModel):
     top_k: Annotated[int, Field(ge=-1, le=1000)] | None = None  # vLLM
     min_p: Annotated[float, Field(ge=0, le=1)] | None = None  # vLLM
     repetition_penalty: Annotated[float, Field(gt=0, le=2)] | None = None  # vLLM
+
+    @model_validator(mode="after")
+    def _free_form_fits(self) -> ChatCompletionRequest:
+        _check_free_form(
+            self.model_extra, self.response_format, self.stream_options and self.stream_options.model_extra
+        )
+        return self
 
     def unknown_fields(self, allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
         """Fields of the request that are neither declared nor in `allowed`, sorted."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import orjson
 import pytest
 from pydantic import ValidationError
@@ -194,3 +196,28 @@ def test_upstream_failures_tell_clients_no_worker_address():
     for exc, status, words in cases:
         message = public_message(exc, status, "r-1")
         assert words in message and "127.0.0.1" not in message, message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"seed": 2**64},
+        {"response_format": {"type": "json_schema", "n": [1, -(2**70)]}},
+        {"messages": [{"role": "user", "content": "hi", "tool_calls": [{"id": 2**63}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": 2**65}]}]},
+    ],
+)
+def test_integers_beyond_64_bits_are_refused_before_anything_is_sent(extra):
+    """The worker's JSON (and the gateway's encoder) carry 64-bit integers: a larger one is the client's error."""
+    body = {"model": "support", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(GatewayError) as refused:
+        parse_request(ChatCompletionRequest, json.dumps(body).encode())  # the standard library writes big integers
+    assert refused.value.status == 422 and (
+        "64 bits" in str(refused.value) or "9223372036854775807" in str(refused.value)
+    )
+
+
+def test_integers_within_64_bits_pass_and_encode():
+    body = {"messages": [{"role": "user", "content": "hi", "tool_calls": [{"id": -(2**63)}]}], "seed": 2**63 - 1}
+    request = parse_request(ChatCompletionRequest, json.dumps(body).encode())
+    assert orjson.loads(orjson.dumps(request.upstream_body("tiny")))["seed"] == 2**63 - 1
