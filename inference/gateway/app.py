@@ -38,6 +38,7 @@ from inference.gateway.admission import Caller, Gate
 from inference.gateway.auth import ACT_AS, ApiKeyStore, ensure_dev_key
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.middleware import JSON, BodyTooLarge, ObserveMiddleware, error_response, json_error
+from inference.gateway.openapi import with_bodies
 from inference.gateway.protocol import (
     ChatCompletionRequest,
     FeedbackRequest,
@@ -214,16 +215,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         key = await g().gate.authenticate(headers.get("authorization"), scope)
         return Caller(key, user_of(key, user_id), request.state.request_id)
 
-    def hot_route(path: str, **kwargs):
-        """A POST route served by ObserveMiddleware directly (and listed by FastAPI, which never sees it)."""
+    bodies: dict[str, type] = {}
+    app.openapi = with_bodies(app, bodies)
+
+    def hot_route(path: str, body: type, **kwargs):
+        """A POST route served by ObserveMiddleware directly (and listed by FastAPI, which never sees it); it
+        parses its own `body`, which the OpenAPI schema describes."""
 
         def register(fn):
             hot[("POST", path)] = fn
+            bodies[path] = body
             return app.post(path, **kwargs)(fn)
 
         return register
 
-    @hot_route("/v1/chat/completions")
+    @hot_route("/v1/chat/completions", ChatCompletionRequest)
     async def chat_completions(request: Request):
         caller = await caller_of(request, "chat")
         body = parse_request(ChatCompletionRequest, await request.body())
@@ -234,13 +240,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         await g().gate.admit(caller.key)
         return g().serving.models()
 
-    @hot_route("/chat")
+    @hot_route("/chat", SessionChatRequest)
     async def chat(request: Request):
         caller = await caller_of(request, "chat")
         body = parse_request(SessionChatRequest, await request.body())
         return await g().serving.session_chat(body, caller, False, request.state)
 
-    @hot_route("/chat/stream")
+    @hot_route("/chat/stream", SessionChatRequest)
     async def chat_stream(request: Request):
         caller = await caller_of(request, "chat")
         body = parse_request(SessionChatRequest, await request.body())
@@ -250,7 +256,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def delete_session(session_id: str, caller: Caller = chat_scope):
         return await g().serving.delete_session(session_id, caller)
 
-    @hot_route("/feedback", status_code=202)
+    @hot_route("/feedback", FeedbackRequest, status_code=202)
     async def feedback(request: Request):
         caller = await caller_of(request, "chat")
         return await g().serving.feedback(parse_request(FeedbackRequest, await request.body()), caller)
