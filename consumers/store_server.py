@@ -17,7 +17,10 @@ Serves: http://127.0.0.1:<clickhouse_http_port>/ (POST or GET `query=`), `/ping`
         A statement check before it gives clearer errors (only SELECT, WITH, SHOW, DESCRIBE, EXISTS and
         EXPLAIN, one statement) and refuses what readonly lets through: `INTO OUTFILE` (chDB writes the
         file itself). Requests with an `Origin` header (a web page in a browser) are refused. Refusals
-        get HTTP 403 and ClickHouse error code 164 (READONLY).
+        get HTTP 403 and ClickHouse error code 164 (READONLY). Every query needs the credential of the one
+        user, `analyst`, whose password the store writes to <data_dir>/store-password (0600) when it first
+        starts (`CommonSettings.query_url` carries it); without it: HTTP 401, code 516. `/ping` and `/metrics`
+        need none.
 
 Not started with a ClickHouse server (http:// DSN): clients then talk to the server directly,
 and the sink runs as its own process (python -m consumers.sink).
@@ -28,6 +31,8 @@ Run:  python -m consumers.store_server     (stops cleanly on SIGTERM or Ctrl-C: 
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import logging
 import re
@@ -45,13 +50,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from consumers.settings import SinkSettings
 from schemas import ddl, store
 from schemas.logs import setup_logging
-from schemas.settings import CommonSettings
+from schemas.settings import STORE_USER, CommonSettings, ensure_secret
 
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 READ_ONLY_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN"})
 READONLY_CODE = 164  # ClickHouse's READONLY error code
+AUTHENTICATION_FAILED_CODE = 516  # ClickHouse's AUTHENTICATION_FAILED
 UNKNOWN_ERROR_CODE = 1000  # ClickHouse's POCO_EXCEPTION / unknown: used for non-chDB failures
 
 # Comments and quoted text (string literals, heredocs `$tag$...$tag$`, quoted identifiers), matched so that their
@@ -177,6 +183,7 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: clickhouse-connect pools connections
     server_version = "flywheel-store"
     engine: StoreEngine  # set on the subclass built by make_server
+    password: str  # the one user's (STORE_USER), set by make_server
 
     def do_GET(self) -> None:
         path, params = self._parse()
@@ -202,8 +209,35 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         return url.path, dict(parse_qsl(url.query, keep_blank_values=True))
 
+    def _credential(self, params: dict[str, str]) -> tuple[str | None, str | None]:
+        """(user, password) as ClickHouse's HTTP interface takes them: basic auth, X-ClickHouse-User/-Key headers,
+        or `user`/`password` parameters."""
+        auth = self.headers.get("Authorization") or ""
+        if auth.lower().startswith("basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:].strip()).decode().partition(":")
+            except ValueError:
+                return None, None
+            return user, password
+        if self.headers.get("X-ClickHouse-User") is not None:
+            return self.headers.get("X-ClickHouse-User"), self.headers.get("X-ClickHouse-Key") or ""
+        return params.get("user"), params.get("password")
+
     def _query(self, params: dict[str, str], sql: str) -> None:
         query_id = params.get("query_id") or str(uuid.uuid4())
+        user, password = self._credential(params)
+        if user != STORE_USER or not hmac.compare_digest((password or "").encode(), self.password.encode()):
+            log.info("query refused: no valid credential", extra={"query_id": query_id, "user": user})
+            self._error(
+                QueryError(
+                    f"Code: 516. DB::Exception: {user or 'default'}: Authentication failed: password is incorrect, "
+                    "or there is no user with such name",
+                    401,
+                    AUTHENTICATION_FAILED_CODE,
+                ),
+                query_id,
+            )
+            return
         if self.headers.get("Origin") is not None:
             # Browsers send Origin on cross-site requests: a web page must not reach the store; clients never do.
             self._error(QueryError("Code: 164. DB::Exception: requests from web pages are refused", 403, 164))
@@ -248,8 +282,8 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         log.debug("http " + format, *args)
 
 
-def make_server(engine: StoreEngine, port: int, host: str = HOST) -> ThreadingHTTPServer:
-    handler = type("BoundClickHouseHandler", (ClickHouseHandler,), {"engine": engine})
+def make_server(engine: StoreEngine, port: int, password: str, host: str = HOST) -> ThreadingHTTPServer:
+    handler = type("BoundClickHouseHandler", (ClickHouseHandler,), {"engine": engine, "password": password})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -304,7 +338,7 @@ def serve(settings: CommonSettings, stop: threading.Event) -> int:
         log.error("cannot open the store (is another process holding it?)", extra={"path": path, "error": str(exc)})
         raise SystemExit(1) from exc
     log.info("migrations applied", extra={"versions": applied, "path": path})
-    server = make_server(engine, settings.clickhouse_http_port)
+    server = make_server(engine, settings.clickhouse_http_port, ensure_secret(settings.store_password_path))
     thread = threading.Thread(target=server.serve_forever, name="store-http", daemon=True)
     thread.start()
     log.info("store serving", extra={"url": f"http://{HOST}:{settings.clickhouse_http_port}", "path": path})

@@ -121,10 +121,10 @@ def redis(settings: CommonSettings) -> Service:
 
 
 def store(settings: CommonSettings) -> Service:
-    query_url = settings.query_url
-    check = lambda: store_health(query_url)  # noqa: E731
+    # The URL with the credential is read at each check: the embedded store writes its password when it starts.
+    check = lambda: store_health(settings.query_url)  # noqa: E731
     if not settings.embedded_store:
-        return Service("store", query_url, check)
+        return Service("store", settings.store_url, check)
     # Embedded: one process owns the chDB path; it also runs the ClickHouse sink, which reads Kafka.
     command = (sys.executable, "-m", "consumers.store_server")
     env = {
@@ -135,7 +135,8 @@ def store(settings: CommonSettings) -> Service:
         "FLYWHEEL_LOG_LEVEL": settings.log_level,
     }
     # stopwaitsecs: SIGTERM makes the sink flush and commit (FLYWHEEL_SINK_SHUTDOWN_TIMEOUT_S, 20 s) first.
-    return Service("store", query_url, check, command, settings.clickhouse_http_port, env, priority=20, stopwaitsecs=35)
+    port = settings.clickhouse_http_port
+    return Service("store", settings.store_url, check, command, port, env, priority=20, stopwaitsecs=35)
 
 
 def sink(settings: CommonSettings) -> Service | None:
@@ -153,8 +154,7 @@ def sink(settings: CommonSettings) -> Service | None:
         "FLYWHEEL_LOG_LEVEL": settings.log_level,
     }
     # Healthy when it can reach the store it writes to; it reports progress on /metrics.
-    query_url = settings.query_url
-    check = lambda: store_health(query_url)  # noqa: E731
+    check = lambda: store_health(settings.query_url)  # noqa: E731
     return Service("sink", "consumers.sink", check, command, None, env, priority=30, stopwaitsecs=35, after_infra=True)
 
 

@@ -10,13 +10,30 @@ Switching from the embedded stack to production is a change of these URLs, not o
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PREFIX = "FLYWHEEL_"
+
+
+STORE_USER = "analyst"  # the embedded store's one user: read-only, like every query it runs
+
+
+def ensure_secret(path: Path) -> str:
+    """The secret in `path`, written first (random, mode 0600) if there is none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(24)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
 
 
 class CommonSettings(BaseSettings):
@@ -53,10 +70,29 @@ class CommonSettings(BaseSettings):
 
     @property
     def query_url(self) -> str:
-        """HTTP URL every other process (analysts, CLI, controllers) queries the store at."""
+        """HTTP URL every other process (analysts, CLI, controllers) queries the store at, with its credential.
+
+        The embedded store asks for the password it wrote to <data_dir>/store-password (0600) when it first
+        started; every process of the stack reads it from there. A ClickHouse server's DSN carries its own."""
+        if self.embedded_store:
+            try:
+                password = self.store_password_path.read_text().strip()
+            except FileNotFoundError:  # not started yet: a query will be refused, a ping still answers
+                return self.store_url
+            return f"http://{STORE_USER}:{quote(password, safe='')}@127.0.0.1:{self.clickhouse_http_port}"
+        return self.store_dsn
+
+    @property
+    def store_url(self) -> str:
+        """The store's HTTP address without its credential (to show, to ping)."""
         if self.embedded_store:
             return f"http://127.0.0.1:{self.clickhouse_http_port}"
-        return self.store_dsn
+        parts = urlparse(self.store_dsn)
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+
+    @property
+    def store_password_path(self) -> Path:
+        return self.data_dir / "store-password"
 
     @property
     def base_model_dir(self) -> Path:

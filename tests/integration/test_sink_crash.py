@@ -19,12 +19,13 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import clickhouse_connect
 import pytest
 from confluent_kafka import Producer
 
 from deploy.ports import free_ports
 from deploy.services import tansu_command
+from schemas import store
+from schemas.settings import CommonSettings
 from schemas.topics import CHAT_RESPONSES, create_topics
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -118,13 +119,14 @@ def test_kill_9_three_times_no_loss_no_duplicates(tmp_path):
         "FLYWHEEL_SINK_COMMIT_DELAY_S": "1.0",
     }
     log = tmp_path / "store.log"
-    store = None
+    settings = CommonSettings(
+        data_dir=tmp_path, clickhouse_dsn=env["FLYWHEEL_CLICKHOUSE_DSN"], clickhouse_http_port=http_port
+    )
+    server = None
     try:
         wait_for(lambda: create_topics(bootstrap, timeout=5) is not None, 30, "the broker")
-        store = start_store(env, log)
-        client = wait_for(
-            lambda: clickhouse_connect.get_client(host="127.0.0.1", port=http_port, compress=False), 60, "the store"
-        )
+        server = start_store(env, log)
+        client = wait_for(lambda: store.connect(settings.query_url), 60, "the store")
 
         def counts() -> tuple[int, int]:
             return client.query("SELECT count(), uniqExact(event_id) FROM flywheel.chat_responses").result_rows[0]
@@ -140,12 +142,12 @@ def test_kill_9_three_times_no_loss_no_duplicates(tmp_path):
             wait_for(lambda b=before: counts()[0] > b, 60, f"progress before kill {k + 1}", interval=0.1)
             time.sleep(1.0 + 0.37 * k)
             rows_at_kill = counts()[0]
-            os.kill(store.pid, signal.SIGKILL)
-            store.wait(10)
+            os.kill(server.pid, signal.SIGKILL)
+            server.wait(10)
             kills.append(rows_at_kill)
-            store = start_store(env, log)
+            server = start_store(env, log)
             client = wait_for(
-                lambda: clickhouse_connect.get_client(host="127.0.0.1", port=http_port, compress=False),
+                lambda: store.connect(settings.query_url),
                 60,
                 f"the store after kill {k + 1}",
             )
@@ -162,11 +164,11 @@ def test_kill_9_three_times_no_loss_no_duplicates(tmp_path):
         assert with_final == EVENTS
         assert replays >= 1, "no kill landed between insert and commit: the token path was not exercised"
     finally:
-        if store is not None and store.poll() is None:
-            store.send_signal(signal.SIGTERM)
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
             try:
-                store.wait(40)
+                server.wait(40)
             except subprocess.TimeoutExpired:
-                store.kill()
+                server.kill()
         broker.terminate()
         broker.wait(10)

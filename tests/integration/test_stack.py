@@ -8,7 +8,6 @@ import stat
 import subprocess
 import sys
 
-import clickhouse_connect
 import pytest
 from click.testing import CliRunner
 from clickhouse_connect.driver.exceptions import DatabaseError
@@ -19,6 +18,7 @@ from deploy.cli import main
 from deploy.errors import PortInUseError, ServiceUnhealthyError
 from deploy.ports import free_ports
 from deploy.supervision import pid_alive
+from schemas import store
 from schemas.topics import all_topic_names
 from tests.conftest import settings_env, stack_settings
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def store_client(settings):
-    return clickhouse_connect.get_client(host="127.0.0.1", port=settings.clickhouse_http_port)
+    return store.connect(settings.query_url)
 
 
 def test_status_is_healthy_and_exits_zero(stack):

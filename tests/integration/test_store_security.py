@@ -105,3 +105,15 @@ def test_analysts_queries_keep_working(front):
     client.close()
     result = CliRunner().invoke(main, ["sql", "SHOW TABLES FROM flywheel"], env=settings_env(front))
     assert result.exit_code == 0 and "chat_responses" in result.stdout, result.output
+
+
+def test_queries_need_the_stores_credential(front):
+    assert front.store_password_path.stat().st_mode & 0o777 == 0o600
+    password = front.store_password_path.read_text().strip()
+    for auth in ({}, {"auth": ("analyst", "wrong")}, {"auth": ("default", password)}):
+        r = httpx.post(front.store_url, content=b"SELECT 1", timeout=30, **auth)
+        assert r.status_code == 401 and r.headers["X-ClickHouse-Exception-Code"] == "516", r.text
+    keyed = {"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": password}
+    assert httpx.post(front.store_url, content=b"SELECT 1", headers=keyed, timeout=30).text == "1\n"
+    assert httpx.post(front.query_url, content=b"SELECT 1", timeout=30).text == "1\n"  # basic auth from the URL
+    assert httpx.get(front.store_url + "/ping", timeout=30).status_code == 200
