@@ -151,7 +151,7 @@ def gateway(stack, db_url, worker, tmp_path_factory):
         # Ready once it has discovered the worker and read the routing table.
         deadline = time.monotonic() + 30
         while True:
-            h = httpx.get(gw["url"] + "/health", timeout=5.0)
+            h = httpx.get(gw["url"] + "/health", headers={"Authorization": f"Bearer {gw['key']}"}, timeout=5.0)
             if h.status_code == 200 and h.json()["checks"]["workers"]["ready"] >= 1:
                 break
             assert time.monotonic() < deadline, f"gateway never saw the worker: {h.text}\n{_log_tail(gw['log'])}"
