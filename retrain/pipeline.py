@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from retrain.config import DPOJobConfig
 from retrain.dataset import Pair, split_pairs, to_dataset
@@ -29,8 +30,10 @@ from retrain.demo import write_jsonl
 from retrain.gate import GateReport, GoldenItem, Thresholds, load_golden, load_regression, run_gate
 from retrain.registry import AdapterVersion, Registry
 from retrain.settings import RetrainSettings
-from retrain.training import TrainResult, pick_device
 from schemas.text import normalize_question
+
+if TYPE_CHECKING:  # transformers and peft load with retrain.training: only when a job trains
+    from retrain.training import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,8 @@ def run_job(
     registry: Registry | None = None,
     publish: Callable[[int, float, dict[str, float]], None] | None = None,
 ) -> JobOutcome:
+    from retrain.training import pick_device
+
     registry = registry or Registry(settings.registry_dir)
     alias = settings.model_alias
     parent = registry.current(alias)

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+from functools import cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("producers", "consumers", "streams", "inference", "retrain", "schemas", "deploy", "bench", "tests")
 
 
-def project_imports() -> list[tuple[str, int, str, str]]:
-    """(file, line, module, name) of every absolute import of a project module."""
+@cache
+def project_imports() -> tuple[tuple[str, int, str, str], ...]:
+    """(file, line, module, name) of every absolute import of a project module (parsed once per run)."""
     found = []
     for package in PACKAGES:
         for path in sorted((ROOT / package).rglob("*.py")):
@@ -25,7 +27,7 @@ def project_imports() -> list[tuple[str, int, str, str]]:
                     if node.module.split(".")[0] in PACKAGES:
                         rel = str(path.relative_to(ROOT))
                         found += [(rel, node.lineno, node.module, alias.name) for alias in node.names]
-    return found
+    return tuple(found)
 
 
 def resolves(module: str, name: str) -> bool:
