@@ -129,9 +129,11 @@ class LocalLoop:
         return redis.Redis.from_url(self.env["FLYWHEEL_REDIS_URL"], decode_responses=True)
 
 
-def start_tansu(timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
-    """A lone Tansu broker on a free port, in memory; the process and its bootstrap address once it listens."""
-    (port,) = free_ports(1)
+def start_tansu(port: int | None = None, timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
+    """A lone Tansu broker in memory on `port` (default: a free one); the process and its bootstrap address once
+    it listens."""
+    if port is None:
+        (port,) = free_ports(1)
     proc = subprocess.Popen(tansu_command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from deploy.ports import free_ports
-from deploy.services import tansu_command
+from deploy.sandbox import start_tansu
 from schemas.codec import decode
 from schemas.topics import create_topics
 from tests.conftest import settings_env
@@ -30,14 +30,6 @@ from tests.reading import assign_all
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_broker(port: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        tansu_command("127.0.0.1", port),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def wait_broker(bootstrap: str, timeout: float = 30.0) -> None:
@@ -58,7 +50,7 @@ OUTAGE_S = 30.0  # the broker stays down for 30 s under steady traffic
 def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F811
     kafka_port, gw_port = free_ports(2)
     bootstrap = f"127.0.0.1:{kafka_port}"
-    broker = start_broker(kafka_port)
+    broker, _ = start_tansu(kafka_port)
     gateway = None
     try:
         wait_broker(bootstrap)
@@ -99,7 +91,7 @@ def test_broker_outage_spools_and_replays(stack, stub_url, tmp_path):  # noqa: F
         assert len(down_ids) > 50
         health = client.get("/health")
         assert health.status_code == 503 and health.json()["checks"]["kafka"]["spooling"]
-        broker = start_broker(kafka_port)  # same port, empty memory
+        broker, _ = start_tansu(kafka_port)  # same port, empty memory
         after_ids = traffic(3.0)
         # the gateway recreates the topics and replays the spool by itself
         deadline = time.monotonic() + 60

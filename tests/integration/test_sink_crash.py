@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Producer
 
 from deploy.ports import free_ports
-from deploy.services import tansu_command
+from deploy.sandbox import start_tansu
 from schemas import store
 from schemas.settings import CommonSettings
 from schemas.topics import CHAT_RESPONSES, create_topics
@@ -33,10 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 EVENTS = 200_000
 KILLS = 3
 REPO = Path(__file__).resolve().parents[2]
-
-
-def start_tansu(port: int) -> subprocess.Popen:
-    return subprocess.Popen(tansu_command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_store(env: dict, log: Path) -> subprocess.Popen:
@@ -107,7 +103,7 @@ def stream(bootstrap: str, messages: list[tuple[bytes, bytes]], seconds: float, 
 def test_kill_9_three_times_no_loss_no_duplicates(tmp_path):
     kafka_port, http_port = free_ports(2)
     bootstrap = f"127.0.0.1:{kafka_port}"
-    broker = start_tansu(kafka_port)
+    broker, _ = start_tansu(kafka_port)
     env = {
         **os.environ,
         "FLYWHEEL_DATA_DIR": str(tmp_path),
