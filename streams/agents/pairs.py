@@ -59,13 +59,14 @@ def install(
         settings.streams_pending_catch_up_s,
     )
     join_read: dict[tuple[str, int], int] = {}  # (requests|responses topic, partition) -> last offset joined
-    teacher_client: list[httpx.AsyncClient] = []  # made on first use, inside the running loop
+    teacher_client: httpx.AsyncClient | None = None  # made on first use, inside the running loop
 
     async def teacher(messages: list[dict]) -> str | None:
-        if not teacher_client:
-            teacher_client.append(httpx.AsyncClient())
+        nonlocal teacher_client
+        if teacher_client is None:
+            teacher_client = httpx.AsyncClient()
         return await ask_teacher(
-            teacher_client[0],
+            teacher_client,
             settings.streams_teacher_url,
             settings.streams_teacher_model,
             messages,
