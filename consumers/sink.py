@@ -367,7 +367,7 @@ def main() -> None:
     client = store_client(settings)
     migrate(client)
     if settings.sink_metrics_port:
-        start_http_server(settings.sink_metrics_port, addr="0.0.0.0")
+        start_http_server(settings.sink_metrics_port, addr=settings.metrics_host)
     sink = Sink(settings, client)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sink.stop())

@@ -46,6 +46,14 @@ LOOP_SETTINGS: dict[str, str] = {
 }
 
 
+# Services whose /metrics port is off by default; the sandbox gives each a free one.
+EXPORTERS = {
+    "controller": "FLYWHEEL_CONTROLLER_METRICS_PORT",
+    "retrain": "FLYWHEEL_RETRAIN_METRICS_PORT",
+    "streams": "FLYWHEEL_STREAMS_METRICS_PORT",
+}
+
+
 class LocalLoop:
     """The whole local stack on free ports under `data_dir`, settings in this process's environment.
 
@@ -56,7 +64,7 @@ class LocalLoop:
 
     def __init__(self, data_dir: Path, overrides: dict[str, str] | None = None, timeout: float = 900.0):
         self.data_dir = Path(data_dir).resolve()
-        kafka, redis, store, gateway, worker = free_ports(5)
+        kafka, redis, store, gateway, worker, *exporters = free_ports(5 + len(EXPORTERS))
         self.env = {
             **LOOP_SETTINGS,
             "FLYWHEEL_DATA_DIR": str(self.data_dir),
@@ -66,6 +74,7 @@ class LocalLoop:
             "FLYWHEEL_CLICKHOUSE_HTTP_PORT": str(store),
             "FLYWHEEL_GATEWAY_PORT": str(gateway),
             "FLYWHEEL_WORKER_BASE_PORT": str(worker),
+            **{setting: str(port) for setting, port in zip(EXPORTERS.values(), exporters, strict=True)},
             **(overrides or {}),
         }
         self.timeout = timeout
@@ -79,6 +88,15 @@ class LocalLoop:
     @property
     def worker_url(self) -> str:
         return f"http://127.0.0.1:{self.env['FLYWHEEL_WORKER_BASE_PORT']}"
+
+    def metrics_urls(self) -> dict[str, str]:
+        """Every service's Prometheus endpoint (the gateway's needs an admin key; the store's serves the sink's)."""
+        ports = {name: self.env[setting] for name, setting in EXPORTERS.items()}
+        return {
+            "gateway": f"{self.gateway_url}/metrics",
+            "sink": f"http://127.0.0.1:{self.env['FLYWHEEL_CLICKHOUSE_HTTP_PORT']}/metrics",
+            **{name: f"http://127.0.0.1:{port}/metrics" for name, port in ports.items()},
+        }
 
     @property
     def api_key(self) -> str:

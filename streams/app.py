@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 
 import faust
+from prometheus_client import start_http_server
 
 from schemas import topology
 from schemas.epoch import broker_epoch
@@ -150,6 +151,8 @@ def _state_for_epoch(state_dir: Path, epoch: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the worker: `python -m streams.app [faust worker arguments]`, web server off by default."""
     create_internal_topics(settings.kafka_bootstrap)
+    if settings.streams_metrics_port:
+        start_http_server(settings.streams_metrics_port, addr=settings.metrics_host)
     _state_for_epoch(settings.state_dir / APP_ID, broker_epoch(settings.kafka_bootstrap))
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:

@@ -34,6 +34,7 @@ class StreamSettings(CommonSettings):
     # Costs producer throughput, so only for the embedded broker.
     streams_embedded_broker: bool = Field(True, description="apply the Tansu work-arounds (one record per batch)")
     # Group join waits session_timeout/2 on Tansu: keep it low for fast starts and restarts.
+    streams_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0: none)")
     streams_session_timeout_s: float = Field(6.0, gt=0, description="broker session timeout")
     streams_commit_interval_s: float = Field(1.0, gt=0, description="offset commit interval")
     # faust hard-codes aiokafka's fetch_max_wait_ms=1500, and Tansu answers a fetch only when that wait is

@@ -26,11 +26,13 @@ import logging
 import signal
 
 from confluent_kafka import Consumer, KafkaError
+from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
 from inference.adapters import AdapterAdmin
 from inference.controller.canary_metrics import ClickHouseMetrics, MetricsSource
 from inference.controller.deployer import Deployer, Publish, Superseded
+from inference.controller.metrics import observe as count_deployment
 from inference.controller.settings import ControllerSettings
 from inference.keys import DONE_KEY, QUEUE_KEY, ROLLOUT_KEY
 from producers import ChatEventProducer
@@ -56,6 +58,7 @@ def kafka_publisher(settings: ControllerSettings) -> tuple[ChatEventProducer, Pu
         stats = producer.flush(30.0)
         if stats.failed > before or stats.pending:
             raise RuntimeError(f"deployment event {event.event_id} not delivered")
+        count_deployment(event)
 
     return producer, publish
 
@@ -183,6 +186,8 @@ async def serve(
 def main() -> None:
     settings = ControllerSettings()
     setup_logging(settings.log_level)
+    if settings.controller_metrics_port:
+        start_http_server(settings.controller_metrics_port, addr=settings.metrics_host)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -57,6 +57,7 @@ class ControllerSettings(ProducerSettings):
     # Adapter admin calls (load, verify, unload) per worker.
     adapter_timeout_s: float = Field(60.0, gt=0, description="timeout of one adapter admin call")
     producer_client_id: str = Field("flywheel-controller", description="Kafka client.id")
+    controller_metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0: none)")
 
     @field_validator("canary_plan", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from schemas.events import ChatResponse
 from schemas.internal import JoinedFeedback
 from schemas.topics import CHAT_FEEDBACK, CHAT_RESPONSES
 from schemas.topology import FEEDBACK_JOINED
+from streams import counters
 from streams.settings import StreamSettings
 from streams.windows import WindowBook
 from streams.wiring import Channels, Shared
@@ -126,6 +127,7 @@ def install(
             return
         for window in book.close(time.time(), backlog()):
             await ch.metrics_windows.send(key=window.model_version.encode(), value=encode(window))
+            counters.WINDOWS.inc()
             log.info(
                 "window emitted",
                 extra={

@@ -22,6 +22,7 @@ from schemas.events import ChatRequest, ChatResponse, Feedback
 from schemas.internal import JoinedFeedback
 from schemas.topics import CHAT_FEEDBACK, CHAT_REQUESTS, CHAT_RESPONSES
 from schemas.topology import PAIR_TICKS
+from streams import counters
 from streams.pairing import NearDuplicateFilter
 from streams.pairs import FeedbackJoiner, JoinOutput, PairBuilder, question_partition
 from streams.settings import StreamSettings
@@ -122,6 +123,7 @@ def install(
                 )
             for dead in out.dead:
                 await ch.feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
+                counters.DEAD_LETTERS.labels(dead.error_type).inc()
                 log.warning(
                     "feedback dead-lettered",
                     extra={"error_type": dead.error_type, "offset": dead.offset, "event_id": str(dead.event_id)},
@@ -170,12 +172,14 @@ def install(
             if outcome.pair is not None:
                 pair = outcome.pair
                 await ch.dpo_pairs.send(key=pair.base_model.encode(), value=encode(pair))
+                counters.PAIRS.labels(pair.source).inc()
                 log.info(
                     "pair emitted",
                     extra={"pair_id": pair.pair_id, "source": pair.source, "message_id": pair.message_id},
                 )
             elif outcome.dead is not None:
                 await ch.feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
+                counters.DEAD_LETTERS.labels(outcome.dead.error_type).inc()
                 log.warning(
                     "feedback dead-lettered",
                     extra={"error_type": outcome.dead.error_type, "message_id": rec.message_id},

@@ -16,6 +16,7 @@ from schemas.codec import decode, encode
 from schemas.errors import EventError
 from schemas.events import DPOPair, RetrainJob
 from schemas.internal import TICK, TriggerInput
+from streams import counters
 from streams.settings import StreamSettings
 from streams.trigger import TriggerState
 from streams.wiring import Channels, Shared
@@ -93,6 +94,7 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
                 job = state.decide(now, settings.streams_retrain_threshold, trigger_covered)
                 if job is not None:  # send before saving: a crash in between re-decides the same job id
                     await ch.retrain_jobs.send(key=base_model.encode(), value=encode(job))
+                    counters.JOBS_REQUESTED.inc()
                     log.info("retrain job requested", extra={"job_id": job.job_id, "pairs": len(job.pair_ids)})
                 trigger_state[base_model] = state.to_json()
 

@@ -17,7 +17,7 @@ import os
 
 import pytest
 
-from deploy.sandbox import Events, LocalLoop, RouteLog
+from deploy.sandbox import EXPORTERS, Events, LocalLoop, RouteLog
 from deploy.supervision import pid_alive
 
 E2E_RATE = float(os.environ.get("FLYWHEEL_E2E_RATE", "22"))  # steady traffic through the gateway, requests/s
@@ -35,6 +35,7 @@ _PER_STACK = frozenset(
         "FLYWHEEL_CLICKHOUSE_HTTP_PORT",
         "FLYWHEEL_GATEWAY_PORT",
         "FLYWHEEL_WORKER_BASE_PORT",
+        *EXPORTERS.values(),
     }
 )
 
