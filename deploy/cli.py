@@ -207,6 +207,7 @@ def _register() -> None:
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics, topology_command
     from deploy.cli_keys import keys_group
+    from deploy.cli_serve import serve_command
     from inference.controller.cli import deploy_group
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
@@ -230,6 +231,7 @@ def _register() -> None:
         models_group,
         train_group,
         config_command,
+        serve_command,
     )
     for command in commands:
         main.add_command(command)

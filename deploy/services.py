@@ -20,11 +20,21 @@ from deploy.errors import StackError
 from deploy.health import Health, group_health, http_health, kafka_health, redis_health, store_health, worker_health
 from inference.gateway.settings import GatewaySettings
 from inference.keys import worker_key
-from inference.worker.spec import WorkerSettings, worker_programs
+from inference.worker.spec import WRAPPER_MODULE, WorkerSettings, worker_programs
 from schemas.settings import CommonSettings, child_env
 from schemas.topology import CONTROLLER_GROUP, RETRAIN_GROUP
 from streams.settings import StreamSettings
 
+# The module each service runs as (`python -m`), here and in the deployment manifests (`flywheel serve NAME`).
+SERVICE_MODULES = {
+    "store": "consumers.store_server",
+    "sink": "consumers.sink",
+    "worker": WRAPPER_MODULE,
+    "gateway": "inference.gateway.app",
+    "streams": "streams.app",
+    "retrain": "retrain.worker",
+    "controller": "inference.controller.service",
+}
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BIND_HOST = "127.0.0.1"
 
@@ -126,7 +136,7 @@ def store(settings: CommonSettings) -> Service:
     if not settings.embedded_store:
         return Service("store", settings.store_url, check)
     # Embedded: one process owns the chDB path; it also runs the ClickHouse sink, which reads Kafka.
-    command = (sys.executable, "-m", "consumers.store_server")
+    command = (sys.executable, "-m", SERVICE_MODULES["store"])
     env = {
         "FLYWHEEL_DATA_DIR": str(settings.data_dir.resolve()),
         "FLYWHEEL_CLICKHOUSE_DSN": settings.store_dsn,
@@ -146,7 +156,7 @@ def sink(settings: CommonSettings) -> Service | None:
     """
     if settings.embedded_store:
         return None
-    command = (sys.executable, "-m", "consumers.sink")
+    command = (sys.executable, "-m", SERVICE_MODULES["sink"])
     env = {
         "FLYWHEEL_DATA_DIR": str(settings.data_dir.resolve()),
         "FLYWHEEL_CLICKHOUSE_DSN": settings.store_dsn,
@@ -197,7 +207,7 @@ def gateway(settings: CommonSettings) -> Service:
         "gateway",
         url,
         lambda: http_health(f"{url}/health", _admin_headers(gateway_settings.dev_key_path)),
-        (sys.executable, "-m", "inference.gateway.app"),
+        (sys.executable, "-m", SERVICE_MODULES["gateway"]),
         gateway_settings.gateway_port,
         child_env(settings),
         priority=50,
@@ -233,7 +243,7 @@ def streams(settings: CommonSettings) -> Service:
     return _consumer(
         settings,
         "streams",
-        "streams.app",
+        SERVICE_MODULES["streams"],
         stream_settings.streams_app_id,
         priority=55,
         dirs=(stream_settings.state_dir,),
@@ -241,11 +251,11 @@ def streams(settings: CommonSettings) -> Service:
 
 
 def retrain_worker(settings: CommonSettings) -> Service:
-    return _consumer(settings, "retrain", "retrain.worker", RETRAIN_GROUP, priority=60)
+    return _consumer(settings, "retrain", SERVICE_MODULES["retrain"], RETRAIN_GROUP, priority=60)
 
 
 def controller(settings: CommonSettings) -> Service:
-    return _consumer(settings, "controller", "inference.controller.service", CONTROLLER_GROUP, priority=60)
+    return _consumer(settings, "controller", SERVICE_MODULES["controller"], CONTROLLER_GROUP, priority=60)
 
 
 Builder = Callable[[CommonSettings], "Service | list[Service] | None"]

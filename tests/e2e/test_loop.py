@@ -334,3 +334,22 @@ def test_constant_load_never_fails_and_names_one_version(loop: LocalLoop, loop_e
     served = {v for versions in by_message.values() for v in versions}
     print(f"versions served under load: {sorted(served)}")
     assert {loop.settings.served_model_name, state.get("version")} <= served
+
+
+def test_every_metric_of_the_alerts_and_dashboards_is_exported(loop: LocalLoop):
+    """Scrape every service of the running stack: each Flywheel and vLLM metric a rule or panel uses exists."""
+    from tests import manifests
+
+    urls = {**loop.metrics_urls(), "vllm": f"{loop.worker_url}/metrics"}
+    exported: dict[str, set[str]] = {}
+    for name, url in urls.items():
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {loop.api_key}"}, timeout=30)
+        assert answer.status_code == 200, (name, answer.status_code)
+        exported[name] = manifests.exported_names(answer.text)
+    everything = set().union(*exported.values())
+    used = set().union(*(manifests.metric_names(e) for _, e in manifests.expressions()))
+    ours = {n for n in used if n.startswith(("flywheel_", "vllm:"))}
+    assert ours and not ours - everything, sorted(ours - everything)
+    # each service exports its own
+    for service in ("controller", "retrain", "streams"):
+        assert any(n.startswith(f"flywheel_{service}_") for n in exported[service]), service

@@ -18,6 +18,7 @@ from deploy.abtest import INSUFFICIENT, SIGNIFICANT
 from schemas.ddl import DATABASE, migrate
 from schemas.views import VIEWS
 from tests.analytics_data import V0, V1, V2, build, load
+from tests.manifests import clickhouse_sql, panel_targets
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +156,11 @@ def test_dead_letters_and_window(loaded):
     counts = analytics.dead_letter_counts(client)
     assert {(d.source_topic, d.error_type): d.dead_letters for d in counts} == dict(data.expected.dead_letters)
     assert analytics.dead_letter_counts(client, since=datetime.now(UTC) + timedelta(minutes=1)) == []
+
+
+@pytest.mark.parametrize("title,sql", list(panel_targets("clickhouse")), ids=lambda v: v[:40])
+def test_every_dashboard_query_runs_on_the_analyst_tables(loaded, title, sql):
+    client, _ = loaded
+    rows = _rows(client, clickhouse_sql(sql))
+    if "v_thumbs_down_rate" in sql:  # the data set has rated answers (no windows, no jobs)
+        assert rows, title
