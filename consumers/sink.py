@@ -365,7 +365,7 @@ def main() -> None:
     if settings.embedded_store:
         raise SystemExit("with a chdb:// store the sink runs inside the store owner: python -m consumers.store_server")
     client = store_client(settings)
-    migrate(client)
+    migrate(client, settings.clickhouse_cluster)
     if settings.sink_metrics_port:
         start_http_server(settings.sink_metrics_port, addr=settings.metrics_host)
     sink = Sink(settings, client)

@@ -106,7 +106,9 @@ class StoreWriter:
         if context is None:
             context = self._call(self.client.create_insert_context, key, columns)
             self._contexts[key] = context
-        context.settings = {"insert_deduplication_token": token, "insert_deduplicate": 1}
+        # On a cluster the Distributed table hands the batch (and its token) to its shard before the insert returns,
+        # so a committed offset means the rows are stored there.
+        context.settings = {"insert_deduplication_token": token, "insert_deduplicate": 1, "insert_distributed_sync": 1}
         context.data = rows
         try:
             self._call(self.client.data_insert, context)

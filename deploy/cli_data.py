@@ -67,7 +67,7 @@ def db_migrate(settings: CommonSettings) -> None:
             sys.exit(1)
         _report_from_owner(settings, exc)
         return
-    applied = migrate(client)
+    applied = migrate(client, settings.clickhouse_cluster)
     client.close()
     console.print(f"applied {applied or 'nothing'}; database {DATABASE} at version {MIGRATIONS[-1].version}")
 

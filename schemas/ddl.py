@@ -9,10 +9,16 @@ partitioned by month of `occurred_at`. Two mechanisms, for two ways a row arrive
   `event_id` and hence the whole sorting key, so merges keep one. Until a merge runs, queries that
   must count exactly read `FINAL` (the analyst views do) or `count(DISTINCT event_id)`.
 The same DDL runs on chDB and on a ClickHouse server: one code path, a client of clickhouse-connect.
+
+On a ClickHouse cluster (`FLYWHEEL_CLICKHOUSE_CLUSTER`), `on_cluster` rewrites each statement: every table
+becomes `<name>_local` with a Replicated engine on every node plus `<name>`, a Distributed table over them
+sharded by `event_id` (both copies of an event land on one shard, where the merge keeps one), and every
+statement runs `ON CLUSTER`. Readers and the sink keep using `<name>`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from schemas.views import loop_stages_statements, view_statements
@@ -158,6 +164,36 @@ _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (
 ) ENGINE = MergeTree ORDER BY version"""
 
 
+_CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+) \(", re.S)
+_ENGINE = re.compile(r"ENGINE = (ReplacingMergeTree|MergeTree)\b")
+# How each table's rows spread over the shards: by event, so that an event's copies meet on one shard.
+_SHARD_KEYS = {SINK_LEDGER: "cityHash64(group_id, topic, partition)", "schema_migrations": "version"}
+
+
+def on_cluster(statement: str, cluster: str) -> list[str]:
+    """The statement(s) that do on `cluster` what `statement` does on one server."""
+    on = f"ON CLUSTER '{cluster}'"
+    table = _CREATE_TABLE.match(statement)
+    if table:
+        database, name = table.groups()
+        local = f"{name}_local"
+        path = f"'/clickhouse/tables/{{shard}}/{database}/{local}', '{{replica}}'"
+        body = statement[table.end() :]
+        body = _ENGINE.sub(lambda m: f"ENGINE = Replicated{m.group(1)}({path})", body)
+        body = body.replace("non_replicated_deduplication_window", "replicated_deduplication_window")
+        shard_key = _SHARD_KEYS.get(name, "cityHash64(event_id)")
+        return [
+            f"CREATE TABLE IF NOT EXISTS {database}.{local} {on} ({body}",
+            f"CREATE TABLE IF NOT EXISTS {database}.{name} {on} AS {database}.{local}\n"
+            f"ENGINE = Distributed('{cluster}', '{database}', '{local}', {shard_key})",
+        ]
+    for prefix in ("CREATE DATABASE IF NOT EXISTS ", "CREATE OR REPLACE VIEW "):
+        if statement.startswith(prefix):
+            name, _, rest = statement[len(prefix) :].partition(" ")
+            return [f"{prefix}{name} {on} {rest}".rstrip()]
+    raise ValueError(f"no cluster form for: {statement[:60]}")
+
+
 def applied_versions(client) -> set[int]:
     """Versions recorded in the ledger; empty when the database does not exist yet."""
     exists = client.command(f"EXISTS TABLE {DATABASE}.schema_migrations")
@@ -166,21 +202,27 @@ def applied_versions(client) -> set[int]:
     return {row[0] for row in client.query(f"SELECT version FROM {DATABASE}.schema_migrations").result_rows}
 
 
-def migrate(client) -> list[int]:
+def migrate(client, cluster: str = "") -> list[int]:
     """Apply every migration not yet recorded; return the versions applied now. Idempotent.
 
-    `client` is a clickhouse-connect client (chdb:// or http://). Statements are idempotent
-    themselves (IF NOT EXISTS), so a crash between a statement and the ledger row is safe to rerun.
+    `client` is a clickhouse-connect client (chdb:// or http://); `cluster`: a ClickHouse cluster's name, whose
+    nodes all get the tables (`on_cluster`). Statements are idempotent themselves (IF NOT EXISTS), so a crash
+    between a statement and the ledger row is safe to rerun.
     """
-    client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    client.command(_LEDGER)
+
+    def run(statement: str) -> None:
+        for each in on_cluster(statement, cluster) if cluster else [statement]:
+            client.command(each)
+
+    run(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    run(_LEDGER)
     done = applied_versions(client)
     applied = []
     for migration in MIGRATIONS:
         if migration.version in done:
             continue
         for statement in migration.statements:
-            client.command(statement)
+            run(statement)
         client.insert(
             f"{DATABASE}.schema_migrations", [[migration.version, migration.name]], column_names=["version", "name"]
         )

@@ -47,6 +47,8 @@ class CommonSettings(BaseSettings):
     clickhouse_dsn: str = Field("", description="ClickHouse DSN; default chdb://<data_dir>/chdb")
     # Port of the store's ClickHouse-compatible HTTP endpoint in embedded mode.
     clickhouse_http_port: int = Field(8123, description="embedded store's HTTP port")
+    # A ClickHouse cluster's name: the migrations create Replicated tables on every node and Distributed tables.
+    clickhouse_cluster: str = Field("", description="ClickHouse cluster of the tables ('': one server)")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
     log_level: str = Field("INFO", description="log level")
     metrics_host: str = Field("127.0.0.1", description="address of the services' /metrics ports (0.0.0.0 in a pod)")

@@ -66,3 +66,27 @@ def test_same_event_in_two_batches_counts_once_with_final(client):
         )
     n = client.command(f"SELECT count() FROM {table} FINAL WHERE event_id = '{event.event_id}'")
     assert int(n) == 1
+
+
+def _every_statement() -> list[str]:
+    from schemas import ddl
+
+    return [f"CREATE DATABASE IF NOT EXISTS {DATABASE}", ddl._LEDGER, *(s for m in MIGRATIONS for s in m.statements)]
+
+
+def test_the_cluster_ddl_is_valid_clickhouse_and_replicated(client):
+    """ClickHouse's parser (EXPLAIN AST) takes every cluster statement; every table is Replicated on each node,
+    with a Distributed table of the same name over it."""
+    from schemas.ddl import on_cluster
+
+    statements = [c for s in _every_statement() for c in on_cluster(s, "prod")]
+    for statement in statements:
+        assert "ON CLUSTER 'prod'" in statement
+        assert client.query(f"EXPLAIN AST {statement}").result_rows
+    local = [s for s in statements if "_local ON CLUSTER" in s and "ENGINE = Replicated" in s]
+    distributed = [s for s in statements if "ENGINE = Distributed('prod', 'flywheel'" in s]
+    tables = [s for s in _every_statement() if s.startswith("CREATE TABLE")]
+    assert len(local) == len(distributed) == len(tables) > 10
+    assert not [s for s in statements if "non_replicated" in s]
+    with pytest.raises(Exception, match="Syntax error"):  # the check would catch a broken statement
+        client.query("EXPLAIN AST CREATE TABLE x ON CLUSTER 'prod' (a UInt8 ENGINE = Memory")
