@@ -19,6 +19,7 @@ from deploy import stack
 from deploy.errors import StackError
 from schemas.logs import setup_logging
 from schemas.settings import CommonSettings
+from schemas.topology import SINK_GROUP
 
 console = Console(stderr=False)
 errors = Console(stderr=True)
@@ -186,11 +187,21 @@ def _print_serving(settings: CommonSettings) -> None:
 
 @main.command()
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds before leftovers get SIGKILL.")
+@click.option(
+    "--drain-timeout",
+    default=60.0,
+    show_default=True,
+    help="Seconds the sink and the streams may take to read what is left in the embedded broker (0: none).",
+)
 @click.pass_obj
-def down(settings: CommonSettings, timeout: float) -> None:
-    """Stop every service and supervisord; nothing is left running."""
+def down(settings: CommonSettings, timeout: float, drain_timeout: float) -> None:
+    """Stop every service and supervisord; nothing is left running.
+
+    The embedded broker keeps its log in memory: the gateway, the controller and the retrain worker stop first,
+    then the sink and the streams read what is left, then everything stops."""
     try:
-        result = stack.down(settings, timeout)
+        with Live(Spinner("dots", text="draining the broker"), console=console, transient=True):
+            result = stack.down(settings, timeout, drain_timeout)
     except StackError as exc:
         errors.print(f"[red]flywheel down failed:[/] {exc}", highlight=False)
         sys.exit(1)
@@ -198,6 +209,12 @@ def down(settings: CommonSettings, timeout: float) -> None:
         console.print("nothing was running")
         return
     console.print(f"stopped {len(result.stopped_pids)} processes")
+    for group, count in result.unread.items():
+        left = "an unknown number of" if count < 0 else f"at least {count}"
+        if group == SINK_GROUP:
+            console.print(f"[yellow]{left} events were not stored and are lost with the broker's log[/]")
+        else:  # stored by the sink; the group's own processing of them (open windows, pending joins) is lost
+            console.print(f"[yellow]{group} had not finished {left} events (stored, but not processed by it)[/]")
     if result.killed_pids:
         console.print(f"[yellow]killed after timeout:[/] {result.killed_pids}")
 

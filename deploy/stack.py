@@ -21,6 +21,7 @@ from deploy.services import BIND_HOST, Service, services
 from deploy.supervision import Supervisor, kill, pid_alive, pidfile_pid, wait_gone
 from schemas.settings import CommonSettings
 from schemas.topics import create_topics
+from schemas.topology import SINK_GROUP
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class DownResult:
     was_running: bool
     stopped_pids: list[int]
     killed_pids: list[int]
+    unread: dict[str, int] = field(default_factory=dict)  # consumer group -> events left unread (-1: unknown)
 
 
 Progress = Callable[[list[ServiceStatus]], None]
@@ -176,14 +178,52 @@ def status(settings: CommonSettings) -> list[ServiceStatus]:
     return rows
 
 
-def down(settings: CommonSettings, timeout: float = 30.0) -> DownResult:
-    """Stop every program and supervisord; wait for every pid to go, SIGKILL leftovers. Idempotent."""
+# Stopped first: what brings new events in. Then the consumers read what is left (deploy/drain.py).
+INTAKE = ("gateway", "controller", "retrain")
+# The streams hold events in open metric windows (up to the largest window) and feedback waiting for its answer:
+# they get this long, then stop; the sink, which stores every event, gets the rest of the drain timeout.
+STREAMS_DRAIN_S = 15.0
+
+
+def _drain(settings: CommonSettings, supervisor: Supervisor, timeout: float) -> dict[str, int]:
+    """The embedded broker's log dies with it: stop the intake, let the sink and the streams catch up."""
+    from deploy.drain import drain
+
+    running = {name for name, p in supervisor.processes().items() if p.pid}
+    if "kafka" not in running:  # an external broker keeps its log, or none is left to read from
+        return {}
+    for name in INTAKE:
+        if name in running:
+            supervisor.stop_process(name)
+    deadline = time.monotonic() + timeout
+    left = drain(settings.kafka_bootstrap, running & {"store", "streams"}, min(timeout, STREAMS_DRAIN_S))
+    if "streams" in running:  # then its last windows and pairs reach the sink
+        supervisor.stop_process("streams")
+    left = {group: n for group, n in left.items() if group != SINK_GROUP}
+    left.update(drain(settings.kafka_bootstrap, running & {"store"}, max(1.0, deadline - time.monotonic())))
+    if left:
+        log.warning("events left unread at down", extra={"unread": left})
+    return left
+
+
+def down(settings: CommonSettings, timeout: float = 30.0, drain_timeout: float = 60.0) -> DownResult:
+    """Stop every program and supervisord; wait for every pid to go, SIGKILL leftovers. Idempotent.
+
+    With the embedded broker, its consumers first read what is left in its log (up to `drain_timeout` s; 0: no
+    drain), since the log is in memory."""
     layout = layout_for(settings)
     supervisor = Supervisor(layout)
     pids: list[int] = []
+    unread: dict[str, int] = {}
     was_running = supervisor.alive()
     if was_running:
         pids = [p.pid for p in supervisor.processes().values() if p.pid] + [supervisor.pid()]
+        if drain_timeout > 0:
+            try:
+                unread = _drain(settings, supervisor, drain_timeout)
+            except Exception as exc:  # stopping must go on
+                log.warning("drain failed", extra={"error": repr(exc)})
+                unread = {"unknown": -1}
         try:
             supervisor.stop_all()
             supervisor.shutdown()
@@ -203,7 +243,7 @@ def down(settings: CommonSettings, timeout: float = 30.0) -> DownResult:
             raise StackError(f"processes still running after SIGKILL: {survivors}")
     for path in (layout.socket_path, layout.pidfile):
         path.unlink(missing_ok=True)
-    return DownResult(was_running, pids, killed)
+    return DownResult(was_running, pids, killed, unread)
 
 
 def _is_supervisord(pid: int) -> bool:

@@ -88,6 +88,10 @@ class Supervisor:
     def start_process(self, name: str) -> None:
         self._rpc().startProcess(name, False)
 
+    def stop_process(self, name: str) -> None:
+        """Stop one program and wait for it (SIGTERM, SIGKILL after its stopwaitsecs)."""
+        self._rpc().stopProcess(name, True)
+
     def stop_all(self) -> None:
         """Stop every program (reverse priority; SIGTERM, SIGKILL after each one's stopwaitsecs)."""
         self._rpc().stopAllProcesses(True)

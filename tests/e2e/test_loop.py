@@ -24,6 +24,7 @@ Run: `pytest -m e2e tests/e2e -s` (about 8-12 minutes on 2 shared cores).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -353,3 +354,37 @@ def test_every_metric_of_the_alerts_and_dashboards_is_exported(loop: LocalLoop):
     # each service exports its own
     for service in ("controller", "retrain", "streams"):
         assert any(n.startswith(f"flywheel_{service}_") for n in exported[service]), service
+
+
+def test_down_and_up_under_traffic_keep_every_accepted_answer_once(loop: LocalLoop):
+    """`flywheel down` drains the embedded broker's log before it stops: every answer the gateway gave (200) is
+    in ClickHouse exactly once after `flywheel up`, under traffic all along (refused requests are not accepted)."""
+    load = Traffic(loop, rate=8, users=40, max_tokens=4, verdict=lambda version, user: None).start()
+    time.sleep(8)
+    flywheel = [str(Path(sys.executable).with_name("flywheel"))]
+    down = subprocess.run([*flywheel, "down"], env=loop.child_env(), capture_output=True, text=True, timeout=300)
+    print(down.stdout)
+    assert down.returncode == 0 and "not stored" not in down.stdout, down.stdout + down.stderr
+    up = subprocess.run([*flywheel, "up"], env=loop.child_env(), capture_output=True, text=True, timeout=900)
+    assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
+    time.sleep(8)
+    results = load.stop()
+    accepted = [r.message_id for r in results if r.status == 200]
+    print(f"{len(results)} requests, {len(accepted)} accepted, {len(results) - len(accepted)} refused or failed")
+    assert len(accepted) >= 40 and len(accepted) < len(results)
+
+    assert all(re.fullmatch(r"[\w-]+", m) for m in accepted), accepted[:5]
+    ids = ", ".join(f"'{m}'" for m in accepted)
+    store = loop.store()
+    deadline = time.monotonic() + 180
+    while True:
+        rows = store.query(
+            f"SELECT message_id, count() FROM flywheel.chat_responses WHERE message_id IN ({ids}) GROUP BY message_id"
+        ).result_rows
+        counts = dict(rows)
+        if len(counts) == len(accepted) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    missing = [m for m in accepted if m not in counts]
+    assert not missing, f"{len(missing)} of {len(accepted)} accepted answers not stored, e.g. {missing[:5]}"
+    assert all(n == 1 for n in counts.values()), {m: n for m, n in counts.items() if n != 1}
