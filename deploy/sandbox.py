@@ -147,12 +147,19 @@ class LocalLoop:
         return redis.Redis.from_url(self.env["FLYWHEEL_REDIS_URL"], decode_responses=True)
 
 
-def start_tansu(port: int | None = None, timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
-    """A lone Tansu broker in memory on `port` (default: a free one); the process and its bootstrap address once
-    it listens."""
+def start_tansu(
+    port: int | None = None, timeout: float = 20.0, storage: str = "memory://tansu/", env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
+    """A lone Tansu broker on `port` (default: a free one), in memory unless `storage` says otherwise (`env`: the
+    object store's AWS_* variables); the process and its bootstrap address once it listens."""
     if port is None:
         (port,) = free_ports(1)
-    proc = subprocess.Popen(tansu_command("127.0.0.1", port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        tansu_command("127.0.0.1", port, storage),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
