@@ -18,7 +18,8 @@ Sections (each a function returning table rows; add one to SECTIONS):
   metrics  the faust metric agent (python -m streams.app): N ChatResponse events (--stream-events, 1 ms of
          event time apart, 1 s windows) preloaded on a fresh broker; per repeat, interleaved: a decode
          baseline (plain consumer + pydantic), a worker running only the metric agent
-         (FLYWHEEL_STREAMS_AGENTS=metrics) and one running every agent. events/s = events accounted in
+         (FLYWHEEL_STREAMS_AGENTS=metrics), two such workers in one consumer group (scale-out: they share
+         the partitions) and one worker running every agent. events/s = events accounted in
          emitted windows at 95% / time since the worker logged "Worker ready". Goal >= 10,000/s.
   feedback feedback -> DPO pair latency: F conversations (--feedbacks) produced up front, then one
          thumbs-down with a correction each at --feedback-rate per second, after a warm-up pair came out;
@@ -40,7 +41,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -234,16 +235,20 @@ STREAM_WINDOW_ENV = {  # 1 s windows closing fast: output flows while the preloa
 
 
 @contextmanager
-def stream_worker(bootstrap: str, data_dir: Path, agents: str, **env: str) -> Iterator[subprocess.Popen]:
-    """`python -m streams.app` with FLYWHEEL_STREAMS_AGENTS=agents and a fresh app id (group, state)."""
-    app_id = f"bench-{uuid.uuid4().hex[:6]}"
-    log_path = data_dir / f"{app_id}.log"
+def stream_worker(
+    bootstrap: str, data_dir: Path, agents: str, app_id: str | None = None, **env: str
+) -> Iterator[subprocess.Popen]:
+    """`python -m streams.app` with FLYWHEEL_STREAMS_AGENTS=agents and a fresh app id (group), or the given one
+    (another worker of the same group); its own state directory either way."""
+    app_id = app_id or f"bench-{uuid.uuid4().hex[:6]}"
+    worker_id = f"{app_id}-{uuid.uuid4().hex[:4]}"
+    log_path = data_dir / f"{worker_id}.log"
     environ = {
         **os.environ,
         "FLYWHEEL_KAFKA_BOOTSTRAP": bootstrap,
         "FLYWHEEL_DATA_DIR": str(data_dir),
         "FLYWHEEL_STREAMS_APP_ID": app_id,
-        "FLYWHEEL_STREAMS_STATE_DIR": str(data_dir / app_id),
+        "FLYWHEEL_STREAMS_STATE_DIR": str(data_dir / worker_id),
         "FLYWHEEL_STREAMS_AGENTS": agents,
         **env,
     }
@@ -312,16 +317,23 @@ def run_decode_baseline(bootstrap: str, n: int) -> float:
         consumer.close()
 
 
-def run_metric_agent(bootstrap: str, data_dir: Path, n: int, model_version: str, agents: str) -> tuple[float, int]:
-    """A fresh worker works through the backlog; events/s = events accounted in closed windows of
-    `model_version` when 95% are / time since the worker logged "Worker ready" (group joined, tables
+def run_metric_agent(
+    bootstrap: str, data_dir: Path, n: int, model_version: str, agents: str, workers: int = 1
+) -> tuple[float, int]:
+    """Fresh workers of one group work through the backlog; events/s = events accounted in closed windows of
+    `model_version` when 95% are / time since the last worker logged "Worker ready" (group joined, tables
     recovered). 95%: the last windows close only after the idle wait, which is not processing time."""
     consumer = _consumer(bootstrap, METRICS_WINDOWS.name)
     total, ready_at, done_at, deadline = 0, None, None, time.monotonic() + max(120.0, n / 500)
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
     try:
-        with stream_worker(bootstrap, data_dir, agents, **STREAM_WINDOW_ENV) as proc:
-            while total < n and time.monotonic() < deadline and _alive(proc):
-                if ready_at is None and b"Worker ready" in proc.log_path.read_bytes():
+        with ExitStack() as stack:
+            procs = [
+                stack.enter_context(stream_worker(bootstrap, data_dir, agents, app_id, **STREAM_WINDOW_ENV))
+                for _ in range(workers)
+            ]
+            while total < n and time.monotonic() < deadline and all(_alive(p) for p in procs):
+                if ready_at is None and all(b"Worker ready" in p.log_path.read_bytes() for p in procs):
                     ready_at = time.perf_counter()
                 for msg in consumer.consume(1000, timeout=0.1):
                     if msg.error() is None:
@@ -342,8 +354,8 @@ def metric_section(env: Env) -> list[Row]:
     of event time apart): the decode baseline, the metric agent alone (FLYWHEEL_STREAMS_AGENTS=metrics), all
     agents in one worker. A fresh broker per run: metrics.windows then holds only this run's windows."""
     n = env.stream_events
-    runs: dict[str, list[float]] = {"baseline": [], "metrics": [], "metrics,pairs,trigger": []}
-    accounted: dict[str, list[int]] = {"metrics": [], "metrics,pairs,trigger": []}
+    runs: dict[str, list[float]] = {"baseline": [], "metrics": [], "metrics x2": [], "metrics,pairs,trigger": []}
+    accounted: dict[str, list[int]] = {"metrics": [], "metrics x2": [], "metrics,pairs,trigger": []}
     model_version = f"bench-{uuid.uuid4().hex[:6]}"
     events = chat_response_dicts(n, "bench", model_version, start=time.time() - n / 1000 - 120, step_s=0.001)
     for _ in range(env.repeats):
@@ -353,15 +365,18 @@ def metric_section(env: Env) -> list[Row]:
                 if kind == "baseline":
                     runs[kind].append(run_decode_baseline(bootstrap, n))
                     continue
-                rate, total = run_metric_agent(bootstrap, env.data_dir, n, model_version, kind)
+                agents, _, workers = kind.partition(" x")
+                rate, total = run_metric_agent(bootstrap, env.data_dir, n, model_version, agents, int(workers or 1))
                 runs[kind].append(rate)
                 accounted[kind].append(total)
         Console(stderr=True).print("  " + ", ".join(f"{k}: {v[-1]:,.0f}/s" for k, v in runs.items()))
-    base, alone, shared = (statistics.median(runs[k]) for k in runs)
+    base, alone, two, shared = (statistics.median(runs[k]) for k in runs)
     complete = all(t == n for totals in accounted.values() for t in totals)
     return [
         Row("decode baseline (consume + pydantic, one process)", base, "events/s"),
         Row("metric agent alone (AGENTS=metrics)", alone, "events/s", ">= 10,000", alone >= 10_000),
+        Row("metric agent, 2 workers in one group (scale-out)", two, "events/s"),
+        Row("2 workers / 1 worker", two / alone, "x"),
         Row("metric agent, all agents in one worker", shared, "events/s"),
         Row("metric agent alone / decode baseline", 100 * alone / base, "%"),
         Row(
