@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.ports import free_ports
-from deploy.sandbox import start_tansu
+from deploy.sandbox import start_listening, start_tansu
 from schemas.topics import ensure_topics
 
 TOPIC = "bench.storage"
@@ -37,18 +37,7 @@ LOCAL_LOAD = 100.0  # events/s of the e2e traffic (22 requests/s: request, respo
 
 def start_moto(executable: str) -> tuple[subprocess.Popen, str]:
     (port,) = free_ports(1)
-    proc = subprocess.Popen([executable, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
+    return start_listening([executable, "-p", str(port)], port), f"http://127.0.0.1:{port}"
 
 
 def s3_env(endpoint: str) -> dict[str, str]:

@@ -147,6 +147,26 @@ class LocalLoop:
         return redis.Redis.from_url(self.env["FLYWHEEL_REDIS_URL"], decode_responses=True)
 
 
+def start_listening(
+    command: list[str] | tuple[str, ...], port: int, env: dict | None = None, timeout: float = 20.0
+) -> subprocess.Popen:
+    """Start `command` (output discarded) and return it once it accepts connections on 127.0.0.1:`port`."""
+    proc = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{command[0]} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"{command[0]} did not start listening within {timeout:g} s")
+
+
 def start_tansu(
     port: int | None = None, timeout: float = 20.0, storage: str = "memory://tansu/", env: dict | None = None
 ) -> tuple[subprocess.Popen, str]:
@@ -154,23 +174,7 @@ def start_tansu(
     object store's AWS_* variables); the process and its bootstrap address once it listens."""
     if port is None:
         (port,) = free_ports(1)
-    proc = subprocess.Popen(
-        tansu_command("127.0.0.1", port, storage),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, **(env or {})},
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tansu exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"tansu did not start listening within {timeout:g} s")
+    return start_listening(tansu_command("127.0.0.1", port, storage), port, env, timeout), f"127.0.0.1:{port}"
 
 
 class Events(BusWatcher):
