@@ -149,3 +149,25 @@ def test_readiness_record(healthy, loaded, wanted, ready, missing):
     assert rec["url"] == "http://127.0.0.1:8001"
     assert rec["model"] == "tiny"
     assert rec["started_at"] == rec["heartbeat_at"] == t
+
+
+def test_a_worker_in_a_container_listens_on_its_port_and_advertises_its_name():
+    pod = settings(worker_host="0.0.0.0", worker_port=8000, worker_advertise_host="vllm-1")
+    command = vllm_command(pod, 1)
+    assert flag(command, "--port") == "8000" and flag(command, "--host") == "0.0.0.0"
+    assert pod.advertised_url(1) == "http://vllm-1:8000"
+    local = settings()  # one host, several workers: base port + index
+    assert local.advertised_url(1) == local.url(1) == f"http://127.0.0.1:{local.worker_base_port + 1}"
+
+
+def test_serve_takes_a_statefulset_pods_ordinal_as_the_worker_index():
+    import click
+
+    from deploy.cli_serve import hostname_index, service_argv
+
+    assert hostname_index("vllm-12") == 12
+    with pytest.raises(click.UsageError):
+        hostname_index("vllm")
+    assert service_argv("worker", 3)[-3:] == ["inference.worker.wrapper", "--index", "3"]
+    with pytest.raises(click.UsageError):
+        service_argv("gateway", 0)
