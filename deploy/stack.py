@@ -202,7 +202,7 @@ def _drain(settings: CommonSettings, supervisor: Supervisor, timeout: float) -> 
     left = {group: n for group, n in left.items() if group != SINK_GROUP}
     left.update(drain(settings.kafka_bootstrap, running & {"store"}, max(1.0, deadline - time.monotonic())))
     if left:
-        log.warning("events left unread at down", extra={"unread": left})
+        log.info("events left unread at down", extra={"unread": left})
     return left
 
 
