@@ -31,6 +31,7 @@ from deploy.sandbox import start_listening, start_tansu
 from schemas.topics import ensure_topics
 
 TOPIC = "bench.storage"
+PARTITIONS = 3
 PAYLOAD = b"x" * 600
 LOCAL_LOAD = 100.0  # events/s of the e2e traffic (22 requests/s: request, response, latency, some feedback)
 
@@ -80,7 +81,7 @@ def produce(bootstrap: str, n: int, one_per_request: bool = False) -> float:
 
 def consume(bootstrap: str, n: int, timeout: float = 120.0) -> tuple[float, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"b-{uuid.uuid4().hex[:6]}", "log_level": 0})
-    consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(3)])
+    consumer.assign([TopicPartition(TOPIC, p, 0) for p in range(PARTITIONS)])
     seen, started, deadline = 0, time.perf_counter(), time.monotonic() + timeout
     try:
         while seen < n and time.monotonic() < deadline:
@@ -98,7 +99,7 @@ def one_run(engine: str, n: int, endpoint: str | None) -> dict[str, float]:
     try:
         from confluent_kafka.admin import NewTopic
 
-        ensure_topics(bootstrap, [NewTopic(TOPIC, num_partitions=3)], 30)
+        ensure_topics(bootstrap, [NewTopic(TOPIC, num_partitions=PARTITIONS)], 30)
         produced = produce(bootstrap, n)
         singles = produce(bootstrap, max(1, n // 10), one_per_request=True)
         consumed, seen = consume(bootstrap, n + max(1, n // 10))

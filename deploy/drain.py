@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from schemas import topology
 
@@ -65,12 +65,7 @@ def unread(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> dict[str, int]
     return left
 
 
-def drain(
-    bootstrap: str,
-    services: Iterable[str],
-    timeout: float,
-    on_wait: Callable[[dict[str, int]], None] | None = None,
-) -> dict[str, int]:
+def drain(bootstrap: str, services: Iterable[str], timeout: float) -> dict[str, int]:
     """Wait until the services' groups have nothing left to read, or `timeout`; what was left at the end."""
     groups = group_topics(services)
     deadline = time.monotonic() + timeout
@@ -83,6 +78,4 @@ def drain(
         waiting = {g: n for g, n in left.items() if n}
         if not waiting or time.monotonic() >= deadline:
             return waiting
-        if on_wait is not None:
-            on_wait(waiting)
         time.sleep(1.0)

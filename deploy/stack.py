@@ -221,9 +221,9 @@ def down(settings: CommonSettings, timeout: float = 30.0, drain_timeout: float =
         if drain_timeout > 0:
             try:
                 unread = _drain(settings, supervisor, drain_timeout)
-            except Exception as exc:  # stopping must go on
+            except Exception as exc:  # stopping must go on; what the sink had stored is unknown
                 log.warning("drain failed", extra={"error": repr(exc)})
-                unread = {"unknown": -1}
+                unread = {SINK_GROUP: -1}
         try:
             supervisor.stop_all()
             supervisor.shutdown()

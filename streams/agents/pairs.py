@@ -18,7 +18,7 @@ from faust.types import TP
 
 from schemas.codec import decode, encode
 from schemas.errors import EventError
-from schemas.events import ChatRequest, ChatResponse, Feedback
+from schemas.events import ChatRequest, ChatResponse, DeadLetter, Feedback
 from schemas.internal import JoinedFeedback
 from schemas.topics import CHAT_FEEDBACK, CHAT_REQUESTS, CHAT_RESPONSES
 from schemas.topology import PAIR_TICKS
@@ -61,6 +61,12 @@ def install(
     )
     join_read: dict[tuple[str, int], int] = {}  # (requests|responses topic, partition) -> last offset joined
     teacher_client: httpx.AsyncClient | None = None  # made on first use, inside the running loop
+
+    async def dead_letter(dead: DeadLetter, **extra) -> None:
+        """Feedback that will never make a pair, to its DLQ with the reason."""
+        await ch.feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
+        counters.DEAD_LETTERS.labels(dead.error_type).inc()
+        log.warning("feedback dead-lettered", extra={"error_type": dead.error_type, **extra})
 
     async def teacher(messages: list[dict]) -> str | None:
         nonlocal teacher_client
@@ -122,12 +128,7 @@ def install(
                     partition=question_partition(rec.question, partitions),
                 )
             for dead in out.dead:
-                await ch.feedback_dlq.send(key=(dead.key or "").encode(), value=encode(dead))
-                counters.DEAD_LETTERS.labels(dead.error_type).inc()
-                log.warning(
-                    "feedback dead-lettered",
-                    extra={"error_type": dead.error_type, "offset": dead.offset, "event_id": str(dead.event_id)},
-                )
+                await dead_letter(dead, offset=dead.offset, event_id=str(dead.event_id))
 
     def join_behind(partition: int) -> bool:
         """Whether the join reads this partition's requests or responses behind their highwater (a catch-up)."""
@@ -178,12 +179,7 @@ def install(
                     extra={"pair_id": pair.pair_id, "source": pair.source, "message_id": pair.message_id},
                 )
             elif outcome.dead is not None:
-                await ch.feedback_dlq.send(key=(outcome.dead.key or "").encode(), value=encode(outcome.dead))
-                counters.DEAD_LETTERS.labels(outcome.dead.error_type).inc()
-                log.warning(
-                    "feedback dead-lettered",
-                    extra={"error_type": outcome.dead.error_type, "message_id": rec.message_id},
-                )
+                await dead_letter(outcome.dead, message_id=rec.message_id)
             elif outcome.dropped:
                 log.info("pair dropped", extra={"reason": outcome.dropped, "message_id": rec.message_id})
 
