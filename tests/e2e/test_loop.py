@@ -41,7 +41,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]  # the first test also
 pytest.importorskip("vllm")
 pytest.importorskip("trl")
 
-MIN_RATE = 20.0
+# The load must really have been there (the generator shares 2 cores with the stack, so it runs below its
+# target on a busy machine): half the asked rate, a check of the harness, not of the gateway's speed.
+MIN_RATE = E2E_RATE / 2
 # The gateway re-reads the routes every FLYWHEEL_GATEWAY_REFRESH_S (1 s): a request may be routed by a table up to
 # that old, plus scheduling delay on a loaded machine.
 ROUTE_LAG_S = 3.0
