@@ -133,10 +133,17 @@ def demo_command(
     key_file = settings.data_dir / "dev-api-key"
     if not key_file.is_file():
         raise click.ClickException(f"no API key at {key_file}: is the stack up? (`flywheel up`)")
-    if bad and bad_pairs is None:
-        from streams.settings import StreamSettings
+    from streams.settings import StreamSettings
 
-        bad_pairs = max(1, StreamSettings().streams_retrain_threshold - 1)
+    streams = StreamSettings()
+    if not bad and users < streams.streams_retrain_min_users:
+        raise click.BadParameter(
+            f"a retrain job needs corrections from {streams.streams_retrain_min_users} distinct users "
+            "(FLYWHEEL_STREAMS_RETRAIN_MIN_USERS)",
+            param_hint="--users",
+        )
+    if bad and bad_pairs is None:
+        bad_pairs = max(1, streams.streams_retrain_threshold - 1)
     config = DemoConfig(
         gateway_url=gateway_url or f"http://127.0.0.1:{GatewaySettings().gateway_port}",
         api_key=key_file.read_text().strip(),

@@ -95,7 +95,8 @@ TABLES: dict[str, str] = {
         """
     pair_id String, base_model LowCardinality(String), model_version LowCardinality(String),
     prompt String, chosen Nullable(String), rejected String, source LowCardinality(String),
-    session_id String, message_id String, feedback_event_id UUID, chosen_message_id Nullable(String)""",
+    session_id String, message_id String, feedback_event_id UUID, chosen_message_id Nullable(String),
+    user_id Nullable(String)""",
         "base_model, toStartOfHour(occurred_at)",
     ),
     "retrain_jobs": _table(
@@ -157,6 +158,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "training metrics", (TABLES["training_metrics"],)),
     Migration(4, "loop stage times", loop_stages_statements()),  # schemas/views.py: v_loop_stages
     Migration(5, "sink batch ledger", (SINK_LEDGER_DDL,)),  # created by the sink itself before this migration
+    Migration(
+        6, "pair users", (f"ALTER TABLE {DATABASE}.dpo_pairs ADD COLUMN IF NOT EXISTS user_id Nullable(String)",)
+    ),
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (
@@ -165,6 +169,7 @@ _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (
 
 
 _CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+)\.(\w+) \(", re.S)
+_ALTER_TABLE = re.compile(r"^ALTER TABLE (\w+)\.(\w+) ")
 _ENGINE = re.compile(r"ENGINE = (ReplacingMergeTree|MergeTree)\b")
 # How each table's rows spread over the shards: by event, so that an event's copies meet on one shard.
 _SHARD_KEYS = {SINK_LEDGER: "cityHash64(group_id, topic, partition)", "schema_migrations": "version"}
@@ -187,6 +192,11 @@ def on_cluster(statement: str, cluster: str) -> list[str]:
             f"CREATE TABLE IF NOT EXISTS {database}.{name} {on} AS {database}.{local}\n"
             f"ENGINE = Distributed('{cluster}', '{database}', '{local}', {shard_key})",
         ]
+    altered = _ALTER_TABLE.match(statement)
+    if altered:  # the shards' tables, then the Distributed table over them
+        database, name = altered.groups()
+        rest = statement[altered.end() :]
+        return [f"ALTER TABLE {database}.{table} {on} {rest}" for table in (f"{name}_local", name)]
     for prefix in ("CREATE DATABASE IF NOT EXISTS ", "CREATE OR REPLACE VIEW "):
         if statement.startswith(prefix):
             name, _, rest = statement[len(prefix) :].partition(" ")

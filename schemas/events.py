@@ -143,6 +143,7 @@ class DPOPair(Event):
     message_id: Id
     feedback_event_id: uuid.UUID
     chosen_message_id: Id | None = None
+    user_id: Id | None = None  # who sent the thumbs-down (None: a pair from before this field)
 
 
 class RetrainJob(Event):

@@ -20,6 +20,7 @@ class JoinedFeedback(Frozen):
     occurred_at: float  # the feedback's time, epoch seconds
     session_id: str
     message_id: str
+    user_id: str = "anonymous"  # who sent the feedback: a job needs pairs from several users
     correction: str | None = None
     comment: str | None = None
     partition: int  # where the feedback was read (for its dead letter)
@@ -38,6 +39,7 @@ class TriggerInput(Frozen):
     kind: Literal["pair", "job", "tick"]
     base_model: str | None = None  # None for a tick: every model decides again
     pair_id: str | None = None
+    user_id: str | None = None  # who sent the pair's thumbs-down
     usable: bool = False  # a pair with a chosen answer
     job_id: str | None = None
     status: str | None = None

@@ -184,6 +184,7 @@ class FeedbackJoiner:
             occurred_at=feedback.occurred_at.timestamp(),
             session_id=feedback.session_id,
             message_id=feedback.message_id,
+            user_id=feedback.user_id,
             correction=feedback.correction,
             comment=feedback.comment,
             partition=item["partition"],
@@ -263,6 +264,7 @@ class PairBuilder:
             message_id=rec.message_id,
             feedback_event_id=uuid.UUID(rec.feedback_id),
             chosen_message_id=chosen_message_id,
+            user_id=rec.user_id,
         )
         return PairOutcome(pair=pair)
 

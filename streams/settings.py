@@ -71,6 +71,9 @@ class StreamSettings(CommonSettings):
 
     # -- retrain trigger ----------------------------------------------------------------------
     streams_retrain_threshold: int = Field(8, ge=1, description="usable pairs that trigger a retrain job")
+    # Feedback is training data: the pairs of a job must come from at least this many distinct users, so that one
+    # user (or one key posing as one) cannot steer a job alone. Pairs wait (and keep counting) until they do.
+    streams_retrain_min_users: int = Field(3, ge=1, description="distinct users behind a retrain job's pairs")
     streams_retrain_cooldown_s: float = Field(60.0, ge=0, description="quiet time after a job ends")
 
     @field_validator("streams_agents")

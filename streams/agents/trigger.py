@@ -54,6 +54,7 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
                     kind="pair",
                     base_model=parsed.base_model,
                     pair_id=parsed.pair_id,
+                    user_id=parsed.user_id,
                     usable=parsed.source != "needs_chosen" and parsed.chosen is not None,
                 )
             elif isinstance(parsed, RetrainJob):
@@ -81,7 +82,7 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
                     else TriggerState(base_model)
                 )
                 if rec.kind == "pair":
-                    state.on_pair(rec.pair_id, rec.usable, trigger_covered)
+                    state.on_pair(rec.pair_id, rec.usable, trigger_covered, rec.user_id)
                 elif rec.kind == "job":
                     state.on_job(
                         rec.job_id,
@@ -91,7 +92,9 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
                         settings.streams_retrain_cooldown_s,
                         trigger_covered,
                     )
-                job = state.decide(now, settings.streams_retrain_threshold, trigger_covered)
+                job = state.decide(
+                    now, settings.streams_retrain_threshold, trigger_covered, settings.streams_retrain_min_users
+                )
                 if job is not None:  # send before saving: a crash in between re-decides the same job id
                     await ch.retrain_jobs.send(key=base_model.encode(), value=encode(job))
                     counters.JOBS_REQUESTED.inc()

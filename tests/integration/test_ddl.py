@@ -30,6 +30,15 @@ def test_migrate_is_idempotent(client):
     assert applied_versions(client) == {m.version for m in MIGRATIONS}
 
 
+def test_a_store_of_an_older_version_gains_the_new_columns(client):
+    migrate(client)
+    client.command("ALTER TABLE flywheel.dpo_pairs DROP COLUMN user_id")
+    client.command("ALTER TABLE flywheel.schema_migrations DELETE WHERE version = 6 SETTINGS mutations_sync = 1")
+    assert migrate(client) == [6]
+    columns = {row[0] for row in client.query("DESCRIBE TABLE flywheel.dpo_pairs").result_rows}
+    assert "user_id" in columns
+
+
 @pytest.mark.parametrize("event", examples(), ids=lambda e: e.event_type)
 def test_every_event_inserts_and_reads_back(client, event):
     migrate(client)

@@ -408,6 +408,7 @@ def _pair(base_model: str, source: str = "correction") -> DPOPair:
         session_id="s",
         message_id="m",
         feedback_event_id=uuid.uuid4(),
+        user_id=f"user-{uuid.uuid4().hex[:6]}",  # each from its own user: the trigger asks for several
     )
 
 

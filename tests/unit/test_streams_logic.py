@@ -359,6 +359,21 @@ def test_trigger_state_machine():
     assert restored == state
 
 
+def test_a_job_waits_for_pairs_of_enough_distinct_users():
+    covered: dict[str, str] = {}
+    state = TriggerState("tiny")
+    for i in range(6):
+        state.on_pair(f"p{i}", True, covered, user_id="mallory")
+    state.on_pair("p6", True, covered, user_id="alice")
+    assert state.distinct_users() == 2
+    assert state.decide(0, 4, covered, min_users=3) is None  # 7 pairs, but from 2 users
+    state.on_pair("p7", True, covered)  # a pair without a user counts as one more user, "anonymous"
+    job = state.decide(0, 4, covered, min_users=3)
+    assert job.pair_ids == [f"p{i}" for i in range(8)]
+    assert state.users == {} and state.pending == []
+    assert TriggerState.from_json({"base_model": "tiny", "pending": ["old"]}).distinct_users() == 1
+
+
 def test_jobs_requested_elsewhere_cover_their_pairs():
     covered: dict[str, str] = {}
     state = TriggerState("tiny")
