@@ -127,7 +127,7 @@ def gateway_env(
     return {
         "FLYWHEEL_DATA_DIR": str(data_dir),
         "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "FLYWHEEL_REDIS_URL": settings.redis_url,
+        "FLYWHEEL_REDIS_URL": settings.redis_dsn,
         "FLYWHEEL_GATEWAY_PORT": str(port),
         "FLYWHEEL_GATEWAY_UPSTREAMS": upstream,
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
@@ -498,7 +498,7 @@ def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], a
             base_model=Path(args.vllm).resolve(),
             worker_base_port=port,
             data_dir=tmp,
-            redis_url=settings.redis_url,
+            redis_url=settings.redis_dsn,
             kafka_bootstrap=settings.kafka_bootstrap,
         )
         worker = spawn("vllm", vllm_command(ws, 0), logs, vllm_env(ws, 0))
@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> None:
                         "--upstream",
                         stub_url,
                         "--redis",
-                        settings.redis_url,
+                        settings.redis_dsn,
                     ],
                     logs,
                 )

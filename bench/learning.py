@@ -104,7 +104,7 @@ def turn(args) -> dict:
         gateway_url=url,
         api_key=key,
         kafka_bootstrap=settings.kafka_bootstrap,
-        redis_url=settings.redis_url,
+        redis_url=settings.redis_dsn,
         alias=settings.model_alias,
         users=args.users,
         rate=args.rate,

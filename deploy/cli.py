@@ -130,7 +130,7 @@ def _route_production_version() -> None:
         return
     import redis
 
-    if redis.Redis.from_url(settings.redis_url).hlen(ROUTES_KEY.format(alias=settings.model_alias)):
+    if redis.Redis.from_url(settings.redis_dsn).hlen(ROUTES_KEY.format(alias=settings.model_alias)):
         return  # routed already (a restart): the controller's state stands
     path = str(registry.show(current).path)
     asyncio.run(with_deployer(lambda d: promote_now(d, settings.model_alias, current, "stack start", path)))
@@ -160,7 +160,7 @@ def show_command(version: str) -> None:
 
     metadata = version_metadata(version)
     try:
-        state = live_state(CommonSettings().redis_url, version.rpartition("@")[0])
+        state = live_state(CommonSettings().redis_dsn, version.rpartition("@")[0])
     except redis.RedisError as exc:
         serving: dict = {"error": f"Redis unreachable: {exc}"}
     else:
@@ -178,7 +178,7 @@ def _print_serving(settings: CommonSettings) -> None:
     from inference.controller.cli import describe, live_state
 
     try:
-        state = live_state(settings.redis_url, settings.model_alias)
+        state = live_state(settings.redis_dsn, settings.model_alias)
     except redis.RedisError:
         return
     for line in describe(state):

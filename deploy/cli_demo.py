@@ -148,7 +148,7 @@ def demo_command(
         gateway_url=gateway_url or f"http://127.0.0.1:{GatewaySettings().gateway_port}",
         api_key=key_file.read_text().strip(),
         kafka_bootstrap=settings.kafka_bootstrap,
-        redis_url=settings.redis_url,
+        redis_url=settings.redis_dsn,
         alias=alias or settings.model_alias,
         users=users,
         rate=rate,

@@ -24,7 +24,7 @@ console = Console()
 
 def _run(settings: CommonSettings, action):
     async def go():
-        redis = Redis.from_url(settings.redis_url)
+        redis = Redis.from_url(settings.redis_dsn)
         try:
             return await action(ApiKeyStore(redis))
         finally:

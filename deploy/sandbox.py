@@ -144,7 +144,7 @@ class LocalLoop:
     def redis(self):
         import redis
 
-        return redis.Redis.from_url(self.env["FLYWHEEL_REDIS_URL"], decode_responses=True)
+        return redis.Redis.from_url(self.settings.redis_dsn, decode_responses=True)
 
 
 def start_listening(

@@ -9,12 +9,13 @@ infrastructure is healthy and the topics exist; `flywheel up --infra-only` leave
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from deploy.errors import StackError
 from deploy.health import Health, group_health, http_health, kafka_health, redis_health, store_health, worker_health
@@ -22,7 +23,7 @@ from inference.gateway.settings import GatewaySettings
 from inference.keys import worker_key
 from inference.worker.spec import WRAPPER_MODULE, WorkerSettings, worker_programs
 from schemas import topology
-from schemas.settings import CommonSettings, child_env
+from schemas.settings import LOCAL_HOSTS, CommonSettings, child_env, ensure_secret
 from schemas.topology import CONTROLLER_GROUP, RETRAIN_GROUP
 from streams.settings import StreamSettings
 
@@ -33,7 +34,6 @@ SERVICE_MODULES = {
     "sink": "consumers.sink",
     "worker": WRAPPER_MODULE,
 }
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 BIND_HOST = "127.0.0.1"
 
 
@@ -101,14 +101,16 @@ def kafka(settings: CommonSettings) -> Service:
 
 def redis(settings: CommonSettings) -> Service:
     url = settings.redis_url
-    check = lambda: redis_health(url)  # noqa: E731
+    check = lambda: redis_health(settings.redis_dsn)  # noqa: E731
     if urlparse(url).hostname not in LOCAL_HOSTS:
         return Service("redis", url, check)
     port = settings.redis_port
     workdir = (settings.data_dir / "redis").resolve()
+    config = redis_config(settings, workdir)
     # Sessions and rate limits are short-lived: no RDB snapshots, no AOF; logs to stdout (supervisord).
     command = (
         redis_server_bin(),
+        str(config),
         "--bind",
         BIND_HOST,
         "--port",
@@ -127,6 +129,19 @@ def redis(settings: CommonSettings) -> Service:
         "",
     )
     return Service("redis", f"{BIND_HOST}:{port}", check, command, port, priority=10, dirs=(workdir,))
+
+
+def redis_config(settings: CommonSettings, workdir: Path) -> Path:
+    """The local Redis's config file (0600): its password, generated once per stack, so that nothing else on the
+    machine can write API keys, routes or worker addresses (the command line would show it to `ps`). A password in
+    FLYWHEEL_REDIS_URL is used instead."""
+    password = unquote(urlparse(settings.redis_url).password or "") or ensure_secret(settings.redis_password_path)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "redis.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f'requirepass "{password}"\n')
+    return path
 
 
 def store(settings: CommonSettings) -> Service:
@@ -170,8 +185,9 @@ def sink(settings: CommonSettings) -> Service | None:
 def workers(settings: CommonSettings) -> list[Service]:
     """The vLLM workers, each behind its readiness wrapper (inference/worker/wrapper.py)."""
     worker_settings = WorkerSettings()
+    if not settings.worker_api_key:  # the local stack's own token: vLLM refuses /v1/... without it
+        ensure_secret(settings.worker_api_key_path)
     env = child_env(settings)
-    redis_url = settings.redis_url
     found = []
     for program, index in zip(worker_programs(worker_settings), range(worker_settings.workers), strict=True):
         key = worker_key(index)
@@ -179,7 +195,7 @@ def workers(settings: CommonSettings) -> list[Service]:
             Service(
                 program.name,
                 worker_settings.url(index),
-                lambda key=key: worker_health(redis_url, key),
+                lambda key=key: worker_health(settings.redis_dsn, key),
                 tuple(program.command),
                 worker_settings.port(index),
                 {**env, **program.env},

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from inference.keys import WORKERS_PATTERN
 from schemas.artifacts import manifest_problem
+from schemas.settings import bearer
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +148,15 @@ def busy_with(samples: list[tuple[str, dict[str, str], float]], version: str) ->
 class AdapterAdmin:
     """Load, verify, drain and unload LoRA adapters on vLLM workers."""
 
-    def __init__(self, timeout_s: float = 60.0, client: httpx.AsyncClient | None = None, registered: bool = True):
-        self.http = client or httpx.AsyncClient(timeout=timeout_s)
+    def __init__(
+        self,
+        timeout_s: float = 60.0,
+        client: httpx.AsyncClient | None = None,
+        registered: bool = True,
+        token: str = "",
+    ):
+        """`token`: the workers' bearer token (CommonSettings.worker_token)."""
+        self.http = client or httpx.AsyncClient(timeout=timeout_s, headers=bearer(token))
         self.registered = registered  # load only intact registered versions (their manifest checked)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PREFIX = "FLYWHEEL_"
 
 
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})  # services `flywheel up` runs itself
 STORE_USER = "analyst"  # the embedded store's one user: read-only, like every query it runs
 
 
@@ -50,6 +51,9 @@ class CommonSettings(BaseSettings):
     # A ClickHouse cluster's name: the migrations create Replicated tables on every node and Distributed tables.
     clickhouse_cluster: str = Field("", description="ClickHouse cluster of the tables ('': one server)")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL")
+    # The bearer token the vLLM workers require on their OpenAI and LoRA routes (/v1/...): the gateway and the
+    # controller send it. '' on the local stack: `flywheel up` generates one in <data_dir>/worker-api-key (0600).
+    worker_api_key: str = Field("", description="token vLLM workers require on /v1 ('': the local stack's own)")
     log_level: str = Field("INFO", description="log level")
     metrics_host: str = Field("127.0.0.1", description="address of the services' /metrics ports (0.0.0.0 in a pod)")
     # The model being improved, named once for every service. A local Hugging Face directory (never
@@ -86,6 +90,39 @@ class CommonSettings(BaseSettings):
         return self.store_dsn
 
     @property
+    def redis_dsn(self) -> str:
+        """The Redis URL every process connects with, with its credential.
+
+        A local Redis (one `flywheel up` runs) asks for the password the stack wrote to <data_dir>/redis-password
+        (0600) before starting it; every process of the stack reads it from there. A URL that names a password
+        (`redis://:secret@host:6379/0`, or `rediss://user:secret@...` for an ACL user) keeps its own."""
+        parts = urlparse(self.redis_url)
+        if parts.password or parts.hostname not in LOCAL_HOSTS:
+            return self.redis_url
+        try:
+            password = self.redis_password_path.read_text().strip()
+        except FileNotFoundError:  # not started by the stack yet
+            return self.redis_url
+        return parts._replace(netloc=f":{quote(password, safe='')}@{parts.netloc}").geturl()
+
+    def worker_token(self) -> str:
+        """The workers' bearer token: the setting, else the local stack's file, else '' (workers ask for none)."""
+        if self.worker_api_key:
+            return self.worker_api_key
+        try:
+            return self.worker_api_key_path.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def worker_api_key_path(self) -> Path:
+        return self.data_dir / "worker-api-key"
+
+    @property
+    def redis_password_path(self) -> Path:
+        return self.data_dir / "redis-password"
+
+    @property
     def store_url(self) -> str:
         """The store's HTTP address without its credential (to show, to ping)."""
         if self.embedded_store:
@@ -112,6 +149,11 @@ class CommonSettings(BaseSettings):
     @property
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of a bearer token; none for ''."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def child_env(settings: CommonSettings) -> dict[str, str]:

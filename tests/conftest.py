@@ -51,7 +51,7 @@ def settings_env(settings: CommonSettings) -> dict[str, str]:
     return {
         "FLYWHEEL_DATA_DIR": str(settings.data_dir),
         "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "FLYWHEEL_REDIS_URL": settings.redis_url,
+        "FLYWHEEL_REDIS_URL": settings.redis_dsn,
         "FLYWHEEL_CLICKHOUSE_DSN": settings.clickhouse_dsn,
         "FLYWHEEL_CLICKHOUSE_HTTP_PORT": str(settings.clickhouse_http_port),
     }
@@ -85,7 +85,7 @@ def kafka_bootstrap(stack: CommonSettings) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(stack: CommonSettings) -> str:
-    return stack.redis_url
+    return stack.redis_dsn
 
 
 @pytest.fixture(scope="session")

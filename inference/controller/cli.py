@@ -29,8 +29,8 @@ from inference.keys import ROLLOUT_KEY, ROUTES_KEY
 async def with_deployer(fn):
     """Run `fn(deployer)` with a Deployer on this process's settings, closing its clients after."""
     settings = ControllerSettings()
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    admin = AdapterAdmin(settings.adapter_timeout_s)
+    redis = Redis.from_url(settings.redis_dsn, decode_responses=True)
+    admin = AdapterAdmin(settings.adapter_timeout_s, token=settings.worker_token())
     producer, publish = kafka_publisher(settings)
     try:
         return await fn(Deployer(settings, redis, admin, publish))

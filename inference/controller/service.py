@@ -166,8 +166,8 @@ async def serve(
     settings: ControllerSettings, metrics: MetricsSource | None = None, stop: asyncio.Event | None = None
 ) -> None:
     stop = stop or asyncio.Event()
-    redis = Redis.from_url(settings.redis_url, decode_responses=True)
-    admin = AdapterAdmin(settings.adapter_timeout_s)
+    redis = Redis.from_url(settings.redis_dsn, decode_responses=True)
+    admin = AdapterAdmin(settings.adapter_timeout_s, token=settings.worker_token())
     producer, publish = kafka_publisher(settings)
     metrics = metrics or ClickHouseMetrics.from_url(settings.query_url)
     controller = Controller(settings, redis, Deployer(settings, redis, admin, publish, metrics))

@@ -83,7 +83,7 @@ class Gateway:
     async def start(cls, settings: GatewaySettings) -> Gateway:
         metrics = GatewayMetrics()
         redis_pool = BlockingConnectionPool.from_url(
-            settings.redis_url,
+            settings.redis_dsn,
             max_connections=settings.gateway_redis_max_connections,
             timeout=settings.gateway_redis_pool_timeout_s,
             socket_timeout=2.0,

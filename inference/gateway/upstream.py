@@ -29,6 +29,7 @@ from inference.gateway.router import NoWorkerAvailable, RouteTable, Worker, Work
 from inference.gateway.settings import GatewaySettings
 from inference.keys import ROUTES_KEY, WORKERS_PATTERN
 from inference.routing import parse_routes
+from schemas.settings import bearer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ class Upstream:
         self.pool = pool
         self.client = client
         self.max_attempts = settings.gateway_max_attempts
+        token = settings.worker_token()
+        self.json_headers = {**JSON_HEADERS, **bearer(token)}
+        self.sse_headers = {**SSE_HEADERS, **bearer(token)}
         self.on_failure = on_failure  # called with the worker's URL on each connection failure (metrics)
 
     def _pick(self, tried: list[str], version: str | None) -> Worker:
@@ -171,7 +175,7 @@ class Upstream:
             tried.append(worker.url)
             try:
                 async with asyncio.timeout(self.settings.gateway_request_timeout_s):
-                    async with self.client.post(worker.url + CHAT_PATH, data=payload, headers=JSON_HEADERS) as r:
+                    async with self.client.post(worker.url + CHAT_PATH, data=payload, headers=self.json_headers) as r:
                         status = r.status
                         content = await r.read()
             except Exception as exc:
@@ -197,7 +201,7 @@ class Upstream:
             tried.append(worker.url)
             response = None
             try:
-                response = await self.client.post(worker.url + CHAT_PATH, data=payload, headers=SSE_HEADERS)
+                response = await self.client.post(worker.url + CHAT_PATH, data=payload, headers=self.sse_headers)
                 if response.status != 200:
                     content = await response.read()
                     raise UpstreamHTTPError(response.status, _error_message(content), worker.url)

@@ -46,6 +46,7 @@ from inference.worker.spec import (
     vllm_env,
 )
 from schemas.logs import setup_logging
+from schemas.settings import bearer
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,8 @@ def _die_with_parent() -> None:
 class VllmClient:
     """The few calls of the vLLM server that the wrapper needs."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0):
-        self.http = httpx.Client(base_url=base_url, timeout=timeout)
+    def __init__(self, base_url: str, timeout: float = 30.0, token: str = ""):
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, headers=bearer(token))
 
     def healthy(self) -> bool:
         try:
@@ -86,8 +87,9 @@ class Worker:
         self.settings = settings
         self.index = index
         self.key = worker_key(index)
-        self.redis = redis.Redis.from_url(settings.redis_url, decode_responses=True)
-        self.vllm = VllmClient(settings.url(index))
+        self.redis = redis.Redis.from_url(settings.redis_dsn, decode_responses=True)
+        self.token = settings.worker_token()
+        self.vllm = VllmClient(settings.url(index), token=self.token)
         self.stopping = threading.Event()
         self.child: subprocess.Popen | None = None
         self.started_at = time.time()
@@ -97,6 +99,8 @@ class Worker:
     def start_child(self) -> None:
         cmd = vllm_command(self.settings, self.index)
         env = {**os.environ, **vllm_env(self.settings, self.index)}
+        if self.token:  # vLLM then refuses /v1/... without it (the environment, not `ps`'s command line)
+            env["VLLM_API_KEY"] = self.token
         log.info("starting vLLM", extra={"index": self.index, "cmd": " ".join(cmd)})
         # Own process group: vLLM's engine core is a grandchild that outlives a killed API
         # server; the group lets us reap it (see _reap_group).

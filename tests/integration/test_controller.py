@@ -40,6 +40,7 @@ from inference.routing import Route, choose
 from schemas.ddl import migrate
 from schemas.events import ChatResponse, Deployment, Feedback
 from schemas.rows import columns, to_row
+from schemas.settings import bearer
 from schemas.topics import MODEL_DEPLOYMENTS
 from tests.reading import assign_all
 
@@ -47,6 +48,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 clickhouse_connect = pytest.importorskip("clickhouse_connect")
 REDIS_DB = 6  # a database of its own: the controller scans every worker record of its database
+WORKER_TOKEN = "worker-token-for-tests"  # vLLM refuses /v1/... without it, as on the stack
 
 
 # --- the analytics store ----------------------------------------------------------------------------
@@ -164,7 +166,7 @@ def vllm_url(model_dir, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("vllm") / "vllm.log", "wb")
     proc = subprocess.Popen(
         vllm_command(ws, 0, python=sys.executable),
-        env={**os.environ, **vllm_env(ws, 0)},
+        env={**os.environ, **vllm_env(ws, 0), "VLLM_API_KEY": WORKER_TOKEN},  # as the wrapper starts it
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -204,7 +206,7 @@ def r(redis_url, vllm_url):
 
 
 def models_of(url: str) -> list[str]:
-    return [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    return [m["id"] for m in httpx.get(f"{url}/v1/models", headers=bearer(WORKER_TOKEN)).json()["data"]]
 
 
 @vllm_only
@@ -212,7 +214,7 @@ def test_adapter_load_verify_unload(vllm_url, make_adapter, tmp_path):
     path = make_adapter("admin")
 
     async def scenario():
-        admin = AdapterAdmin(60)
+        admin = AdapterAdmin(60, token=WORKER_TOKEN)
         try:
             await admin.load("admin@v1", path, [vllm_url])
             assert "admin@v1" in models_of(vllm_url)
@@ -228,7 +230,7 @@ def test_adapter_load_verify_unload(vllm_url, make_adapter, tmp_path):
             with pytest.raises(AdapterLoadError) as err:  # never registered: refused before any worker sees it
                 await admin.load("admin@bad", str(bad), [vllm_url])
             assert err.value.worker == "-" and "not a registered version" in err.value.reason
-            lax = AdapterAdmin(60, registered=False)
+            lax = AdapterAdmin(60, registered=False, token=WORKER_TOKEN)
             try:
                 with pytest.raises(AdapterLoadError) as err:  # let through: vLLM itself refuses the weights
                     await lax.load("admin@bad", str(bad), [vllm_url])
@@ -299,7 +301,7 @@ class Load:
 
     async def run(self, concurrency: int = 4):
         users = (f"user-{i}" for i in itertools.count())
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=bearer(WORKER_TOKEN)) as http:
             await asyncio.gather(self.refresh(), *(self.client(http, users) for _ in range(concurrency)))
 
 
@@ -308,6 +310,7 @@ def controller_settings(stack, redis_url: str) -> ControllerSettings:
         data_dir=stack.data_dir,
         kafka_bootstrap=stack.kafka_bootstrap,
         redis_url=redis_url,
+        worker_api_key=WORKER_TOKEN,
         canary_plan=[5, 20, 50, 100],
         canary_step_s=1.5,
         canary_poll_s=0.5,
@@ -492,6 +495,7 @@ def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url
     # Operators: roll back to the base model (v1 unloaded), then promote v1 again (reloaded from the releases).
     env = {
         "FLYWHEEL_REDIS_URL": r.url,
+        "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,
         "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "FLYWHEEL_ROUTE_PROPAGATION_S": "0.5",
         "FLYWHEEL_SERVED_MODEL_NAME": "tiny",

@@ -60,7 +60,7 @@ def gateway(stack, stub_url, tmp_path_factory):
 @pytest.fixture(scope="module")
 def keys(stack):
     """Extra API keys: chat-only rate 2/min, admin-only."""
-    return create_keys(stack.redis_url)
+    return create_keys(stack.redis_dsn)
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ psutil = pytest.importorskip("psutil")
 ALIAS = "support"
 VERSION = "tiny-gw"  # the base model's served name: what the gateway must report as the version served
 INDEX = 0
+WORKER_TOKEN = "worker-token-for-tests"
 REDIS_DB = 8  # apart from the stack's database 0 and test_vllm_worker.py's 7
 START_TIMEOUT_S = 300
 MAX_TOKENS = 8
@@ -56,7 +57,7 @@ def model_dir(tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def db_url(stack) -> str:
-    url = stack.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
+    url = stack.redis_dsn.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     r = redis.Redis.from_url(url)
     r.flushdb()
     # The alias's routing table as the controller writes it for the base model alone.
@@ -85,6 +86,7 @@ def worker(model_dir, db_url, tmp_path_factory):
         "FLYWHEEL_BASE_MODEL": str(model_dir),
         "FLYWHEEL_SERVED_MODEL_NAME": VERSION,
         "FLYWHEEL_REDIS_URL": db_url,
+        "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,  # the gateway's requests only pass with it
         "FLYWHEEL_WORKER_BASE_PORT": str(port - INDEX),
         "FLYWHEEL_HEARTBEAT_S": "0.5",
         "FLYWHEEL_READY_TTL_S": "5",
@@ -139,6 +141,7 @@ def gateway(stack, db_url, worker, tmp_path_factory):
         **settings_env(stack),
         "FLYWHEEL_DATA_DIR": str(data_dir),
         "FLYWHEEL_REDIS_URL": db_url,
+        "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,
         "FLYWHEEL_MODEL_ALIAS": ALIAS,
         "FLYWHEEL_SERVED_MODEL_NAME": VERSION,
         "FLYWHEEL_GATEWAY_UPSTREAMS": "",

@@ -32,7 +32,7 @@ def test_create_list_revoke(stack):
     created = CliRunner().invoke(main, ["keys", "create", "shop-app", "--scope", "chat", "--scope", "act_as"], env=env)
     assert created.exit_code == 0, created.output
     plaintext = created.stdout.strip()
-    key = verify(stack.redis_url, plaintext)
+    key = verify(stack.redis_dsn, plaintext)
     assert key.name == "shop-app" and key.scopes == {"chat", "act_as"} and key.rate_per_minute == 600
     listed = CliRunner().invoke(main, ["keys", "list"], env=env)
     assert listed.exit_code == 0 and key.key_id in listed.stdout and "shop-app" in listed.stdout
@@ -41,6 +41,6 @@ def test_create_list_revoke(stack):
     assert bad.exit_code == 2 and "root" in bad.output
     revoked = CliRunner().invoke(main, ["keys", "revoke", key.key_id], env=env)
     assert revoked.exit_code == 0, revoked.output
-    assert verify(stack.redis_url, plaintext) is None
+    assert verify(stack.redis_dsn, plaintext) is None
     again = CliRunner().invoke(main, ["keys", "revoke", key.key_id], env=env)
     assert again.exit_code == 1 and "no key" in again.output

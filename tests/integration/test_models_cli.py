@@ -37,7 +37,7 @@ def test_show_and_status_say_what_a_holding_rollout_waits_for(stack, tmp_path):
     registry = Registry(tmp_path / "adapters")
     v1 = registry.register(alias, adapter(tmp_path / "a1"), {"verdict": "accepted"}).name
     v2 = registry.register(alias, adapter(tmp_path / "a2"), {"verdict": "accepted"}).name
-    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    client = redis.Redis.from_url(stack.redis_dsn, decode_responses=True)
     client.hset(ROUTES_KEY.format(alias=alias), mapping={v1: 95, v2: 5})
     client.hset(
         ROLLOUT_KEY.format(alias=alias),
@@ -54,7 +54,7 @@ def test_show_and_status_say_what_a_holding_rollout_waits_for(stack, tmp_path):
     env = {
         "PATH": "/usr/bin:/bin",
         "FLYWHEEL_DATA_DIR": str(stack.data_dir),
-        "FLYWHEEL_REDIS_URL": stack.redis_url,
+        "FLYWHEEL_REDIS_URL": stack.redis_dsn,
         "FLYWHEEL_RETRAIN_REGISTRY_DIR": str(tmp_path / "adapters"),
         "FLYWHEEL_MODEL_ALIAS": alias,
     }

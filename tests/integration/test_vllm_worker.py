@@ -29,6 +29,8 @@ psutil = pytest.importorskip("psutil")
 INDEX = 9  # far from the indexes a stack under test would use
 VERSION = "support@v1"
 START_TIMEOUT_S = 300
+TOKEN = "worker-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,7 @@ def start_worker(model_dir, worker_redis_url, tmp_path):
         "FLYWHEEL_BASE_MODEL": str(model_dir),
         "FLYWHEEL_SERVED_MODEL_NAME": "tiny",
         "FLYWHEEL_REDIS_URL": worker_redis_url,
+        "FLYWHEEL_WORKER_API_KEY": TOKEN,
         "FLYWHEEL_WORKER_BASE_PORT": str(port - INDEX),
         "FLYWHEEL_HEARTBEAT_S": "0.5",
         "FLYWHEEL_READY_TTL_S": "3",
@@ -126,7 +129,7 @@ def chat(url: str, model: str) -> dict:
         "max_tokens": 4,
         "temperature": 0,
     }
-    resp = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    resp = httpx.post(f"{url}/v1/chat/completions", json=body, headers=AUTH, timeout=60)
     assert resp.status_code == 200, resp.text
     return resp.json()
 
@@ -144,8 +147,12 @@ def test_worker_lifecycle(r, start_worker, adapter_dir):
     # 1. No routes: ready as soon as the server is healthy.
     rec, _ = wait_ready(r, w1)
     assert rec["url"] == url and rec["adapters"] == [] and rec["model"] == "tiny"
-    models = httpx.get(f"{url}/v1/models").json()["data"]
+    models = httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"]
     assert [m["id"] for m in models] == ["tiny"]
+    # Without the token vLLM answers nothing under /v1 (chat, models, adapter loading); /health stays open.
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.post(f"{url}/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/tmp"}).status_code == 401
+    assert httpx.get(f"{url}/health").status_code == 200
     answer = chat(url, "tiny")
     assert answer["usage"]["completion_tokens"] >= 1
 
@@ -157,7 +164,7 @@ def test_worker_lifecycle(r, start_worker, adapter_dir):
         assert time.monotonic() < deadline, rec
         time.sleep(0.2)
     assert rec["ready"]
-    assert VERSION in [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]
+    assert VERSION in [m["id"] for m in httpx.get(f"{url}/v1/models", headers=AUTH).json()["data"]]
     assert chat(url, VERSION)["model"] == VERSION
 
     # 3. The vLLM server dies: the wrapper exits with a failure (the supervisor restarts it),

@@ -89,3 +89,34 @@ def test_free_ports_are_distinct_and_free():
     ports = free_ports(5)
     assert len(set(ports)) == 5
     assert all(port_is_free("127.0.0.1", p) for p in ports)
+
+
+def test_the_local_redis_gets_a_password_every_client_reads(tmp_path):
+    from deploy.services import redis
+    from schemas.settings import CommonSettings
+
+    settings = CommonSettings(data_dir=tmp_path, redis_url="redis://127.0.0.1:6390/0")
+    assert settings.redis_dsn == "redis://127.0.0.1:6390/0"  # nothing started yet: nothing to ask for
+    service = redis(settings)
+    password = settings.redis_password_path.read_text().strip()
+    assert len(password) >= 32
+    assert settings.redis_dsn == f"redis://:{password}@127.0.0.1:6390/0"
+    config = Path(service.command[1])
+    assert config.read_text() == f'requirepass "{password}"\n'
+    assert config.stat().st_mode & 0o777 == settings.redis_password_path.stat().st_mode & 0o777 == 0o600
+    assert password not in " ".join(service.command)  # `ps` shows the command line
+    redis(settings)
+    assert settings.redis_password_path.read_text().strip() == password  # one password per stack
+
+
+def test_a_redis_url_with_its_own_password_or_host_keeps_it(tmp_path):
+    from deploy.services import redis
+    from schemas.settings import CommonSettings
+
+    (tmp_path / "redis-password").write_text("generated\n")
+    own = CommonSettings(data_dir=tmp_path, redis_url="redis://:mine@127.0.0.1:6390/0")
+    assert own.redis_dsn == "redis://:mine@127.0.0.1:6390/0"
+    assert Path(redis(own).command[1]).read_text() == 'requirepass "mine"\n'
+    remote = CommonSettings(data_dir=tmp_path, redis_url="redis://redis.internal:6379/0")
+    assert remote.redis_dsn == "redis://redis.internal:6379/0"
+    assert redis(remote).command is None
