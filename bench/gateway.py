@@ -131,6 +131,9 @@ def gateway_env(
         "FLYWHEEL_GATEWAY_PORT": str(port),
         "FLYWHEEL_GATEWAY_UPSTREAMS": upstream,
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
+        # the dev key's limits are far above a benchmark's thousands of requests/s (both still checked per request)
+        "FLYWHEEL_GATEWAY_DEV_KEY_RATE_PER_MINUTE": "1000000000",
+        "FLYWHEEL_GATEWAY_DEV_KEY_TOKENS_PER_MINUTE": "1000000000",
         **extra,
     }
 

@@ -1,4 +1,5 @@
-"""Admission of a gateway request: the API key and its scope, the rate limit, and who owns a session.
+"""Admission of a gateway request: the API key and its scope, the rate limits (requests; tokens, post-paid), and
+who owns a session.
 
 Reads Redis (keys, rate limits, sessions, message owners) in one round trip per request where it can.
 """
@@ -9,10 +10,11 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from inference.gateway.auth import ApiKey, ApiKeyStore, parse_bearer
+from inference.gateway.auth import KEY_PREFIX, ApiKey, ApiKeyStore, parse_bearer
 from inference.gateway.protocol import GatewayError
 from inference.gateway.ratelimit import Decision, RateLimiter
 from inference.gateway.sessions import SessionNotOwned, SessionStore, parse_session
+from inference.gateway.user_tokens import InvalidUserToken, UserTokens
 
 
 @dataclass(frozen=True)
@@ -25,9 +27,17 @@ class Caller:
 class Gate:
     """API key, scope and per-key rate limit; the session route reads its history in the same round trip."""
 
-    def __init__(self, redis: Redis, keys: ApiKeyStore, limiter: RateLimiter, sessions: SessionStore):
+    def __init__(
+        self,
+        redis: Redis,
+        keys: ApiKeyStore,
+        limiter: RateLimiter,
+        sessions: SessionStore,
+        user_tokens: UserTokens | None = None,
+    ):
         self.redis = redis
         self.keys = keys
+        self.user_tokens = user_tokens  # signed-in users' JWTs, when the gateway is set up for them
         self.limiter = limiter
         self.sessions = sessions
 
@@ -35,7 +45,13 @@ class Gate:
         if not authorization:
             raise GatewayError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
         token = parse_bearer(authorization)
-        key = await self.keys.verify(token) if token else None
+        if token and self.user_tokens is not None and looks_like_jwt(token):
+            try:
+                key = await self.user_tokens.check(token)
+            except InvalidUserToken as exc:
+                raise GatewayError(401, str(exc), "invalid_user_token") from None
+        else:
+            key = await self.keys.verify(token) if token else None
         if key is None:
             raise GatewayError(401, "invalid API key", "invalid_api_key")
         if not key.allows(scope):
@@ -70,12 +86,11 @@ class Gate:
         (a session id the client named), the session becomes the user's unless it is another user's: 403 then.
         A refused request leaves an owner record of an id nobody was given; it expires with the others."""
         pipe = self.redis.pipeline(transaction=False)
-        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
+        self._queue_limits(pipe, key)
         self.sessions.queue_remember_message(pipe, message_id, user_id, session_id)
         if claim:
             self.sessions.queue_claim(pipe, session_id, user_id)
-        rate, *rest = await pipe.execute()
-        _check_rate(Decision.from_reply(rate), key)
+        rest = _check_limits(await pipe.execute(), key)
         if claim:
             owner = rest[-1].decode() if isinstance(rest[-1], bytes) else rest[-1]
             if owner != user_id:
@@ -84,14 +99,46 @@ class Gate:
     async def admit_with_history(self, key: ApiKey, session_id: str, user_id: str) -> list[dict]:
         """Rate limit, then the session's history; 403 when the session belongs to another user."""
         pipe = self.redis.pipeline(transaction=False)
-        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
+        self._queue_limits(pipe, key)
         self.sessions.queue_session(pipe, session_id)
-        rate, history, owner = await pipe.execute()
-        _check_rate(Decision.from_reply(rate), key)
+        history, owner = _check_limits(await pipe.execute(), key)
         try:
             return parse_session(history, owner, session_id, user_id)
         except SessionNotOwned as exc:
             raise not_owned(exc) from None
+
+    def _queue_limits(self, pipe, key: ApiKey) -> None:
+        """A request that makes the model answer: the key's request limit, and its token limit when it has one
+        (admitted while not overdrawn; `charge_tokens` counts the answer's tokens once they are known)."""
+        self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
+        if key.tokens_per_minute:
+            self.limiter.queue_check(pipe, key.token_bucket(), key.tokens_per_minute)
+
+    async def charge_tokens(self, key: ApiKey, tokens: int) -> None:
+        if key.tokens_per_minute and tokens > 0:
+            await self.limiter.charge(key.token_bucket(), key.tokens_per_minute, tokens)
+
+
+def looks_like_jwt(token: str) -> bool:
+    """A compact JWS: header.payload.signature (an API key has no dot)."""
+    return token.count(".") == 2 and not token.startswith(KEY_PREFIX)
+
+
+def _check_limits(replies: list, key: ApiKey) -> list:
+    """Refuse on the replies of `Gate._queue_limits` (first in `replies`); the replies after them."""
+    _check_rate(Decision.from_reply(replies[0]), key)
+    if not key.tokens_per_minute:
+        return replies[1:]
+    tokens = Decision.from_reply(replies[1])
+    if not tokens.allowed:
+        raise GatewayError(
+            429,
+            f"token limit of {key.tokens_per_minute} tokens per minute exceeded for this API key; "
+            f"retry in {tokens.retry_after_header} s",
+            "token_limit_exceeded",
+            headers={"Retry-After": tokens.retry_after_header},
+        )
+    return replies[2:]
 
 
 def not_owned(exc: SessionNotOwned) -> GatewayError:

@@ -54,6 +54,7 @@ from inference.gateway.serving import ChatServing
 from inference.gateway.sessions import SessionStore
 from inference.gateway.settings import GatewaySettings
 from inference.gateway.upstream import Refresher, Upstream, make_client
+from inference.gateway.user_tokens import UserTokens
 from schemas.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Gateway:
         redis = Redis(connection_pool=redis_pool)
         keys = ApiKeyStore(redis, cache_ttl_s=settings.gateway_key_cache_s)
         sessions = SessionStore(redis, max_turns=settings.gateway_history_turns)
-        gate = Gate(redis, keys, RateLimiter(redis), sessions)
+        gate = Gate(redis, keys, RateLimiter(redis), sessions, UserTokens.from_settings(settings))
         pool = WorkerPool(settings.gateway_eject_failures, settings.gateway_eject_cooldown_s)
         routes = RouteTable((settings.model_alias,), settings.served_model_name)
         refresher = Refresher(settings, redis, pool, routes)
@@ -102,7 +103,12 @@ class Gateway:
         await publisher.start()
         serving = ChatServing(settings, upstream, routes, sessions, publisher, metrics, gate)
         try:
-            await ensure_dev_key(keys, settings.dev_key_path)
+            await ensure_dev_key(
+                keys,
+                settings.dev_key_path,
+                settings.gateway_dev_key_rate_per_minute,
+                settings.gateway_dev_key_tokens_per_minute,
+            )
         except (RedisError, OSError) as exc:
             log.error("could not ensure the dev API key", extra={"error": repr(exc)})
         try:
@@ -145,9 +151,10 @@ class Gateway:
 
 def user_of(key, asserted: str | None) -> str:
     """The end user of a request: the one the key's holder names (`X-User-Id`) when the key may act as its users
-    (the `act_as` scope), else the key's own principal; naming a user without that scope is refused."""
+    (the `act_as` scope), else the key's own principal (a signed-in user's token: its subject); naming a user
+    without that scope is refused."""
     if asserted is None:
-        return f"key-{key.key_id}"
+        return key.principal or f"key-{key.key_id}"
     if not key.allows(ACT_AS):
         raise GatewayError(
             403, f"this API key may not name users (X-User-Id needs the '{ACT_AS}' scope)", "insufficient_scope"

@@ -2,7 +2,7 @@
 
 Redis keys:
 - `flywheel:apikeys`  hash  sha256(plaintext key) hex -> JSON {key_id, name, scopes, rate_per_minute,
-  created_at}. The plaintext is shown once, by `create`, and never stored.
+  tokens_per_minute (0: no token limit), created_at}. The plaintext is shown once, by `create`, and never stored.
 
 Cost per request: `verify` of a hot key costs no round trip (the TTL cache answers); a cold key costs
 one HGET, shared by every concurrent request for the same key. Revocation is seen at once by the process
@@ -40,7 +40,6 @@ DEV_KEY_NAME = "dev"
 # (X-User-Id, or the body's `user`); without it, the user is the key's own principal, `key-<key id>`.
 ACT_AS = "act_as"
 DEV_KEY_SCOPES = frozenset({"chat", "admin", ACT_AS})
-DEV_RATE_PER_MINUTE = 1_000_000  # the local stack and the benchmarks must never be throttled
 
 _KEY_RE = re.compile(rf"{KEY_PREFIX}[A-Za-z0-9_-]{{{KEY_BODY_CHARS}}}")
 _KEY_ID_RE = re.compile(rf"[0-9a-f]{{{KEY_ID_LENGTH}}}")
@@ -53,6 +52,12 @@ class ApiKey:
     scopes: frozenset[str]
     rate_per_minute: int
     created_at: float = 0.0
+    tokens_per_minute: int = 0  # prompt + completion tokens a minute; 0: no token limit
+    principal: str | None = None  # a signed-in user's id (inference/gateway/user_tokens.py); never stored
+
+    def token_bucket(self) -> str:
+        """The rate limiter's bucket of the key's tokens (beside its requests' bucket, named by the key id)."""
+        return f"tokens:{self.key_id}"
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -64,6 +69,7 @@ class ApiKey:
                 "name": self.name,
                 "scopes": sorted(self.scopes),
                 "rate_per_minute": self.rate_per_minute,
+                "tokens_per_minute": self.tokens_per_minute,
                 "created_at": self.created_at,
             }
         )
@@ -77,6 +83,7 @@ class ApiKey:
             scopes=frozenset(d["scopes"]),
             rate_per_minute=int(d["rate_per_minute"]),
             created_at=float(d.get("created_at", 0.0)),
+            tokens_per_minute=int(d.get("tokens_per_minute", 0)),
         )
 
 
@@ -147,16 +154,20 @@ class ApiKeyStore:
         self._cache = TTLCache(cache_ttl_s, cache_size)
         self._inflight: dict[str, asyncio.Task[ApiKey | None]] = {}
 
-    async def create(self, name: str, scopes: Iterable[str], rate_per_minute: int) -> tuple[str, ApiKey]:
+    async def create(
+        self, name: str, scopes: Iterable[str], rate_per_minute: int, tokens_per_minute: int = 0
+    ) -> tuple[str, ApiKey]:
         """A new key; the returned plaintext is the only copy that will ever exist."""
         scopes = frozenset(scopes)
         if not name or not scopes or any(not s for s in scopes):
             raise ValueError("an API key needs a name and at least one non-empty scope")
         if rate_per_minute < 1:
             raise ValueError(f"rate_per_minute must be >= 1, got {rate_per_minute}")
+        if tokens_per_minute < 0:
+            raise ValueError(f"tokens_per_minute must be >= 0 (0: no token limit), got {tokens_per_minute}")
         plaintext = new_plaintext_key()
         digest = hash_key(plaintext)
-        key = ApiKey(key_id_of(digest), name, scopes, rate_per_minute, created_at=time.time())
+        key = ApiKey(key_id_of(digest), name, scopes, rate_per_minute, time.time(), tokens_per_minute)
         await self.redis.hset(APIKEYS_KEY, digest, key.to_json())
         self._cache.discard_where(lambda d: d == digest)
         return plaintext, key
@@ -200,16 +211,18 @@ class ApiKeyStore:
         return sorted((ApiKey.from_json(v) for v in raw.values()), key=lambda k: (k.name, k.created_at))
 
 
-async def ensure_dev_key(store: ApiKeyStore, path: Path) -> str:
-    """The local stack's key: reuse the one in `path` while it still verifies, else create and save one."""
+async def ensure_dev_key(store: ApiKeyStore, path: Path, rate_per_minute: int, tokens_per_minute: int) -> str:
+    """The local stack's key: reuse the one in `path` while it still verifies with these scopes and limits, else
+    create and save one."""
     if path.exists():
         existing = path.read_text().strip()
         key = await store.verify(existing)
-        if key is not None and key.scopes >= DEV_KEY_SCOPES:
+        limits = (rate_per_minute, tokens_per_minute)
+        if key is not None and key.scopes >= DEV_KEY_SCOPES and (key.rate_per_minute, key.tokens_per_minute) == limits:
             return existing
-        if key is not None:  # made before a scope was added: replaced by one with every scope
+        if key is not None:  # made before a scope was added or the limits changed: replaced
             await store.revoke(key.key_id)
-    plaintext, _ = await store.create(DEV_KEY_NAME, DEV_KEY_SCOPES, DEV_RATE_PER_MINUTE)
+    plaintext, _ = await store.create(DEV_KEY_NAME, DEV_KEY_SCOPES, rate_per_minute, tokens_per_minute)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

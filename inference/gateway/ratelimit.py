@@ -16,6 +16,10 @@ Example:
     if not decision.allowed:
         return 429 with headers {"Retry-After": decision.retry_after_header}
 
+Tokens are limited with the same algorithm, post-paid: a request is admitted while the key's token bucket is not
+overdrawn (`queue_check`, cost 0), and the answer's tokens (prompt + completion, known only at its end) are charged
+afterwards (`charge`), which may overdraw the bucket by one answer; the key then waits until it is paid back.
+
 To share a round trip with other reads (the session history), queue the script on a pipeline:
     pipe = redis.pipeline(transaction=False)
     limiter.queue(pipe, key.key_id, key.rate_per_minute)
@@ -34,24 +38,29 @@ from redis.asyncio.client import Pipeline
 
 from inference.keys import RATELIMIT_KEY
 
-# KEYS[1] the TAT key; ARGV[1] limit per period; ARGV[2] period in ms.
+# KEYS[1] the TAT key; ARGV[1] limit per period; ARGV[2] period in ms; ARGV[3] cost (1 a request, 0 a check that
+# the bucket is not overdrawn, n tokens); ARGV[4] '1': charge even beyond the limit (tokens already spent).
 # Returns {allowed 0|1, remaining, retry_after_ms}.
 GCRA_LUA = """
 local limit = tonumber(ARGV[1])
 local period = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3] or 1)
+local force = ARGV[4] == '1'
 local interval = period / limit
 local t = redis.call('TIME')
 -- ms since 2023-11-14 rather than 1970: smaller numbers keep sub-ms intervals exact in doubles
 local now = (tonumber(t[1]) - 1700000000) * 1000 + tonumber(t[2]) / 1000
 local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
 if tat < now then tat = now end
-local new_tat = tat + interval
+local new_tat = tat + interval * cost
 local allow_at = new_tat - period
-if allow_at - now > 0.01 then  -- tolerance: float rounding must not refuse the last request of a burst
+if not force and allow_at - now > 0.01 then  -- tolerance: float rounding must not refuse the last of a burst
   return {0, 0, math.ceil(allow_at - now)}
 end
-redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
-return {1, math.floor((now + period - new_tat) / interval + 1e-6), 0}
+if cost > 0 then
+  redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', math.max(1, math.ceil(new_tat - now)))
+end
+return {1, math.max(0, math.floor((now + period - new_tat) / interval + 1e-6)), 0}
 """
 
 
@@ -93,6 +102,17 @@ class RateLimiter:
         """
         _check(limit_per_minute)
         pipe.eval(GCRA_LUA, 1, RATELIMIT_KEY.format(key_id=key_id), limit_per_minute, self.period_ms)
+
+    def queue_check(self, pipe: Pipeline, key_id: str, limit_per_minute: int) -> None:
+        """Queue a check that the bucket is not overdrawn (nothing counted): the token limit's admission."""
+        _check(limit_per_minute)
+        pipe.eval(GCRA_LUA, 1, RATELIMIT_KEY.format(key_id=key_id), limit_per_minute, self.period_ms, 0)
+
+    async def charge(self, key_id: str, limit_per_minute: int, cost: int) -> Decision:
+        """Count `cost` units already spent (an answer's tokens), even past the limit; one round trip."""
+        _check(limit_per_minute)
+        args = [limit_per_minute, self.period_ms, cost, 1]
+        return Decision.from_reply(await self._script(keys=[RATELIMIT_KEY.format(key_id=key_id)], args=args))
 
 
 def _check(limit: int) -> None:

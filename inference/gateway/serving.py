@@ -68,6 +68,7 @@ class ChatServing:
         self.publisher = publisher
         self.metrics = metrics
         self.gate = gate
+        self._charges: set[asyncio.Task] = set()  # token charges in flight (a task needs a reference)
         self.system_prompt = settings.gateway_system_prompt
         self.extra_fields = frozenset(settings.gateway_extra_fields)
         self.events = TurnEvents(publisher, metrics, mask_pii if settings.gateway_mask_pii else _as_is)
@@ -269,8 +270,30 @@ class ChatServing:
         except UnknownModel as exc:
             raise GatewayError(404, str(exc), "model_not_found", param="model") from None
         return Turn(
-            route, caller.request_id, session_id, message_id or new_message_id(), user_id, alias, version, stream
+            route,
+            caller.request_id,
+            session_id,
+            message_id or new_message_id(),
+            user_id,
+            alias,
+            version,
+            stream,
+            key=caller.key,
         )
+
+    def _finish(self, turn: Turn) -> None:
+        """The turn's events, and its tokens charged to the key's token limit (after the answer: not its latency)."""
+        self.events.finish(turn)
+        tokens = turn.prompt_tokens + turn.completion_tokens
+        if turn.key is not None and turn.key.tokens_per_minute and tokens:
+            task = asyncio.create_task(self.gate.charge_tokens(turn.key, tokens))
+            self._charges.add(task)
+            task.add_done_callback(self._charged)
+
+    def _charged(self, task: asyncio.Task) -> None:
+        self._charges.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not charge an answer's tokens", extra={"error": repr(task.exception())})
 
     async def _complete(self, turn: Turn, body: dict) -> dict:
         try:
@@ -283,7 +306,7 @@ class ChatServing:
         turn.parts.append(message.get("content") or "")
         turn.finish_reason = choices[0].get("finish_reason")
         self._usage(turn, data.get("usage"))
-        self.events.finish(turn)
+        self._finish(turn)
         return data
 
     async def _open_stream(self, turn: Turn, body: dict) -> UpstreamStream:
@@ -349,7 +372,7 @@ class ChatServing:
             yield _sse_error(502, "the inference worker failed mid-answer")
         finally:
             await self.upstream.close_stream(stream)
-            self.events.finish(turn)
+            self._finish(turn)
 
     @staticmethod
     def _usage(turn: Turn, usage: dict | None) -> None:
@@ -360,7 +383,7 @@ class ChatServing:
     def _failed(self, turn: Turn, exc: UpstreamFailure) -> GatewayError:
         turn.worker = exc.worker or turn.worker
         turn.status, turn.error = _status_of(exc), str(exc)
-        self.events.finish(turn)
+        self._finish(turn)
         code = {503: "no_worker_available", 504: "upstream_timeout"}.get(exc.status, "upstream_error")
         status = exc.status if exc.status in (400, 404, 413, 422, 503, 504) else 502
         return GatewayError(status, public_message(exc, status, turn.request_id), code)

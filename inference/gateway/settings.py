@@ -90,6 +90,26 @@ class GatewaySettings(ProducerSettings):
     # scraper on a private network; /health answers everyone with its status and each check's ok, the details
     # only with an admin key.
     gateway_public_metrics: bool = Field(False, description="serve /metrics without an admin key")
+    # Signed-in end users (inference/gateway/user_tokens.py): a bearer token that is not an API key is verified as a
+    # JWT of this issuer and audience, with the key in a PEM file (or an HS256 secret) or the provider's JWKS URL;
+    # its `sub` is the user. Off while the issuer is empty.
+    gateway_jwt_issuer: str = Field("", description="issuer (iss) of user JWTs ('': user tokens off)")
+    gateway_jwt_audience: str = Field("flywheel", description="audience (aud) user JWTs must name")
+    gateway_jwt_key_file: Path | None = Field(None, description="PEM public key (or HS256 secret) of user JWTs")
+    gateway_jwt_jwks_url: str = Field("", description="JWKS URL of the identity provider (instead of a key file)")
+    gateway_jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "ES256"], description="accepted JWT signature algorithms"
+    )
+    gateway_jwt_rate_per_minute: int = Field(60, ge=1, description="requests per minute of each signed-in user")
+    gateway_jwt_tokens_per_minute: int = Field(
+        20_000, ge=0, description="tokens per minute of each signed-in user (0: no token limit)"
+    )
+    # The local stack's own key (<data_dir>/dev-api-key, every scope): limited like a busy application's key, far
+    # above what a 2-core stack serves (about 20 requests/s of short answers), so that a runaway script is stopped.
+    gateway_dev_key_rate_per_minute: int = Field(6000, ge=1, description="the dev key's requests per minute")
+    gateway_dev_key_tokens_per_minute: int = Field(
+        600_000, ge=0, description="the dev key's prompt + completion tokens per minute (0: no token limit)"
+    )
     # Feedback is training data: each user (per key) may send this many per minute (429 above), so that one user
     # cannot fill a retrain job with their own corrections in a burst.
     gateway_feedback_per_user_minute: int = Field(30, ge=1, description="feedback requests per user per minute")
@@ -107,7 +127,9 @@ class GatewaySettings(ProducerSettings):
     # request by ~25% and the broker's by ~35% (bench/gateway.py); events are for analytics, not latency.
     producer_linger_ms: float = Field(100.0, ge=0, description="linger.ms of the gateway's producer")
 
-    @field_validator("gateway_upstreams", "gateway_extra_fields", "gateway_worker_hosts", mode="before")
+    @field_validator(
+        "gateway_upstreams", "gateway_extra_fields", "gateway_worker_hosts", "gateway_jwt_algorithms", mode="before"
+    )
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from inference.gateway.auth import ApiKey
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.publisher import EventPublisher
 from schemas.events import ChatRequest, ChatResponse, InferenceLatency
@@ -42,6 +43,7 @@ class Turn:
     completion_tokens: int = 0
     status: str = "ok"
     error: str | None = None
+    key: ApiKey | None = None  # the caller's key: its token limit is charged with the answer's tokens
 
     @property
     def content(self) -> str:

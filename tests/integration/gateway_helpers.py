@@ -75,7 +75,8 @@ def run_gateway(env: dict[str, str], log_path: Path, port: int | None = None) ->
 
 
 def create_keys(redis_url: str, limited_rate: int = 2) -> dict[str, str]:
-    """Extra API keys in the Redis at `redis_url`: chat-only at `limited_rate`/min, admin-only, chat-only."""
+    """Extra API keys in the Redis at `redis_url`: chat-only at `limited_rate`/min, admin-only, chat-only, and
+    chat-only with a token limit of 60 a minute."""
 
     async def make():
         redis = Redis.from_url(redis_url)
@@ -83,8 +84,9 @@ def create_keys(redis_url: str, limited_rate: int = 2) -> dict[str, str]:
         limited, _ = await store.create("limited", {"chat"}, rate_per_minute=limited_rate)
         admin_only, _ = await store.create("ops", {"admin"}, rate_per_minute=1000)
         chat_only, _ = await store.create("app", {"chat"}, rate_per_minute=100_000)
+        tokens, _ = await store.create("tokens", {"chat"}, rate_per_minute=100_000, tokens_per_minute=60)
         await redis.aclose()
-        return {"limited": limited, "admin_only": admin_only, "chat_only": chat_only}
+        return {"limited": limited, "admin_only": admin_only, "chat_only": chat_only, "tokens": tokens}
 
     return asyncio.run(make())
 

@@ -39,8 +39,34 @@ def stub_url():
         _stop(proc)
 
 
+ISSUER = "https://id.shop.example"
+
+
 @pytest.fixture(scope="module")
-def gateway(stack, stub_url, tmp_path_factory):
+def user_signer(tmp_path_factory) -> dict:
+    """The shop's identity provider: an RSA key pair; the gateway gets the public half as a PEM file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path_factory.mktemp("idp") / "public.pem"
+    public.write_bytes(
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return {"private": private, "public": public}
+
+
+def user_token(signer: dict, sub: str, **claims) -> str:
+    import jwt
+
+    key = claims.pop("key", signer["private"])
+    now = int(time.time())
+    payload = {"iss": ISSUER, "aud": "flywheel", "sub": sub, "iat": now, "exp": now + 600, **claims}
+    return jwt.encode(payload, key, algorithm="RS256")
+
+
+@pytest.fixture(scope="module")
+def gateway(stack, stub_url, user_signer, tmp_path_factory):
     port, dead = free_ports(2)
     env = {
         **os.environ,
@@ -51,6 +77,8 @@ def gateway(stack, stub_url, tmp_path_factory):
         "FLYWHEEL_GATEWAY_READ_TIMEOUT_S": "1.5",
         "FLYWHEEL_GATEWAY_EJECT_COOLDOWN_S": "0.5",
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
+        "FLYWHEEL_GATEWAY_JWT_ISSUER": ISSUER,
+        "FLYWHEEL_GATEWAY_JWT_KEY_FILE": str(user_signer["public"]),
         "FLYWHEEL_LOG_LEVEL": "WARNING",
     }
     with run_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log", port) as gw:
@@ -278,6 +306,27 @@ def test_rate_limit_429(gateway, keys):
     assert r.json()["error"]["type"] == "rate_limit_error"
 
 
+def test_token_limit_counts_the_answers_tokens_then_429(gateway, keys):
+    headers = {"Authorization": f"Bearer {keys['tokens']}"}
+    spent, answers = 0, []
+    for _ in range(20):
+        stream = len(answers) % 2 == 1  # streamed answers are charged too (the gateway asks vLLM for usage)
+        body = {**CHAT, "stream": stream}
+        r = httpx.post(gateway["url"] + "/v1/chat/completions", json=body, headers=headers)
+        if r.status_code == 429:
+            break
+        assert r.status_code == 200, r.text
+        answers.append(r)
+        if not stream:
+            usage = r.json()["usage"]
+            spent += usage["prompt_tokens"] + usage["completion_tokens"]
+        time.sleep(0.2)  # the charge lands after the answer
+    assert r.status_code == 429, f"{len(answers)} answers, {spent} tokens (non-streamed) and no 429"
+    assert r.json()["error"]["code"] == "token_limit_exceeded" and int(r.headers["retry-after"]) >= 1
+    assert len(answers) >= 2  # admitted until the bucket of 60 was overdrawn, not at the first answer
+    assert any(a.headers["content-type"].startswith("text/event-stream") for a in answers)
+
+
 def test_upstream_timeout_504(client):
     r = client.post("/v1/chat/completions", json={**CHAT, "stub_delay_ms": 4000})
     assert r.status_code == 504, r.text
@@ -406,6 +455,56 @@ def test_only_keys_with_act_as_may_name_the_user(gateway, keys):
     dev = {"Authorization": f"Bearer {gateway['key']}", "X-User-Id": "alice"}  # the dev key has act_as
     other = httpx.post(gateway["url"] + "/chat", json={"session_id": sid, "message": "in?"}, headers=dev)
     assert other.status_code == 403 and other.json()["error"]["code"] == "not_session_owner", other.text
+
+
+def test_signed_in_users_are_their_tokens_subject_on_every_route(gateway, user_signer):
+    url = gateway["url"]
+    alice = {"Authorization": f"Bearer {user_token(user_signer, 'alice@shop')}"}
+    bob = {"Authorization": f"Bearer {user_token(user_signer, 'bob@shop')}"}
+    mine = httpx.post(url + "/chat", json={"message": "where is my order?"}, headers=alice)
+    assert mine.status_code == 200, mine.text
+    sid, mid = mine.json()["session_id"], mine.json()["message_id"]
+    # Bob cannot use, delete or rate Alice's session, even naming her: a user token has no act_as
+    for method, path, body in (
+        ("POST", "/chat", {"session_id": sid, "message": "in?"}),
+        ("DELETE", f"/session/{sid}", None),
+        ("POST", "/feedback", {"session_id": sid, "message_id": mid, "feedback": "thumbs_down"}),
+    ):
+        r = httpx.request(method, url + path, json=body, headers=bob)
+        assert r.status_code == 403, (path, r.text)
+    posing = httpx.post(url + "/chat", json={"message": "hi"}, headers={**bob, "X-User-Id": "alice@shop"})
+    assert posing.status_code == 403 and posing.json()["error"]["code"] == "insufficient_scope", posing.text
+    body_user = httpx.post(url + "/v1/chat/completions", json={**CHAT, "user": "alice@shop"}, headers=bob)
+    assert body_user.status_code == 403, body_user.text
+    openai = httpx.post(url + "/v1/chat/completions", json=CHAT, headers={**bob, "X-Session-Id": sid})
+    assert openai.status_code == 403 and openai.json()["error"]["code"] == "not_session_owner", openai.text
+    # Alice can; her feedback is stored as hers
+    rated = {"session_id": sid, "message_id": mid, "feedback": "thumbs_up"}
+    assert httpx.post(url + "/feedback", json=rated, headers=alice).status_code == 202
+    assert httpx.delete(url + f"/session/{sid}", headers=alice).status_code == 200
+    # a user is a chat user: no admin routes
+    assert httpx.get(url + "/admin/workers", headers=alice).status_code == 403
+
+
+def test_user_tokens_that_do_not_verify_are_401(gateway, user_signer):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = int(time.time())
+    bad = {
+        "expired": user_token(user_signer, "alice", exp=now - 120),
+        "another issuer": user_token(user_signer, "alice", iss="https://evil.example"),
+        "another audience": user_token(user_signer, "alice", aud="someone-else"),
+        "another key": user_token(user_signer, "alice", key=stranger),
+        "no subject": user_token(user_signer, ""),
+        "garbage": "not.a.jwt",
+    }
+    import jwt
+
+    bad["alg none"] = jwt.encode({"iss": ISSUER, "aud": "flywheel", "sub": "alice", "exp": now + 60}, None, "none")
+    for what, token in bad.items():
+        r = httpx.post(gateway["url"] + "/chat", json={"message": "hi"}, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_user_token", (what, r.text)
 
 
 def test_docs_and_schema_are_off_by_default(client):

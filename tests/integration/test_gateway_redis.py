@@ -27,6 +27,7 @@ from inference.keys import APIKEYS_KEY, RATELIMIT_KEY
 pytestmark = [pytest.mark.integration, pytest.mark.anyio]
 
 TEST_DB = 7
+LIMITS = (6000, 600_000)  # the dev key's requests and tokens per minute
 
 
 @pytest.fixture
@@ -118,22 +119,54 @@ async def test_revoke_is_immediate_locally_and_bounded_by_the_ttl_elsewhere(redi
 async def test_ensure_dev_key_creates_reuses_and_replaces(redis, tmp_path):
     store = ApiKeyStore(redis)
     path = tmp_path / "data" / "dev-api-key"
-    first = await ensure_dev_key(store, path)
+    first = await ensure_dev_key(store, path, *LIMITS)
     assert path.read_text().strip() == first
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     key = await store.verify(first)
     assert key.name == DEV_KEY_NAME and key.scopes == {"chat", "admin", "act_as"}
-    assert await ensure_dev_key(store, path) == first
+    assert await ensure_dev_key(store, path, *LIMITS) == first
     await store.revoke(key.key_id)
-    second = await ensure_dev_key(store, path)
+    second = await ensure_dev_key(store, path, *LIMITS)
     assert second != first and await store.verify(second) is not None
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     # a dev key made before a scope existed is replaced (and revoked) by one with every scope
     old_plaintext, old = await store.create(DEV_KEY_NAME, {"chat", "admin"}, rate_per_minute=10)
     path.write_text(old_plaintext + "\n")
-    third = await ensure_dev_key(store, path)
+    third = await ensure_dev_key(store, path, *LIMITS)
     assert third != old_plaintext and (await store.verify(third)).scopes == {"chat", "admin", "act_as"}
     assert await store.verify(old_plaintext) is None
+    # new limits (FLYWHEEL_GATEWAY_DEV_KEY_*): a new key with them
+    fourth = await ensure_dev_key(store, path, 60, 0)
+    key = await store.verify(fourth)
+    assert fourth != third and (key.rate_per_minute, key.tokens_per_minute) == (60, 0)
+    assert await store.verify(third) is None
+
+
+async def test_a_token_limit_admits_until_the_answers_tokens_overdraw_it(redis):
+    limiter = RateLimiter(redis, period_s=1.0)
+    pipe = redis.pipeline(transaction=False)
+    limiter.queue_check(pipe, "tok", 100)
+    (fresh,) = await pipe.execute()
+    assert Decision.from_reply(fresh).allowed
+    assert await redis.get(RATELIMIT_KEY.format(key_id="tok")) is None  # a check counts nothing
+    charged = await limiter.charge("tok", 100, 80)
+    assert charged.allowed and charged.remaining == 20
+    pipe = redis.pipeline(transaction=False)
+    limiter.queue_check(pipe, "tok", 100)
+    (after_80,) = await pipe.execute()
+    assert Decision.from_reply(after_80).allowed  # 20 tokens left: the next answer may start
+    overdrawn = await limiter.charge("tok", 100, 70)  # it used 70: 50 past the limit, counted anyway
+    assert overdrawn.allowed and overdrawn.remaining == 0
+    pipe = redis.pipeline(transaction=False)
+    limiter.queue_check(pipe, "tok", 100)
+    (refused,) = await pipe.execute()
+    refused = Decision.from_reply(refused)
+    assert not refused.allowed and 0.3 < refused.retry_after_s <= 0.5  # 50 tokens at 100/s to pay back
+    await asyncio.sleep(refused.retry_after_s + 0.05)
+    pipe = redis.pipeline(transaction=False)
+    limiter.queue_check(pipe, "tok", 100)
+    (again,) = await pipe.execute()
+    assert Decision.from_reply(again).allowed
 
 
 # --- rate limits ------------------------------------------------------------------------------------

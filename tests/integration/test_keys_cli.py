@@ -34,6 +34,11 @@ def test_create_list_revoke(stack):
     plaintext = created.stdout.strip()
     key = verify(stack.redis_dsn, plaintext)
     assert key.name == "shop-app" and key.scopes == {"chat", "act_as"} and key.rate_per_minute == 600
+    assert key.tokens_per_minute == 100_000
+    unlimited = CliRunner().invoke(main, ["keys", "create", "batch", "--rate", "60", "--tokens", "0"], env=env)
+    assert unlimited.exit_code == 0 and "no token limit" in unlimited.stderr, unlimited.output
+    batch = verify(stack.redis_dsn, unlimited.stdout.strip())
+    assert (batch.rate_per_minute, batch.tokens_per_minute) == (60, 0)
     listed = CliRunner().invoke(main, ["keys", "list"], env=env)
     assert listed.exit_code == 0 and key.key_id in listed.stdout and "shop-app" in listed.stdout
     assert plaintext not in listed.stdout

@@ -112,3 +112,34 @@ def test_ttl_cache_discard_where():
         cache.put(k, k)
     cache.discard_where(lambda k: k.startswith("ab"))
     assert [cache.get(k)[0] for k in ("ab1", "ab2", "cd1")] == [False, False, True]
+
+
+def test_user_tokens_need_one_key_source_and_name_their_subject(tmp_path):
+    import time
+
+    import jwt
+
+    from inference.gateway.user_tokens import InvalidUserToken, UserTokens
+
+    secret = tmp_path / "secret"
+    secret.write_text("a-shared-secret-of-at-least-32-bytes!!\n")
+    with pytest.raises(ValueError, match="exactly one"):
+        UserTokens("https://id.example", "flywheel", ["HS256"], 60, 0)
+    with pytest.raises(ValueError, match="issuer"):
+        UserTokens("", "flywheel", ["HS256"], 60, 0, key_file=secret)
+    users = UserTokens("https://id.example", "flywheel", ["HS256"], 60, 1000, key_file=secret)
+    claims = {"iss": "https://id.example", "aud": "flywheel", "sub": "alice", "exp": int(time.time()) + 60}
+    alice = users.verify(jwt.encode(claims, "a-shared-secret-of-at-least-32-bytes!!", "HS256"))
+    assert alice.principal == "alice" and alice.scopes == {"chat"} and not alice.allows("act_as")
+    assert (alice.rate_per_minute, alice.tokens_per_minute) == (60, 1000)
+    assert alice.key_id == users.verify(jwt.encode(claims, "a-shared-secret-of-at-least-32-bytes!!", "HS256")).key_id
+    bob = users.verify(jwt.encode({**claims, "sub": "bob"}, "a-shared-secret-of-at-least-32-bytes!!", "HS256"))
+    assert bob.key_id != alice.key_id  # each user has buckets of their own
+    with pytest.raises(InvalidUserToken, match="sub"):
+        users.verify(jwt.encode({**claims, "sub": "x" * 201}, "a-shared-secret-of-at-least-32-bytes!!", "HS256"))
+    with pytest.raises(InvalidUserToken, match="exp"):
+        users.verify(
+            jwt.encode(
+                {k: v for k, v in claims.items() if k != "exp"}, "a-shared-secret-of-at-least-32-bytes!!", "HS256"
+            )
+        )
