@@ -49,6 +49,7 @@ from schemas import events, store
 from schemas.codec import decode, encode
 from schemas.epoch import broker_epoch
 from schemas.errors import EventError
+from schemas.kafka import client_config
 from schemas.topics import create_topics
 from schemas.topology import SINK_GROUP
 
@@ -75,20 +76,20 @@ class Sink:
         self.flushed_events = 0
         self._dlq_failures: list[str] = []
         self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": group_id,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": settings.sink_session_timeout_ms,
-                "heartbeat.interval.ms": max(settings.sink_session_timeout_ms // 6, 500),
-                "max.poll.interval.ms": 300_000,
-                "enable.partition.eof": False,
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",
+                    "session.timeout.ms": settings.sink_session_timeout_ms,
+                    "heartbeat.interval.ms": max(settings.sink_session_timeout_ms // 6, 500),
+                    "max.poll.interval.ms": 300_000,
+                    "enable.partition.eof": False,
+                },
+            )
         )
-        self.producer = Producer(
-            {"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5}
-        )
+        self.producer = Producer(client_config(settings.kafka_bootstrap, {"enable.idempotence": True, "linger.ms": 5}))
 
     # -- group membership -------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

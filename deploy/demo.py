@@ -24,6 +24,7 @@ from deploy.demo_bad import announce_adapter, train_bad_adapter
 from deploy.demo_traffic import USER_PREFIX, Exchange, Gateway, Traffic, TrafficPlan, select_corrected
 from retrain.demo import QA
 from retrain.rouge import rouge_l
+from schemas.kafka import client_config
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +120,16 @@ class BusWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"flywheel-watch-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "session.timeout.ms": 6000,
-                "heartbeat.interval.ms": 1000,
-            }
+            client_config(
+                bootstrap,
+                {
+                    "group.id": f"flywheel-watch-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "session.timeout.ms": 6000,
+                    "heartbeat.interval.ms": 1000,
+                },
+            )
         )
         self._consumer.subscribe(topics)
         self._thread = threading.Thread(target=self._run, name="demo-bus", daemon=True)

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable
 
 from schemas import topology
+from schemas.kafka import client_config
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ def unread(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> dict[str, int]
     from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient(client_config(bootstrap, {"log_level": 0}))
     metadata = admin.list_topics(timeout=10)
     left: dict[str, int] = {}
     for group, topics in groups.items():
@@ -46,13 +47,15 @@ def unread(bootstrap: str, groups: dict[str, tuple[str, ...]]) -> dict[str, int]
         committed = admin.list_consumer_group_offsets(request)[group].result(timeout=10).topic_partitions
         start = [TopicPartition(tp.topic, tp.partition, max(tp.offset, 0)) for tp in committed]
         reader = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"flywheel-drain-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "log_level": 0,
-                "fetch.wait.max.ms": 100,
-            }
+            client_config(
+                bootstrap,
+                {
+                    "group.id": f"flywheel-drain-{uuid.uuid4().hex[:8]}",
+                    "enable.auto.commit": False,
+                    "log_level": 0,
+                    "fetch.wait.max.ms": 100,
+                },
+            )
         )
         try:
             reader.assign(start)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from schemas.kafka import client_config
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def kafka_health(bootstrap: str, timeout: float = 2.0) -> Health:
     from confluent_kafka.admin import AdminClient
 
     # log_level 0: librdkafka would otherwise print a connect error per attempt while the broker starts.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "error_cb": lambda _err: None})
+    admin = AdminClient(client_config(bootstrap, {"log_level": 0, "error_cb": lambda _err: None}))
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception as exc:
@@ -105,7 +107,7 @@ def group_health(bootstrap: str, group_id: str, timeout: float = 3.0) -> Health:
     """A consumer service is healthy when its consumer group is stable (joined, partitions assigned)."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "error_cb": lambda _err: None})
+    admin = AdminClient(client_config(bootstrap, {"log_level": 0, "error_cb": lambda _err: None}))
     try:
         group = admin.describe_consumer_groups([group_id], request_timeout=timeout)[group_id].result(timeout=timeout)
     except Exception as exc:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from schemas.kafka import client_config
 from schemas.settings import CommonSettings
 
 
@@ -42,8 +43,7 @@ class ProducerSettings(CommonSettings):
 
     def kafka_config(self) -> dict[str, Any]:
         """The librdkafka configuration of an idempotent producer with these settings."""
-        config: dict[str, Any] = {
-            "bootstrap.servers": self.kafka_bootstrap,
+        own = {
             "client.id": self.producer_client_id,
             "enable.idempotence": True,
             "linger.ms": self.producer_linger_ms,
@@ -54,5 +54,4 @@ class ProducerSettings(CommonSettings):
             "compression.type": self.producer_compression,
             "message.timeout.ms": self.producer_message_timeout_ms,
         }
-        config.update(self.producer_config)
-        return config
+        return {**client_config(self.kafka_bootstrap, own), **self.producer_config}

@@ -47,6 +47,7 @@ from retrain.settings import RetrainSettings
 from schemas.codec import decode
 from schemas.errors import EventError
 from schemas.events import Deployment, Event, RetrainJob, TrainingMetrics
+from schemas.kafka import client_config
 from schemas.logs import setup_logging
 from schemas.topics import MODEL_DEPLOYMENTS, RETRAIN_JOBS, create_topics
 from schemas.topology import RETRAIN_GROUP
@@ -94,16 +95,18 @@ class RetrainWorker:
 
     def consumer(self) -> Consumer:
         return Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": RETRAIN_GROUP,
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "session.timeout.ms": self.settings.retrain_session_timeout_ms,
-                "heartbeat.interval.ms": max(1000, self.settings.retrain_session_timeout_ms // 6),
-                # Training blocks the poll loop: a job may take this long before the worker leaves the group.
-                "max.poll.interval.ms": int(self.settings.retrain_max_job_s * 1000),
-            }
+            client_config(
+                self.settings.kafka_bootstrap,
+                {
+                    "group.id": RETRAIN_GROUP,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "session.timeout.ms": self.settings.retrain_session_timeout_ms,
+                    "heartbeat.interval.ms": max(1000, self.settings.retrain_session_timeout_ms // 6),
+                    # Training blocks the poll loop: a job may take this long before the worker leaves the group.
+                    "max.poll.interval.ms": int(self.settings.retrain_max_job_s * 1000),
+                },
+            )
         )
 
     def emit(self, *events: Event) -> None:

@@ -19,6 +19,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
+from schemas.kafka import client_config
 from schemas.topics import ensure_topics
 
 EPOCH_TOPIC = "flywheel.broker-epoch"
@@ -27,12 +28,12 @@ EPOCH_TOPIC = "flywheel.broker-epoch"
 def broker_epoch(bootstrap: str, timeout: float = 30.0) -> str:
     """This broker log's epoch (32 hex digits), created on first use."""
     ensure_topics(bootstrap, [NewTopic(EPOCH_TOPIC, num_partitions=1)], timeout)
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "flywheel-epoch", "enable.auto.commit": False})
+    consumer = Consumer(client_config(bootstrap, {"group.id": "flywheel-epoch", "enable.auto.commit": False}))
     try:
         tp = TopicPartition(EPOCH_TOPIC, 0)
         _low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
         if high <= 0:
-            producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+            producer = Producer(client_config(bootstrap, {"acks": "all"}))
             producer.produce(EPOCH_TOPIC, uuid.uuid4().hex.encode())
             if producer.flush(timeout) != 0:
                 raise RuntimeError(f"could not write the broker epoch to {EPOCH_TOPIC} at {bootstrap}")

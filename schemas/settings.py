@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlparse
 
 from pydantic import Field
@@ -44,6 +45,11 @@ class CommonSettings(BaseSettings):
     data_dir: Path = Field(Path(".flywheel"), description="data directory (logs, chDB, spool, adapters)")
     # Kafka bootstrap servers; the embedded Tansu broker listens on the first one.
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap.servers")
+    # librdkafka properties every Kafka client of every process gets (schemas/kafka.py): SASL and TLS, as JSON.
+    kafka_client_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="librdkafka properties of every Kafka client (JSON: security.protocol, sasl.*)",
+    )
     # chdb://PATH (embedded, one owner process) or http(s)://host:8123 (ClickHouse server).
     clickhouse_dsn: str = Field("", description="ClickHouse DSN; default chdb://<data_dir>/chdb")
     # Port of the store's ClickHouse-compatible HTTP endpoint in embedded mode.

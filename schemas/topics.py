@@ -22,6 +22,7 @@ from schemas.events import (
     RetrainJob,
     TrainingMetrics,
 )
+from schemas.kafka import client_config
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -99,7 +100,7 @@ def ensure_topics(bootstrap: str, topics: list, timeout: float = 30.0) -> list[s
     Another process creating one meanwhile is fine."""
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(client_config(bootstrap))
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [t for t in topics if t.topic not in existing]
     if not wanted:

@@ -43,6 +43,7 @@ from prometheus_client import start_http_server
 
 from schemas import topology
 from schemas.epoch import broker_epoch
+from schemas.kafka import faust_credentials
 from schemas.logs import json_logging_config
 from schemas.topics import (
     CHAT_FEEDBACK,
@@ -76,6 +77,7 @@ transport.install(settings.streams_fetch_max_wait_ms)  # before the app: its con
 app = faust.App(
     APP_ID,
     broker="kafka://" + settings.kafka_bootstrap.replace(",", ";"),
+    broker_credentials=faust_credentials(settings.kafka_client_config),  # SASL/TLS, as every client (schemas/kafka.py)
     store="rocksdb://",
     datadir=str(settings.state_dir / APP_ID),
     processing_guarantee="at_least_once",

@@ -39,6 +39,7 @@ from producers import ChatEventProducer
 from schemas.codec import decode
 from schemas.errors import EventError
 from schemas.events import Deployment
+from schemas.kafka import client_config
 from schemas.logs import setup_logging
 from schemas.topics import MODEL_DEPLOYMENTS
 from schemas.topology import CONTROLLER_GROUP
@@ -119,14 +120,16 @@ class Controller:
 
     async def consume(self, stop: asyncio.Event) -> None:
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "group.id": CONTROLLER_GROUP,
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "session.timeout.ms": 6000,  # fast joins on the embedded broker (ENVIRONMENT.md)
-                "heartbeat.interval.ms": 1000,
-            }
+            client_config(
+                self.settings.kafka_bootstrap,
+                {
+                    "group.id": CONTROLLER_GROUP,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "session.timeout.ms": 6000,  # fast joins on the embedded broker (ENVIRONMENT.md)
+                    "heartbeat.interval.ms": 1000,
+                },
+            )
         )
         consumer.subscribe([MODEL_DEPLOYMENTS.name])
         try:

@@ -38,6 +38,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from inference.gateway.settings import GatewaySettings
 from inference.gateway.spool import Spool
 from schemas.events import Event, dead_letter
+from schemas.kafka import client_config
 from schemas.topics import BY_EVENT, create_topics
 
 log = logging.getLogger(__name__)
@@ -226,9 +227,7 @@ class EventPublisher:
     def _probe(self, timeout: float) -> bool:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(
-            {"bootstrap.servers": self.settings.kafka_bootstrap, "log_level": 0, "error_cb": lambda _e: None}
-        )
+        admin = AdminClient(client_config(self.settings.kafka_bootstrap, {"log_level": 0, "error_cb": lambda _e: None}))
         try:
             admin.list_topics(timeout=timeout)
             return True
