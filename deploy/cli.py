@@ -224,6 +224,7 @@ def _register() -> None:
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics, topology_command
     from deploy.cli_keys import keys_group
+    from deploy.cli_review import review_group
     from deploy.cli_serve import serve_command
     from inference.controller.cli import deploy_group
     from producers.cli import produce_command
@@ -239,6 +240,7 @@ def _register() -> None:
         topics,
         topology_command,
         keys_group,
+        review_group,
         db,
         schemas,
         produce_command,

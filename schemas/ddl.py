@@ -96,7 +96,7 @@ TABLES: dict[str, str] = {
     pair_id String, base_model LowCardinality(String), model_version LowCardinality(String),
     prompt String, chosen Nullable(String), rejected String, source LowCardinality(String),
     session_id String, message_id String, feedback_event_id UUID, chosen_message_id Nullable(String),
-    user_id Nullable(String)""",
+    user_id Nullable(String), review LowCardinality(String) DEFAULT 'none'""",
         "base_model, toStartOfHour(occurred_at)",
     ),
     "retrain_jobs": _table(
@@ -159,7 +159,13 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "loop stage times", loop_stages_statements()),  # schemas/views.py: v_loop_stages
     Migration(5, "sink batch ledger", (SINK_LEDGER_DDL,)),  # created by the sink itself before this migration
     Migration(
-        6, "pair users", (f"ALTER TABLE {DATABASE}.dpo_pairs ADD COLUMN IF NOT EXISTS user_id Nullable(String)",)
+        6,
+        "pair users and reviews",
+        (
+            f"ALTER TABLE {DATABASE}.dpo_pairs ADD COLUMN IF NOT EXISTS user_id Nullable(String)",
+            f"ALTER TABLE {DATABASE}.dpo_pairs ADD COLUMN IF NOT EXISTS review LowCardinality(String) DEFAULT 'none'",
+            *loop_stages_statements(),  # a reviewed pair counts from its approval
+        ),
     ),
 )
 

@@ -144,6 +144,9 @@ class DPOPair(Event):
     feedback_event_id: uuid.UUID
     chosen_message_id: Id | None = None
     user_id: Id | None = None  # who sent the thumbs-down (None: a pair from before this field)
+    # A user's correction may wait for a person's review (FLYWHEEL_STREAMS_REVIEW_CORRECTIONS): "pending" pairs
+    # train nothing; `flywheel review` re-publishes the pair as "approved" or "rejected". "none": no review asked.
+    review: Literal["none", "pending", "approved", "rejected"] = "none"
 
 
 class RetrainJob(Event):

@@ -260,7 +260,7 @@ LEFT JOIN (
         WHERE status = 'requested'
     ) AS jp
     INNER JOIN (
-        SELECT pair_id, min(occurred_at) AS created_at
+        SELECT pair_id, minIfOrNull(occurred_at, review IN ('none', 'approved')) AS created_at
         FROM {DB}.dpo_pairs FINAL
         GROUP BY pair_id
     ) AS pp ON pp.pair_id = jp.pair_id

@@ -214,6 +214,7 @@ class PairBuilder:
         min_chars: int,
         max_chars: int,
         teacher: Teacher | None = None,
+        review_corrections: bool = False,
     ):
         self.answers = answers
         self.base_model = base_model
@@ -221,6 +222,7 @@ class PairBuilder:
         self.min_chars = min_chars
         self.max_chars = max_chars
         self.teacher = teacher
+        self.review_corrections = review_corrections  # correction pairs wait for `flywheel review`
 
     async def on_joined(self, rec: JoinedFeedback) -> PairOutcome:
         answer = rec.answer or ""
@@ -265,6 +267,7 @@ class PairBuilder:
             feedback_event_id=uuid.UUID(rec.feedback_id),
             chosen_message_id=chosen_message_id,
             user_id=rec.user_id,
+            review="pending" if self.review_corrections and source == "correction" else "none",
         )
         return PairOutcome(pair=pair)
 

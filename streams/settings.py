@@ -74,6 +74,10 @@ class StreamSettings(CommonSettings):
     # Feedback is training data: the pairs of a job must come from at least this many distinct users, so that one
     # user (or one key posing as one) cannot steer a job alone. Pairs wait (and keep counting) until they do.
     streams_retrain_min_users: int = Field(3, ge=1, description="distinct users behind a retrain job's pairs")
+    # Corrections are training data written by users: with this on, a correction's pair waits ("pending") until a
+    # person approves it with `flywheel review`; pairs whose chosen answer came from a thumbs-up or the teacher
+    # need no review.
+    streams_review_corrections: bool = Field(False, description="hold correction pairs for `flywheel review`")
     streams_retrain_cooldown_s: float = Field(60.0, ge=0, description="quiet time after a job ends")
 
     @field_validator("streams_agents")

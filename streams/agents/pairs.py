@@ -87,6 +87,7 @@ def install(
         settings.streams_pair_min_chars,
         settings.streams_pair_max_chars,
         teacher=teacher if settings.streams_teacher_url else None,
+        review_corrections=settings.streams_review_corrections,
     )
 
     @pair_pending.on_recover

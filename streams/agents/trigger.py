@@ -29,6 +29,11 @@ AGENT_FORWARD_TO_TRIGGER = "streams.forward-to-trigger"
 AGENT_RETRAIN_TRIGGER = "streams.retrain-trigger"
 
 
+def usable(pair: DPOPair) -> bool:
+    """A pair that may train: it has a chosen answer, and a review (when one was asked) approved it."""
+    return pair.source != "needs_chosen" and pair.chosen is not None and pair.review in ("none", "approved")
+
+
 def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettings) -> None:
     """Register the forwarding and trigger agents and the tick timer."""
     trigger_state = app.Table(TABLE_TRIGGER_STATE, partitions=1)  # base model -> TriggerState
@@ -55,7 +60,7 @@ def install(app: faust.App, ch: Channels, shared: Shared, settings: StreamSettin
                     base_model=parsed.base_model,
                     pair_id=parsed.pair_id,
                     user_id=parsed.user_id,
-                    usable=parsed.source != "needs_chosen" and parsed.chosen is not None,
+                    usable=usable(parsed),
                 )
             elif isinstance(parsed, RetrainJob):
                 rec = TriggerInput(

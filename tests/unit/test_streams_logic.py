@@ -328,6 +328,30 @@ def test_builder_chooses_correction_then_thumbs_up_then_teacher_then_needs_chose
     assert (p.source, p.chosen) == ("needs_chosen", None)
     again = run(builder.on_joined(joined("Other?", "No.", "thumbs_down")))
     assert again.pair is None and again.dropped.startswith("near-duplicate")
+    assert p.review == "none"
+
+
+def test_with_reviews_on_only_a_users_correction_waits_and_trains_once_approved():
+    from streams.agents.trigger import usable
+
+    builder = PairBuilder({}, "tiny", NearDuplicateFilter(0.9, 100), 1, 1000, review_corrections=True)
+    joiner = FeedbackJoiner({}, {}, 100, 10)
+
+    def joined(question, answer, feedback, correction=None):
+        req, resp = _conversation(question, answer)
+        joiner.on_request(req, 0, 0)
+        joiner.on_response(resp, 0, 0)
+        fb = Feedback(session_id="s", message_id=req.message_id, feedback=feedback, correction=correction)
+        return joiner.on_feedback(fb, 0, 0, 0).joined[0]
+
+    run = asyncio.run
+    corrected = run(builder.on_joined(joined("Kettles?", "No idea.", "thumbs_down", correction="39 euros."))).pair
+    assert (corrected.source, corrected.review) == ("correction", "pending") and not usable(corrected)
+    assert usable(corrected.model_copy(update={"review": "approved"}))
+    assert not usable(corrected.model_copy(update={"review": "rejected"}))
+    run(builder.on_joined(joined("How to return?", "Use the form.", "thumbs_up")))
+    from_thumbs_up = run(builder.on_joined(joined("how to return", "Impossible.", "thumbs_down"))).pair
+    assert (from_thumbs_up.source, from_thumbs_up.review) == ("thumbs_up", "none") and usable(from_thumbs_up)
 
 
 # -- trigger state machine ------------------------------------------------------------------------------
