@@ -37,6 +37,18 @@ def test_status_is_healthy_and_exits_zero(stack):
     assert all(r.healthy and r.state == "RUNNING" and r.pid for r in rows), rows
 
 
+def test_the_local_redis_refuses_clients_without_its_password(stack):
+    import redis
+
+    anonymous = redis.Redis(host="127.0.0.1", port=stack.redis_port, socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.set("flywheel:workers:0", '{"url": "http://evil.example", "ready": true}')
+    wrong = redis.Redis.from_url(f"redis://:guess@127.0.0.1:{stack.redis_port}/0", socket_timeout=5)
+    with pytest.raises(redis.AuthenticationError):
+        wrong.ping()
+    assert redis.Redis.from_url(stack.redis_dsn, socket_timeout=5).ping()
+
+
 def test_every_topic_exists(kafka_bootstrap):
     topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
     assert set(all_topic_names()) <= set(topics)
