@@ -6,6 +6,8 @@ Reads Redis (keys, rate limits, sessions, message owners) in one round trip per 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -15,6 +17,8 @@ from inference.gateway.protocol import GatewayError
 from inference.gateway.ratelimit import Decision, RateLimiter
 from inference.gateway.sessions import SessionNotOwned, SessionStore, parse_session
 from inference.gateway.user_tokens import InvalidUserToken, UserTokens
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Gate:
         self.redis = redis
         self.keys = keys
         self.user_tokens = user_tokens  # signed-in users' JWTs, when the gateway is set up for them
+        self._charges: set[asyncio.Task] = set()  # token charges in flight (a task needs a reference)
         self.limiter = limiter
         self.sessions = sessions
 
@@ -114,9 +119,17 @@ class Gate:
         if key.tokens_per_minute:
             self.limiter.queue_check(pipe, key.token_bucket(), key.tokens_per_minute)
 
-    async def charge_tokens(self, key: ApiKey, tokens: int) -> None:
+    def charge_later(self, key: ApiKey, tokens: int) -> None:
+        """Charge an answer's tokens to the key's token limit in the background (not in the answer's latency)."""
         if key.tokens_per_minute and tokens > 0:
-            await self.limiter.charge(key.token_bucket(), key.tokens_per_minute, tokens)
+            task = asyncio.create_task(self.limiter.charge(key.token_bucket(), key.tokens_per_minute, tokens))
+            self._charges.add(task)
+            task.add_done_callback(self._charged)
+
+    def _charged(self, task: asyncio.Task) -> None:
+        self._charges.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not charge an answer's tokens", extra={"error": repr(task.exception())})
 
 
 def looks_like_jwt(token: str) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,7 +39,7 @@ from inference.gateway.sessions import (
 )
 from inference.gateway.settings import GatewaySettings
 from inference.gateway.turns import Turn, TurnEvents, event_message
-from inference.gateway.upstream import Upstream, UpstreamFailure, UpstreamStream, UpstreamTimeout
+from inference.gateway.upstream import Upstream, UpstreamFailure, UpstreamStream, public_message, status_of
 from schemas.events import Feedback
 from schemas.text import mask_pii
 
@@ -68,7 +67,6 @@ class ChatServing:
         self.publisher = publisher
         self.metrics = metrics
         self.gate = gate
-        self._charges: set[asyncio.Task] = set()  # token charges in flight (a task needs a reference)
         self.system_prompt = settings.gateway_system_prompt
         self.extra_fields = frozenset(settings.gateway_extra_fields)
         self.events = TurnEvents(publisher, metrics, mask_pii if settings.gateway_mask_pii else _as_is)
@@ -284,16 +282,8 @@ class ChatServing:
     def _finish(self, turn: Turn) -> None:
         """The turn's events, and its tokens charged to the key's token limit (after the answer: not its latency)."""
         self.events.finish(turn)
-        tokens = turn.prompt_tokens + turn.completion_tokens
-        if turn.key is not None and turn.key.tokens_per_minute and tokens:
-            task = asyncio.create_task(self.gate.charge_tokens(turn.key, tokens))
-            self._charges.add(task)
-            task.add_done_callback(self._charged)
-
-    def _charged(self, task: asyncio.Task) -> None:
-        self._charges.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not charge an answer's tokens", extra={"error": repr(task.exception())})
+        if turn.key is not None:
+            self.gate.charge_later(turn.key, turn.prompt_tokens + turn.completion_tokens)
 
     async def _complete(self, turn: Turn, body: dict) -> dict:
         try:
@@ -355,7 +345,7 @@ class ChatServing:
                 await on_done()
             yield SSE_DONE
         except UpstreamFailure as exc:
-            turn.status, turn.error = _status_of(exc), str(exc)
+            turn.status, turn.error = status_of(exc), str(exc)
             yield _sse_error(exc.status, str(exc))
         except GatewayError as exc:  # the turn could not be recorded (the session was taken meanwhile)
             turn.status, turn.error = "error", exc.message
@@ -382,7 +372,7 @@ class ChatServing:
 
     def _failed(self, turn: Turn, exc: UpstreamFailure) -> GatewayError:
         turn.worker = exc.worker or turn.worker
-        turn.status, turn.error = _status_of(exc), str(exc)
+        turn.status, turn.error = status_of(exc), str(exc)
         self._finish(turn)
         code = {503: "no_worker_available", 504: "upstream_timeout"}.get(exc.status, "upstream_error")
         status = exc.status if exc.status in (400, 404, 413, 422, 503, 504) else 502
@@ -396,27 +386,8 @@ def _session_id(header: str | None) -> str:
         raise GatewayError(422, f"X-Session-Id: {exc}", "invalid_session_id", param="X-Session-Id") from None
 
 
-_URL = re.compile(r"https?://[^\s'\"),]+")
-
-
-def public_message(exc: UpstreamFailure, status: int, request_id: str) -> str:
-    """What a client is told of an upstream failure: the worker's own words for a request it refused (4xx),
-    without addresses; otherwise a generic message (the details, with the worker, are in the log and events)."""
-    if status == 503:
-        return "no inference worker is available for this model; retry later"
-    if status == 504:
-        return "the model did not answer within the gateway's timeout"
-    if 400 <= status < 500:
-        return _URL.sub("<worker>", str(exc))
-    return f"the inference worker failed (request id {request_id})"
-
-
 def _as_is(text: str) -> str:
     return text
-
-
-def _status_of(exc: UpstreamFailure) -> str:
-    return "timeout" if isinstance(exc, UpstreamTimeout) else "error"
 
 
 def _sse_error(status: int, message: str) -> bytes:

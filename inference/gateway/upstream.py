@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -296,3 +297,23 @@ class Refresher:
                     log.warning("refresh of workers/routes failed", extra={"error": repr(exc)})
                 self.last_error = repr(exc)
             await asyncio.sleep(self.settings.gateway_refresh_s)
+
+
+_URL = re.compile(r"https?://[^\s'\"),]+")
+
+
+def public_message(exc: UpstreamFailure, status: int, request_id: str) -> str:
+    """What a client is told of an upstream failure: the worker's own words for a request it refused (4xx),
+    without addresses; otherwise a generic message (the details, with the worker, are in the log and events)."""
+    if status == 503:
+        return "no inference worker is available for this model; retry later"
+    if status == 504:
+        return "the model did not answer within the gateway's timeout"
+    if 400 <= status < 500:
+        return _URL.sub("<worker>", str(exc))
+    return f"the inference worker failed (request id {request_id})"
+
+
+def status_of(exc: UpstreamFailure) -> str:
+    """The response event's status of a failed request."""
+    return "timeout" if isinstance(exc, UpstreamTimeout) else "error"

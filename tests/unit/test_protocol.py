@@ -183,8 +183,13 @@ def test_openai_requests_are_bounded(extra, field):
 
 
 def test_upstream_failures_tell_clients_no_worker_address():
-    from inference.gateway.serving import public_message
-    from inference.gateway.upstream import UpstreamFailure, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+    from inference.gateway.upstream import (
+        UpstreamFailure,
+        UpstreamHTTPError,
+        UpstreamTimeout,
+        UpstreamUnavailable,
+        public_message,
+    )
 
     worker = "http://127.0.0.1:8000"
     cases = [
