@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas.views import loop_stages_statements, view_statements
+from schemas.views import loop_stages_statements, reviewed_accuracy_statements, view_statements
 
 DATABASE = "flywheel"
 DEDUP_WINDOW = 1000  # inserts remembered per table for insert_deduplication_token
@@ -123,6 +123,13 @@ TABLES: dict[str, str] = {
     adapter_path Nullable(String), job_id Nullable(String)""",
         "alias, toStartOfHour(occurred_at)",
     ),
+    "human_reviews": _table(
+        "human_reviews",
+        """
+    message_id String, model_version LowCardinality(String), reviewer LowCardinality(String),
+    accuracy UInt8, friendliness Nullable(UInt8), completeness Nullable(UInt8), notes String""",
+        "model_version, message_id",
+    ),
     "dead_letters": _table(
         "dead_letters",
         """
@@ -167,6 +174,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             *loop_stages_statements(),  # a reviewed pair counts from its approval
         ),
     ),
+    # the table (a store made before this migration lacks it) and schemas/views.py: v_reviewed_accuracy
+    Migration(7, "human reviews", (TABLES["human_reviews"], *reviewed_accuracy_statements())),
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (

@@ -6,6 +6,7 @@ Models forbid unknown fields: a typo in a producer is an error at the edge, not 
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -22,6 +23,7 @@ Id = Annotated[str, Field(min_length=1, max_length=200)]
 # refused where it is made (the SDK) and dead-lettered with the reason where it is read (the sink).
 MAX_TEXT_CHARS = 100_000
 MAX_MESSAGES = 512
+MAX_REVIEW_NOTES = 4000  # a reviewer's notes on one answer
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Messages = Annotated[list["ChatMessage"], Field(min_length=1, max_length=MAX_MESSAGES)]
 
@@ -138,7 +140,9 @@ class DPOPair(Event):
     prompt: Messages
     chosen: Text | None = None
     rejected: Text
-    source: Literal["correction", "thumbs_up", "teacher", "needs_chosen"]
+    # where the chosen answer came from: a user's correction, a thumbs-up answer to the same question, the teacher
+    # model, an AI judge comparing two answers (`flywheel data judge`), or nowhere yet
+    source: Literal["correction", "thumbs_up", "teacher", "judge", "needs_chosen"]
     session_id: Id
     message_id: Id
     feedback_event_id: uuid.UUID
@@ -188,6 +192,33 @@ class Deployment(Event):
     reason: str = ""
     adapter_path: str | None = None
     job_id: Id | None = None
+
+
+class HumanReview(Event):
+    """A person's scores of one answer, from a filled review sheet (`flywheel review import`).
+
+    Its event_id is `human_review_id` of what it says: re-importing a sheet repeats ids (the store keeps one row),
+    a changed score or note is a new event, and the reviewer's latest one counts (`v_reviewed_accuracy`)."""
+
+    event_type: Literal["human_review"] = "human_review"
+    message_id: Id
+    model_version: Id
+    reviewer: Id
+    accuracy: Literal[0, 1]  # 1: the answer is right
+    friendliness: Annotated[int, Field(ge=1, le=5)] | None = None
+    completeness: Annotated[int, Field(ge=1, le=5)] | None = None
+    notes: Annotated[str, Field(max_length=MAX_REVIEW_NOTES)] = ""
+
+
+HUMAN_REVIEW_NAMESPACE = uuid.UUID("0b6c8f4e-2d1a-4f39-8e57-3c9a1d2f6b84")
+
+
+def human_review_id(
+    message_id: str, reviewer: str, accuracy: int, friendliness: int | None, completeness: int | None, notes: str
+) -> uuid.UUID:
+    """The event id of a review: the same scores and notes by the same reviewer of the same answer, the same id."""
+    name = json.dumps([message_id, reviewer, accuracy, friendliness, completeness, notes], ensure_ascii=False)
+    return uuid.uuid5(HUMAN_REVIEW_NAMESPACE, name)
 
 
 class DeadLetter(Event):
@@ -249,6 +280,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RetrainJob,
     TrainingMetrics,
     Deployment,
+    HumanReview,
     DeadLetter,
 )
 EVENT_BY_TYPE: dict[str, type[Event]] = {cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES}

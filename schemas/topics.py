@@ -17,6 +17,7 @@ from schemas.events import (
     DPOPair,
     Event,
     Feedback,
+    HumanReview,
     InferenceLatency,
     MetricsWindow,
     RetrainJob,
@@ -59,6 +60,10 @@ TRAINING_METRICS = Topic("retrain.metrics", TrainingMetrics, "job_id", "training
 MODEL_DEPLOYMENTS = Topic(
     "model.deployments", Deployment, "alias", "model_deployments", partitions=1, retention_ms=30 * DAY_MS
 )
+# People's scores of sampled answers (`flywheel review import`): a trickle, kept as long as the pairs
+HUMAN_REVIEWS = Topic(
+    "reviews.human", HumanReview, "message_id", "human_reviews", partitions=1, retention_ms=30 * DAY_MS
+)
 
 TOPICS: tuple[Topic, ...] = (
     CHAT_REQUESTS,
@@ -70,6 +75,7 @@ TOPICS: tuple[Topic, ...] = (
     RETRAIN_JOBS,
     TRAINING_METRICS,
     MODEL_DEPLOYMENTS,
+    HUMAN_REVIEWS,
 )
 BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
 BY_EVENT: dict[type[Event], Topic] = {t.value_type: t for t in TOPICS}

@@ -1,5 +1,5 @@
 """The system in one place: every topic (the registry's and the streams' internal ones), every ClickHouse table,
-every consumer group, and which service produces and consumes what.
+every consumer group, and which service (or `flywheel` command) produces and consumes what.
 
 Services read their names from here (consumer groups, internal topics); `flywheel topology` prints it, and
 `flywheel topology --mermaid` writes it as a diagram. tests/unit/test_topology.py checks it against the code:
@@ -19,6 +19,7 @@ from schemas.topics import (
     CHAT_RESPONSES,
     DLQ_TABLE,
     DPO_PAIRS,
+    HUMAN_REVIEWS,
     INFERENCE_LATENCY,
     METRICS_WINDOWS,
     MODEL_DEPLOYMENTS,
@@ -123,6 +124,26 @@ SERVICES: tuple[Service, ...] = (
 BY_SERVICE: dict[str, Service] = {s.name: s for s in SERVICES}
 
 
+@dataclass(frozen=True)
+class Command:
+    """A `flywheel` command that publishes events: a producer that runs when a person types it."""
+
+    name: str  # as typed
+    modules: tuple[str, ...]  # where it builds its events (tests/unit/test_topology.py reads them there)
+    produces: tuple[str, ...]
+
+
+# `flywheel produce FILE` is left out: it replays whatever events a file holds, onto any topic, like the SDK.
+COMMANDS: tuple[Command, ...] = (
+    Command("flywheel review approve", ("deploy.cli_review",), (DPO_PAIRS.name,)),
+    Command("flywheel review reject", ("deploy.cli_review",), (DPO_PAIRS.name,)),
+    Command("flywheel review import", ("deploy.review_sheets",), (HUMAN_REVIEWS.name,)),
+    Command("flywheel models promote", ("inference.controller.deployer",), (MODEL_DEPLOYMENTS.name,)),
+    Command("flywheel models rollback", ("inference.controller.deployer",), (MODEL_DEPLOYMENTS.name,)),
+    Command("flywheel demo", ("deploy.demo_bad",), (MODEL_DEPLOYMENTS.name,)),  # --bad announces its adapter
+)
+
+
 def topic_rows() -> list[tuple[str, str, str, str, str]]:
     """(topic, record, table, producers, consumers) for every topic, the registry's first."""
     rows = []
@@ -130,22 +151,29 @@ def topic_rows() -> list[tuple[str, str, str, str, str]]:
     names += [(t.dlq, "DeadLetter", DLQ_TABLE) for t in TOPICS]
     names += [(t.name, t.record.__name__, "-") for t in INTERNAL_TOPICS]
     for name, record, table in names:
-        producers = ", ".join(s.name for s in SERVICES if name in s.produces) or "-"
+        makers = [*(s.name for s in SERVICES if name in s.produces), *(c.name for c in COMMANDS if name in c.produces)]
+        producers = ", ".join(makers) or "-"
         consumers = ", ".join(s.name for s in SERVICES if name in s.consumes) or "-"
         rows.append((name, record, table, producers, consumers))
     return rows
 
 
 def mermaid() -> str:
-    """A Mermaid flowchart: services as boxes, topics as pills (DLQs folded into one node)."""
+    """A Mermaid flowchart: services as boxes, commands as subroutines, topics as pills (DLQs folded into one)."""
     lines = ["flowchart LR"]
 
     def node(topic: str) -> str:
         return "dlq" if topic.endswith(".dlq") else topic.replace(".", "_").replace("-", "_")
 
-    topics = sorted({node(t) for s in SERVICES for t in (*s.consumes, *s.produces)})
+    def command_node(command: Command) -> str:
+        return "cmd_" + "_".join(command.name.split()[1:])
+
+    named = {t for s in SERVICES for t in (*s.consumes, *s.produces)} | {t for c in COMMANDS for t in c.produces}
+    topics = sorted({node(t) for t in named})
     for s in SERVICES:
         lines.append(f"  {s.name}[{s.name}]")
+    for c in COMMANDS:
+        lines.append(f'  {command_node(c)}[["{c.name}"]]')
     labels = {node(t.name): t.name for t in TOPICS} | {node(t.name): t.name for t in INTERNAL_TOPICS}
     for t in topics:
         lines.append(f"  {t}([{labels.get(t, '*.dlq')}])")
@@ -153,4 +181,6 @@ def mermaid() -> str:
     for s in SERVICES:
         edges |= {f"  {s.name} --> {node(t)}" for t in s.produces}
         edges |= {f"  {node(t)} --> {s.name}" for t in s.consumes}
+    for c in COMMANDS:
+        edges |= {f"  {command_node(c)} --> {node(t)}" for t in c.produces}
     return "\n".join(lines + sorted(edges)) + "\n"

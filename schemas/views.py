@@ -1,4 +1,5 @@
-"""Analyst views over the topic tables (database `flywheel`), applied by migration 2 of `schemas.ddl`.
+"""Analyst views over the topic tables (database `flywheel`), applied by migration 2 of `schemas.ddl`
+(`v_loop_stages` by migration 4, `v_reviewed_accuracy` by migration 7).
 
 Plain views, not materialized ones, on purpose:
 - Exactness. The tables are ReplacingMergeTree keyed by `event_id`; an event produced twice
@@ -26,12 +27,12 @@ from __future__ import annotations
 
 DB = "flywheel"
 
-# The normalized question of a chat_requests row (messages is a JSON array of {role, content}).
-QUESTION_EXPR = (
-    "lowerUTF8(trimBoth(replaceRegexpAll(JSONExtractString("
-    "arrayLast(m -> JSONExtractString(m, 'role') = 'user', JSONExtractArrayRaw(messages)), 'content'),"
-    " '\\\\s+', ' ')))"
+# The last user message of a chat_requests row as written (messages is a JSON array of {role, content}), and
+# the normalized question made from it.
+LAST_USER_MESSAGE_EXPR = (
+    "JSONExtractString(arrayLast(m -> JSONExtractString(m, 'role') = 'user', JSONExtractArrayRaw(messages)), 'content')"
 )
+QUESTION_EXPR = f"lowerUTF8(trimBoth(replaceRegexpAll({LAST_USER_MESSAGE_EXPR}, '\\\\s+', ' ')))"
 
 # Per-version aggregates over `v_responses`, shared by the view `v_ab_summary` (all time) and by
 # the windowed queries of deploy/analytics.py, so the two cannot drift apart.
@@ -281,3 +282,42 @@ LEFT JOIN (
 def loop_stages_statements() -> tuple[str, ...]:
     """`CREATE OR REPLACE VIEW flywheel.v_loop_stages` (migration 4)."""
     return (f"CREATE OR REPLACE VIEW {DB}.v_loop_stages AS\n{LOOP_STAGES_SQL.strip()}",)
+
+
+# People's scores of answers per model version (migration 7 of schemas.ddl, beside the table human_reviews):
+# `flywheel review export` samples answers into a sheet, people score them, `flywheel review import` publishes a
+# HumanReview per scored row. Each reviewer's latest review of an answer counts (a corrected score replaces the
+# reviewer's own, never another reviewer's); the latest is taken as one tuple, because argMax skips NULLs and would
+# bring back an older friendliness that a correction left empty.
+#   reviewed_answers  answers with at least one review;  reviews: (answer, reviewer) pairs;  reviewers: people
+#   accuracy          mean accuracy (1 right, 0 wrong) over those reviews
+#   friendliness, completeness  means (1-5) over the reviews that gave one; NULL when none did
+#   accurate_share    share of reviewed answers that no reviewer marked wrong (= accuracy with one reviewer each)
+#   last_reviewed_at  the newest review's time
+REVIEWED_ACCURACY_SQL = f"""
+SELECT
+    model_version,
+    uniqExact(message_id) AS reviewed_answers,
+    count() AS reviews,
+    uniqExact(reviewer) AS reviewers,
+    avg(latest.1) AS accuracy,
+    avg(latest.2) AS friendliness,
+    avg(latest.3) AS completeness,
+    1 - uniqExactIf(message_id, latest.1 = 0) / reviewed_answers AS accurate_share,
+    max(reviewed_at) AS last_reviewed_at
+FROM (
+    SELECT
+        message_id,
+        reviewer,
+        any(model_version) AS model_version,
+        argMax(tuple(accuracy, friendliness, completeness), occurred_at) AS latest,
+        max(occurred_at) AS reviewed_at
+    FROM {DB}.human_reviews FINAL
+    GROUP BY message_id, reviewer
+)
+GROUP BY model_version"""
+
+
+def reviewed_accuracy_statements() -> tuple[str, ...]:
+    """`CREATE OR REPLACE VIEW flywheel.v_reviewed_accuracy` (migration 7)."""
+    return (f"CREATE OR REPLACE VIEW {DB}.v_reviewed_accuracy AS\n{REVIEWED_ACCURACY_SQL.strip()}",)

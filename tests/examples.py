@@ -14,6 +14,7 @@ from schemas.events import (
     DPOPair,
     Event,
     Feedback,
+    HumanReview,
     InferenceLatency,
     MetricsWindow,
     RetrainJob,
@@ -111,6 +112,15 @@ def examples() -> list[Event]:
             previous_version="support@v1",
             weight=5,
             reason="adapter passed the gate",
+        ),
+        HumanReview(
+            message_id="m1",
+            model_version="tiny@v1",
+            reviewer="alice",
+            accuracy=0,
+            friendliness=4,
+            completeness=2,
+            notes="It has not shipped yet.",
         ),
         DeadLetter(
             source_topic="chat.responses",

@@ -20,6 +20,7 @@ def test_topic_names_follow_architecture():
         "retrain.jobs",
         "retrain.metrics",
         "model.deployments",
+        "reviews.human",
     ]
     assert all_topic_names()[:2] == ["chat.requests", "chat.requests.dlq"]
 

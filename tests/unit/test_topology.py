@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import click
 import pytest
 
 from schemas import topics as registry
@@ -106,11 +107,29 @@ def test_the_gateway_publishes_what_is_declared():
     )
 
 
+def test_the_commands_publish_what_is_declared():
+    for command in topology.COMMANDS:
+        assert built_events(*command.modules) == set(command.produces), command.name
+    assert {t for c in topology.COMMANDS for t in c.produces} <= {t.name for t in registry.TOPICS}
+
+
+def test_the_declared_commands_exist():
+    from deploy.cli import main
+
+    for command in topology.COMMANDS:
+        group = main
+        for word in command.name.split()[1:]:
+            assert isinstance(group, click.Group) and word in group.commands, command.name
+            group = group.commands[word]
+
+
 def test_mermaid_names_every_service_and_topic():
     text = topology.mermaid()
     assert text.startswith("flowchart LR")
     for s in topology.SERVICES:
         assert f"{s.name}[{s.name}]" in text
+    for c in topology.COMMANDS:
+        assert f'[["{c.name}"]]' in text
     for t in registry.TOPICS:
         assert f"([{t.name}])" in text
 
