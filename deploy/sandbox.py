@@ -89,6 +89,12 @@ class LocalLoop:
     def worker_url(self) -> str:
         return f"http://127.0.0.1:{self.env['FLYWHEEL_WORKER_BASE_PORT']}"
 
+    def worker_headers(self) -> dict[str, str]:
+        """What a direct call to a worker's /v1/... needs: the stack's worker token."""
+        from schemas.settings import bearer
+
+        return bearer(self.settings.worker_token())
+
     def metrics_urls(self) -> dict[str, str]:
         """Every service's Prometheus endpoint (the gateway's needs an admin key; the store's serves the sink's)."""
         ports = {name: self.env[setting] for name, setting in EXPORTERS.items()}

@@ -274,7 +274,8 @@ def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, 
     # Unloaded once drained: gone from the worker and from the adapters the workers load.
     deadline = time.monotonic() + 180
     while True:
-        served = {m["id"] for m in httpx.get(f"{loop.worker_url}/v1/models", timeout=30).json()["data"]}
+        listed = httpx.get(f"{loop.worker_url}/v1/models", headers=loop.worker_headers(), timeout=30)
+        served = {m["id"] for m in listed.raise_for_status().json()["data"]}
         if bad not in served and not redis.hexists("flywheel:adapters", bad):
             break
         assert time.monotonic() < deadline, f"{bad} still loaded: {served}"
