@@ -11,20 +11,16 @@ Example:
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from functools import lru_cache
 
 from rouge_score import rouge_scorer, tokenizers
 
-# A CJK ideograph, kana or hangul syllable is a token by itself; any other run of letters/digits is a word.
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+from retrain.data.text import tokens
 
 
 class MixedTokenizer(tokenizers.Tokenizer):
     def tokenize(self, text: str) -> list[str]:
-        return _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
+        return tokens(text)
 
 
 @lru_cache(maxsize=1)
