@@ -3,6 +3,8 @@
 Sources: the analytics store (`flywheel.dpo_pairs`, read with FINAL: the table is a
 ReplacingMergeTree and the sink may have written a pair twice) or a JSONL file of DPOPair
 events (or plain {pair_id, prompt, chosen, rejected} objects) for `flywheel train dpo --pairs`.
+In a plain object the prompt may be chat messages or plain text (one user turn), and a missing
+pair_id is derived from the content, so the same pair keeps the same id (and held-out side) in every run.
 
 The held-out split depends only on each pair id (sha256 bucket), so it is the same in every run,
 in the worker and by hand, and a pair never moves between train and held-out when others are added.
@@ -51,26 +53,50 @@ class Pair:
         }
 
 
-def _pair(pair_id: str, prompt, chosen: str | None, rejected: str) -> Pair | None:
+def _is_messages(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    )
+
+
+def prompt_messages(prompt) -> tuple[dict, ...]:
+    """Chat messages from a list of them, their JSON text (the store's column), or plain text (one user turn)."""
     if isinstance(prompt, str):
-        prompt = json.loads(prompt)
+        try:
+            decoded = json.loads(prompt)
+        except json.JSONDecodeError:
+            decoded = None
+        # plain text that happens to parse as JSON ("42", "[1, 2]") is still plain text
+        prompt = decoded if _is_messages(decoded) else [{"role": "user", "content": prompt}]
+    return tuple({"role": m["role"], "content": m["content"]} for m in prompt)
+
+
+def content_pair_id(prompt: Sequence[dict], chosen: str, rejected: str) -> str:
+    """A stable id for a pair that came without one: sha256 of its normalized content."""
+    content = json.dumps([list(prompt), chosen, rejected], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+def _pair(pair_id: str | None, prompt, chosen: str | None, rejected: str) -> Pair | None:
     if not chosen:  # `needs_chosen` pairs have no chosen answer yet: nothing to learn from
         return None
-    messages = tuple({"role": m["role"], "content": m["content"]} for m in prompt)
-    return Pair(pair_id, messages, chosen, rejected)
+    messages = prompt_messages(prompt)
+    return Pair(pair_id or content_pair_id(messages, chosen, rejected), messages, chosen, rejected)
 
 
 def pairs_from_records(records: Iterable[dict]) -> list[Pair]:
     out = []
     for rec in records:
-        pair = _pair(rec["pair_id"], rec["prompt"], rec.get("chosen"), rec["rejected"])
+        pair = _pair(rec.get("pair_id"), rec["prompt"], rec.get("chosen"), rec["rejected"])
         if pair is not None:
             out.append(pair)
     return out
 
 
 def read_pairs_file(path: str | Path) -> list[Pair]:
-    """Pairs from a JSONL file (one DPOPair event or {pair_id, prompt, chosen, rejected} per line)."""
+    """Pairs from a JSONL file (one DPOPair event or {[pair_id,] prompt, chosen, rejected} per line)."""
     lines = Path(path).read_text().splitlines()
     return pairs_from_records(json.loads(line) for line in lines if line.strip())
 

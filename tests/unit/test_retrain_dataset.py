@@ -67,3 +67,26 @@ def test_records_from_events_and_plain(tmp_path):
     row = pairs[1].to_row()
     assert row["chosen"] == [{"role": "assistant", "content": "c"}] and len(row["prompt"]) == 2
     assert pairs_from_records([]) == []
+
+
+def test_plain_seed_lines_with_text_prompt_and_no_pair_id(tmp_path):
+    lines = [
+        {"prompt": "What is the return window?", "chosen": "30 days from delivery.", "rejected": "No idea."},
+        {"prompt": "退货期限是多久？", "chosen": "收货后30天内。", "rejected": "不知道。"},
+        {"prompt": "[1, 2]", "chosen": "c", "rejected": "r"},  # parses as JSON, but is not messages
+    ]
+    path = tmp_path / "seed.jsonl"
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n")
+    pairs = read_pairs_file(path)
+    assert [p.prompt for p in pairs] == [
+        ({"role": "user", "content": "What is the return window?"},),
+        ({"role": "user", "content": "退货期限是多久？"},),
+        ({"role": "user", "content": "[1, 2]"},),
+    ]
+    ids = [p.pair_id for p in pairs]
+    assert len(set(ids)) == 3 and all(len(i) == 32 for i in ids)
+    assert [p.pair_id for p in read_pairs_file(path)] == ids  # derived from the content: the same every run
+    # the same pair written with a message list gets the same id; a given pair_id is kept
+    as_messages = dict(lines[0], prompt=[{"role": "user", "content": "What is the return window?"}])
+    assert pairs_from_records([as_messages])[0].pair_id == ids[0]
+    assert pairs_from_records([dict(lines[0], pair_id="mine")])[0].pair_id == "mine"
