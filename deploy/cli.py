@@ -229,6 +229,7 @@ def _register() -> None:
     from inference.controller.cli import deploy_group
     from producers.cli import produce_command
     from retrain.cli import models_group, train_group
+    from retrain.data.cli import data_group, eval_command
     from retrain.launch import launch_command
 
     # `models promote|rollback` are the controller's: they route traffic and publish the event.
@@ -241,6 +242,8 @@ def _register() -> None:
         topology_command,
         keys_group,
         review_group,
+        data_group,
+        eval_command,
         db,
         schemas,
         produce_command,
