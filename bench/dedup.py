@@ -39,11 +39,20 @@ from itertools import combinations
 from pathlib import Path
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHash
 from rich.console import Console
 from rich.table import Table
 
-from retrain.data.dedup import SCHEME, SEED, dedup_records, exact_duplicates, near_duplicates, record_text, signatures
+from retrain.data.dedup import (
+    SCHEME,
+    SEED,
+    dedup_records,
+    exact_duplicates,
+    lsh_index,
+    near_duplicates,
+    record_text,
+    signatures,
+)
 from retrain.data.text import shingles
 
 EN_ADJ = "blue red black white wireless smart compact steel ceramic portable foldable quiet mini pro classic".split()
@@ -161,7 +170,7 @@ def make_data(n: int, dup_share: float = 0.1, seed: int = 7) -> Data:
 
 def baseline_kept(texts: list[str], threshold: float, num_perm: int, ngram: int) -> list[int]:
     """The straightforward way: one MinHash per text by `update`, query then insert, record by record."""
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = lsh_index(threshold, num_perm)
     kept: dict[int, MinHash] = {}
     for i, text in enumerate(texts):
         minhash = MinHash(num_perm=num_perm)
@@ -196,7 +205,7 @@ def quality(data: Data, threshold: float, num_perm: int, ngram: int, removed: se
     """Pairs judged against exact Jaccard (see the module docstring)."""
     sets = [shingles(record_text(r), ngram) for r in data.records]
     sigs = signatures(sets, num_perm)
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    lsh = lsh_index(threshold, num_perm)
     with lsh.insertion_session() as session:
         for i, row in enumerate(sigs):
             session.insert(i, LeanMinHash(seed=SEED, hashvalues=row, scheme=SCHEME), check_duplication=False)

@@ -145,12 +145,23 @@ def signatures(shingle_sets: Sequence[Collection[str]], num_perm: int = 128) -> 
 
 # -- near duplicates ------------------------------------------------------------------------------------
 
+# MinHashLSH picks its bands (b x r) by weighing false positives against false negatives; ours are cheap (every
+# candidate is checked against the threshold with its estimated Jaccard) and a missed duplicate stays in the data,
+# so the bands favour recall: at threshold 0.8 with 128 permutations, 14 bands of 9 rows find a pair at Jaccard 0.84
+# 96% of the time, where the default 9 bands of 13 find it 63% of the time.
+LSH_WEIGHTS = (0.1, 0.9)
+
+
+def lsh_index(threshold: float, num_perm: int) -> MinHashLSH:
+    """An empty MinHashLSH with our bands (the bench's baseline uses the same)."""
+    return MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS)
+
 
 def lsh_buckets(sigs: np.ndarray, threshold: float = 0.8) -> dict[int, list[int]]:
     """The LSH index read in bulk: for each row that shares a bucket with another row, its shared buckets (numbered
     across bands), rows ascending. The bands are `MinHashLSH`'s own (its b x r for the threshold, its ranges); a
     bucket holds the rows whose values in the band are equal, as MinHashLSH's byte keys of the band do."""
-    lsh = MinHashLSH(threshold=threshold, num_perm=sigs.shape[1])
+    lsh = lsh_index(threshold, sigs.shape[1])
     rows_per_band, buckets_per_band = [], []
     numbered = 0
     for start, end in lsh.hashranges:

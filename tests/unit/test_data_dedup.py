@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import LeanMinHash, MinHash
 
-from retrain.data.dedup import SCHEME, SEED, dedup_command, dedup_records, near_duplicates, signatures
+from retrain.data.dedup import SCHEME, SEED, dedup_command, dedup_records, lsh_index, near_duplicates, signatures
 from retrain.data.text import shingles
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_first_of_a_cluster_is_kept_and_other_keys_survive():
 
 def _one_by_one(sigs: np.ndarray, threshold: float) -> list[bool]:
     """The straightforward rule: query a MinHashLSH, keep and insert when no kept candidate is similar enough."""
-    lsh, kept, keep = MinHashLSH(threshold=threshold, num_perm=sigs.shape[1]), {}, []
+    lsh, kept, keep = lsh_index(threshold, sigs.shape[1]), {}, []
     for i, row in enumerate(sigs):
         minhash = LeanMinHash(seed=SEED, hashvalues=row, scheme=SCHEME)
         keep.append(not any(minhash.jaccard(kept[key]) >= threshold for key in lsh.query(minhash)))
@@ -161,7 +161,7 @@ def test_cli_writes_kept_records_and_clusters(tmp_path):
     [
         ('{"question": "q", "answer": "a"}\nnot json\n', [], "in.jsonl:2: not JSON"),
         ('["question", "answer"]\n', [], "in.jsonl:1: a JSON list, not an object"),
-        ('{"question": "q", "answer": "a"}\n', ["--threshold", "0.99"], "--threshold 0.99 --num-perm 128"),
+        ('{"question": "q", "answer": "a"}\n', ["--threshold", "0.999"], "--threshold 0.999 --num-perm 128"),
         ('{"question": "q", "answer": "a"}\n', ["--field", "source"], "Invalid value for '--field'"),
     ],
 )

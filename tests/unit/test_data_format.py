@@ -201,7 +201,9 @@ def test_bad_record_names_its_line(tmp_path, target, record, message):
     assert result.exit_code == 1 and "line 4:" in result.output and not (tmp_path / "o.jsonl").exists()
 
 
-@pytest.mark.parametrize("text, message", [("{not json\n", "line 1: not JSON"), ('["a list"]\n', "line 1: a JSON list, not an object")])
+@pytest.mark.parametrize(
+    "text, message", [("{not json\n", "line 1: not JSON"), ('["a list"]\n', "line 1: a JSON list, not an object")]
+)
 def test_unreadable_lines(tmp_path, text, message):
     path = tmp_path / "in.jsonl"
     path.write_text(text)

@@ -303,11 +303,8 @@ def test_context_expires_after_ttl():
     assert joiner.context == {}
 
 
-def test_builder_chooses_correction_then_thumbs_up_then_teacher_then_needs_chosen():
-    async def teacher(messages):
-        return "Teacher says." if "teach" in messages[-1]["content"] else None
-
-    builder = PairBuilder({}, "tiny", NearDuplicateFilter(0.9, 100), 1, 1000, teacher=teacher)
+def _joined_feedback():
+    """A function joining one question, its answer and a feedback through a fresh FeedbackJoiner."""
     joiner = FeedbackJoiner({}, {}, 100, 10)
 
     def joined(question, answer, feedback, correction=None):
@@ -316,6 +313,16 @@ def test_builder_chooses_correction_then_thumbs_up_then_teacher_then_needs_chose
         joiner.on_response(resp, 0, 0)
         fb = Feedback(session_id="s", message_id=req.message_id, feedback=feedback, correction=correction)
         return joiner.on_feedback(fb, 0, 0, 0).joined[0]
+
+    return joined
+
+
+def test_builder_chooses_correction_then_thumbs_up_then_teacher_then_needs_chosen():
+    async def teacher(messages):
+        return "Teacher says." if "teach" in messages[-1]["content"] else None
+
+    builder = PairBuilder({}, "tiny", NearDuplicateFilter(0.9, 100), 1, 1000, teacher=teacher)
+    joined = _joined_feedback()
 
     run = asyncio.run
     p = run(builder.on_joined(joined("Q1?", "bad", "thumbs_down", correction="mail me: a@b.com"))).pair
@@ -335,14 +342,7 @@ def test_with_reviews_on_only_a_users_correction_waits_and_trains_once_approved(
     from streams.agents.trigger import usable
 
     builder = PairBuilder({}, "tiny", NearDuplicateFilter(0.9, 100), 1, 1000, review_corrections=True)
-    joiner = FeedbackJoiner({}, {}, 100, 10)
-
-    def joined(question, answer, feedback, correction=None):
-        req, resp = _conversation(question, answer)
-        joiner.on_request(req, 0, 0)
-        joiner.on_response(resp, 0, 0)
-        fb = Feedback(session_id="s", message_id=req.message_id, feedback=feedback, correction=correction)
-        return joiner.on_feedback(fb, 0, 0, 0).joined[0]
+    joined = _joined_feedback()
 
     run = asyncio.run
     corrected = run(builder.on_joined(joined("Kettles?", "No idea.", "thumbs_down", correction="39 euros."))).pair
