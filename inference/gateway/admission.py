@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from inference.gateway.auth import KEY_PREFIX, ApiKey, ApiKeyStore, parse_bearer
+from inference.gateway.auth import ApiKey, ApiKeyStore, parse_bearer
 from inference.gateway.protocol import GatewayError
 from inference.gateway.ratelimit import Decision, RateLimiter
 from inference.gateway.sessions import SessionNotOwned, SessionStore, parse_session
@@ -114,7 +114,7 @@ class Gate:
 
     def _queue_limits(self, pipe, key: ApiKey) -> None:
         """A request that makes the model answer: the key's request limit, and its token limit when it has one
-        (admitted while not overdrawn; `charge_tokens` counts the answer's tokens once they are known)."""
+        (admitted while not overdrawn; `charge_later` counts the answer's tokens once they are known)."""
         self.limiter.queue(pipe, key.key_id, key.rate_per_minute)
         if key.tokens_per_minute:
             self.limiter.queue_check(pipe, key.token_bucket(), key.tokens_per_minute)
@@ -134,7 +134,7 @@ class Gate:
 
 def looks_like_jwt(token: str) -> bool:
     """A compact JWS: header.payload.signature (an API key has no dot)."""
-    return token.count(".") == 2 and not token.startswith(KEY_PREFIX)
+    return token.count(".") == 2
 
 
 def _check_limits(replies: list, key: ApiKey) -> list:

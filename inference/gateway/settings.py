@@ -90,9 +90,9 @@ class GatewaySettings(ProducerSettings):
     # scraper on a private network; /health answers everyone with its status and each check's ok, the details
     # only with an admin key.
     gateway_public_metrics: bool = Field(False, description="serve /metrics without an admin key")
-    # Signed-in end users (inference/gateway/user_tokens.py): a bearer token that is not an API key is verified as a
-    # JWT of this issuer and audience, with the key in a PEM file (or an HS256 secret) or the provider's JWKS URL;
-    # its `sub` is the user. Off while the issuer is empty.
+    # Signed-in end users (inference/gateway/user_tokens.py): a bearer token that is a JWT is verified against this
+    # `iss` and `aud`, with the key in a PEM file (or an HS256 secret) or the provider's JWKS URL; its `sub` is the
+    # user. User tokens are off while FLYWHEEL_GATEWAY_JWT_ISSUER is empty.
     gateway_jwt_issuer: str = Field("", description="issuer (iss) of user JWTs ('': user tokens off)")
     gateway_jwt_audience: str = Field("flywheel", description="audience (aud) user JWTs must name")
     gateway_jwt_key_file: Path | None = Field(None, description="PEM public key (or HS256 secret) of user JWTs")

@@ -143,3 +143,28 @@ def test_user_tokens_need_one_key_source_and_name_their_subject(tmp_path):
                 {k: v for k, v in claims.items() if k != "exp"}, "a-shared-secret-of-at-least-32-bytes!!", "HS256"
             )
         )
+
+
+def test_a_verified_user_token_is_remembered_until_its_expiry(tmp_path, monkeypatch):
+    import time
+
+    import jwt
+
+    from inference.gateway import user_tokens
+    from inference.gateway.user_tokens import InvalidUserToken, UserTokens
+
+    monkeypatch.setattr(user_tokens, "LEEWAY_S", 0)  # expiry exactly at `exp`, so the test need not wait 30 s
+    secret = "a-shared-secret-of-at-least-32-bytes!!"
+    (tmp_path / "secret").write_text(secret)
+    users = UserTokens("https://id.example", "flywheel", ["HS256"], 60, 0, key_file=tmp_path / "secret")
+    exp = int(time.time()) + 2
+    token = jwt.encode({"iss": "https://id.example", "aud": "flywheel", "sub": "alice", "exp": exp}, secret, "HS256")
+    decodes = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(user_tokens.jwt, "decode", lambda *a, **k: decodes.append(1) or real_decode(*a, **k))
+    first = users.verify(token)
+    assert users.verify(token) == first and len(decodes) == 1  # the second time from memory
+    time.sleep(max(0.0, exp - time.time()) + 0.1)
+    with pytest.raises(InvalidUserToken, match="expired"):  # past its expiry the memory does not answer
+        users.verify(token)
+    assert len(decodes) == 2
