@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,6 +204,33 @@ def near_duplicates(sigs: np.ndarray, threshold: float = 0.8) -> tuple[np.ndarra
         for head, rows in sorted(removed_by.items())
     ]
     return keep, clusters
+
+
+class NearDuplicates:
+    """Texts one at a time (`flywheel data synth`'s questions as they come), each as a MinHash in an LSH index with
+    the bands of `lsh_index`. The candidates LSH finds are checked against the threshold (their estimated
+    Jaccard), since banding also returns some pairs below it."""
+
+    def __init__(self, texts: Iterable[str] = (), threshold: float = 0.8, num_perm: int = 128):
+        self.threshold, self.num_perm = threshold, num_perm
+        self._lsh = lsh_index(threshold, num_perm)
+        self._hashes: dict[str, MinHash] = {}
+        for text in texts:
+            self.add(text)
+
+    def add(self, text: str) -> bool:
+        """Index `text` and return True, or return False when it is empty or a near-duplicate of one indexed."""
+        grams = shingles(text)
+        if not grams:
+            return False
+        signature = MinHash(num_perm=self.num_perm)
+        signature.update_batch([g.encode() for g in grams])
+        if any(self._hashes[key].jaccard(signature) >= self.threshold for key in self._lsh.query(signature)):
+            return False
+        key = str(len(self._hashes))
+        self._lsh.insert(key, signature)
+        self._hashes[key] = signature
+        return True
 
 
 def dedup_records(

@@ -12,8 +12,8 @@ Methods (--method), with prompts in English, or in Chinese when the text has CJK
     back-translate  each seed translated to --pivot and back (default Chinese for English text, English for Chinese).
 The model answers each new question (--system: the answers' system message). The record is dropped, and counted, if
 it fails `flywheel data filter`'s checks (filters.drop_reason, default FilterConfig) or if its question is a
-near-duplicate of a seed or of any question so far: Jaccard >= 0.8 over text.shingles, with datasketch's MinHashLSH
-(an index that grows one question at a time; `flywheel data dedup` works on a whole file at once).
+near-duplicate of a seed or of any question so far: Jaccard >= 0.8 over text.shingles, with dedup.NearDuplicates
+(the same LSH bands as `flywheel data dedup`, in an index that grows one question at a time).
 
 Reads --seeds: JSONL records with a "question" (other keys ignored), or plain text, one question per line.
 Appends to --out (JSONL) {"id", "question", "answer", "source": "synth:<method>", "seed"}, plus "operation" (evol)
@@ -37,17 +37,16 @@ import math
 import random
 import re
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
-from datasketch import MinHash, MinHashLSH
 from rich.console import Console
 
 from retrain.data.client import ChatClient, Endpoint, EndpointError, GaveUp, counts_table, endpoint_options, run_all
+from retrain.data.dedup import NearDuplicates
 from retrain.data.filters import FilterConfig, drop_reason
-from retrain.data.text import has_cjk, shingles
+from retrain.data.text import has_cjk
 
 METHODS = ("self-instruct", "evol", "paraphrase", "back-translate")
 OPERATIONS = ("deepen", "broaden", "concretize", "complexify")
@@ -138,32 +137,6 @@ def read_seeds(path: Path) -> list[str]:
         if line:
             seeds.append(line)
     return list(dict.fromkeys(seeds))
-
-
-class NearDuplicates:
-    """Every question so far as a MinHash in an LSH index. The candidates LSH finds are checked against the
-    threshold (their estimated Jaccard), since banding also returns some pairs below it."""
-
-    def __init__(self, texts: Iterable[str] = (), threshold: float = 0.8, num_perm: int = 128):
-        self.threshold, self.num_perm = threshold, num_perm
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self._hashes: dict[str, MinHash] = {}
-        for text in texts:
-            self.add(text)
-
-    def add(self, text: str) -> bool:
-        """Index `text` and return True, or return False when it is empty or a near-duplicate of one indexed."""
-        grams = shingles(text)
-        if not grams:
-            return False
-        signature = MinHash(num_perm=self.num_perm)
-        signature.update_batch([g.encode() for g in grams])
-        if any(self._hashes[key].jaccard(signature) >= self.threshold for key in self._lsh.query(signature)):
-            return False
-        key = str(len(self._hashes))
-        self._lsh.insert(key, signature)
-        self._hashes[key] = signature
-        return True
 
 
 class OutputFile:

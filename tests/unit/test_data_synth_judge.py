@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from retrain.data.client import ChatClient, GaveUp, RequestRefused, backoff_delay, retry_after_seconds
+from retrain.data.dedup import NearDuplicates
 from retrain.data.judge import Judgement, combine, judge, judge_messages, pair_event, pair_record, parse_verdict
 from retrain.data.synth import (
     OPERATIONS,
-    NearDuplicates,
     clean_rewrite,
     evol_operation,
     language,
