@@ -76,6 +76,7 @@ class EventPublisher:
         self._poller = threading.Thread(target=self._poll_loop, name="flywheel-gateway-poll", daemon=True)
         self._task: asyncio.Task | None = None
         self._replace_lock = threading.Lock()
+        self._replay_lock = threading.Lock()  # one replay at a time: two would send a segment twice
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -248,6 +249,10 @@ class EventPublisher:
         log.info("broker reachable again: replaying the spool")
 
     def _replay(self) -> None:
+        with self._replay_lock:
+            self._replay_segments()
+
+    def _replay_segments(self) -> None:
         self.replaying = True
         try:
             for segment in self.spool.rotate():
