@@ -86,7 +86,7 @@ def dpo_command(pairs_file, job_id, config_path, output, local_rank, **overrides
         registry = Registry(settings.registry_dir)
         parent = registry.current(settings.model_alias)
         result = train_dpo(
-            to_dataset(pairs),
+            to_dataset(pairs, settings.base_model_dir),
             settings.base_model_dir,
             output,
             config,

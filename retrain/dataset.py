@@ -8,6 +8,13 @@ pair_id is derived from the content, so the same pair keeps the same id (and hel
 
 The held-out split depends only on each pair id (sha256 bucket), so it is the same in every run,
 in the worker and by hand, and a pair never moves between train and held-out when others are added.
+
+Two prompt formats (`prompt_format`, read from the store's column and from each JSONL record, "chat" when absent):
+"chat" pairs train in TRL's conversational format (the chat template renders the prompt); "text" pairs (code
+completions: the prompt is the exact text the model continued) in TRL's standard format, {"prompt": str, "chosen":
+str, "rejected": str}, to which TRL appends the end-of-text token. One TRL dataset holds one format, so a job that
+mixes both renders its chat rows to text with the tokenizer's chat template (`one_format`, TRL's own rendering, with
+the generation prompt): the same text the conversational format would have trained on.
 """
 
 from __future__ import annotations
@@ -17,12 +24,14 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-PAIR_COLUMNS = "pair_id, base_model, prompt, chosen, rejected, source"
+PAIR_COLUMNS = "pair_id, base_model, prompt, chosen, rejected, source, prompt_format"
+PROMPT_FORMATS = ("chat", "text")
 
 
 class PairsError(RuntimeError):
@@ -36,15 +45,28 @@ class PairsMissing(PairsError):
 @dataclass(frozen=True)
 class Pair:
     pair_id: str
-    prompt: tuple[dict, ...]  # chat messages {"role", "content"}
+    prompt: tuple[dict, ...]  # chat messages {"role", "content"}; a text pair: one user message, the raw text
     chosen: str
     rejected: str
+    prompt_format: str = "chat"  # "text": the prompt is the exact text the model continued (a code completion)
 
     def swapped(self) -> Pair:
-        return Pair(self.pair_id, self.prompt, self.rejected, self.chosen)
+        return replace(self, chosen=self.rejected, rejected=self.chosen)
+
+    @property
+    def model_prompt(self) -> tuple[dict, ...] | str:
+        """What the model is given: the chat messages, or a text pair's raw text."""
+        return self.prompt[-1]["content"] if self.prompt_format == "text" else self.prompt
 
     def to_row(self) -> dict:
-        """TRL's conversational preference format."""
+        """TRL's conversational preference format; a text pair's, the standard one."""
+        if self.prompt_format == "text":
+            return {
+                "pair_id": self.pair_id,
+                "prompt": self.model_prompt,
+                "chosen": self.chosen,
+                "rejected": self.rejected,
+            }
         return {
             "pair_id": self.pair_id,
             "prompt": [dict(m) for m in self.prompt],
@@ -79,17 +101,28 @@ def content_pair_id(prompt: Sequence[dict], chosen: str, rejected: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
-def _pair(pair_id: str | None, prompt, chosen: str | None, rejected: str) -> Pair | None:
+def _pair(
+    pair_id: str | None, prompt, chosen: str | None, rejected: str, prompt_format: str | None = None
+) -> Pair | None:
     if not chosen:  # `needs_chosen` pairs have no chosen answer yet: nothing to learn from
         return None
+    prompt_format = prompt_format or "chat"
+    if prompt_format not in PROMPT_FORMATS:
+        raise PairsError(f"pair {pair_id!r}: prompt_format {prompt_format!r} is not one of {', '.join(PROMPT_FORMATS)}")
     messages = prompt_messages(prompt)
-    return Pair(pair_id or content_pair_id(messages, chosen, rejected), messages, chosen, rejected)
+    if prompt_format == "text" and (len(messages) != 1 or messages[0]["role"] != "user"):
+        raise PairsError(f"pair {pair_id!r}: a text prompt must be one user message (or a string)")
+    if pair_id is None:  # a text pair's id differs from a chat pair's of the same words
+        pair_id = content_pair_id(
+            messages if prompt_format == "chat" else [{"format": "text"}, *messages], chosen, rejected
+        )
+    return Pair(pair_id, messages, chosen, rejected, prompt_format)
 
 
 def pairs_from_records(records: Iterable[dict]) -> list[Pair]:
     out = []
     for rec in records:
-        pair = _pair(rec.get("pair_id"), rec["prompt"], rec.get("chosen"), rec["rejected"])
+        pair = _pair(rec.get("pair_id"), rec["prompt"], rec.get("chosen"), rec["rejected"], rec.get("prompt_format"))
         if pair is not None:
             out.append(pair)
     return out
@@ -110,8 +143,8 @@ def query_pairs(client, pair_ids: Sequence[str]) -> dict[str, Pair | None]:
         parameters={"ids": list(pair_ids)},
     )
     found: dict[str, Pair | None] = {}
-    for pair_id, _base, prompt, chosen, rejected, _source in result.result_rows:
-        found[pair_id] = _pair(pair_id, prompt, chosen, rejected)
+    for pair_id, _base, prompt, chosen, rejected, _source, prompt_format in result.result_rows:
+        found[pair_id] = _pair(pair_id, prompt, chosen, rejected, prompt_format)
     return found
 
 
@@ -168,10 +201,48 @@ def split_pairs(pairs: Sequence[Pair], eval_fraction: float) -> tuple[list[Pair]
     return train, heldout
 
 
-def to_dataset(pairs: Sequence[Pair]):
-    """A `datasets.Dataset` in TRL's conversational preference format."""
+def to_dataset(pairs: Sequence[Pair], tokenizer: Any = None):
+    """A `datasets.Dataset` of TRL preference rows in one format (`one_format`): conversational for chat pairs,
+    standard for text pairs; a mix needs `tokenizer` (or the model directory to load it from)."""
     from datasets import Dataset
 
     if not pairs:
         raise PairsError("no usable pairs to build a dataset from")
-    return Dataset.from_list([p.to_row() for p in pairs])
+    return Dataset.from_list(one_format([p.to_row() for p in pairs], tokenizer))
+
+
+def is_conversational(row: dict) -> bool:
+    return not isinstance(row["prompt"], str)
+
+
+def one_format(rows: list[dict], tokenizer: Any = None) -> list[dict]:
+    """`rows` (preference or prompt/completion) as they are when they share one format; else every conversational row
+    rendered to text with the chat template (TRL's `apply_chat_template`: the prompt with the generation prompt, the
+    answer as the template continues it), the text rows kept. `tokenizer`: a tokenizer, or a model directory
+    (loaded only for a mix)."""
+    chat = [is_conversational(r) for r in rows]
+    if all(chat) or not any(chat):
+        return rows
+    if tokenizer is None:
+        raise PairsError("chat and text pairs in one job: a tokenizer is needed to render the chat ones as text")
+    if isinstance(tokenizer, str | Path):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    return [render_chat_row(r, tokenizer) if c else r for r, c in zip(rows, chat, strict=True)]
+
+
+def render_chat_row(row: dict, tokenizer: Any) -> dict:
+    """A conversational row as text, its other keys (pair_id) kept. The answers end with the template's end of turn;
+    whitespace the template writes after it is dropped, so that TRL, which appends the end-of-text token to standard
+    rows that lack it, does not append a second one when the two are the same token (SmolLM2: <|im_end|>)."""
+    from trl.data_utils import apply_chat_template
+
+    rendered = apply_chat_template(
+        {k: row[k] for k in ("prompt", "chosen", "rejected", "completion") if k in row}, tokenizer
+    )
+    eos = tokenizer.eos_token or ""
+    for key in ("chosen", "rejected", "completion"):
+        if key in rendered and eos and rendered[key].rstrip().endswith(eos):
+            rendered[key] = rendered[key].rstrip()
+    return {**row, **rendered}

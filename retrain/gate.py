@@ -162,10 +162,15 @@ class Scorer:
         self.max_length = max_length
         self._cache: dict[tuple, float] = {}
 
-    def _ids(self, prompt: Sequence[dict], answer: str) -> tuple[list[int], list[int]]:
+    def _ids(self, prompt: Sequence[dict] | str, answer: str) -> tuple[list[int], list[int]]:
+        """Prompt and answer token ids; a text prompt (a code completion's) as it is, its answer ended with the
+        end-of-text token, as TRL trains standard rows."""
         tok = self.tokenizer
-        prompt_text = tok.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
-        full_text = tok.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
+        if isinstance(prompt, str):
+            prompt_text, full_text = prompt, prompt + answer + (tok.eos_token or "")
+        else:
+            prompt_text = tok.apply_chat_template(list(prompt), add_generation_prompt=True, tokenize=False)
+            full_text = tok.apply_chat_template([*prompt, {"role": "assistant", "content": answer}], tokenize=False)
         if not full_text.startswith(prompt_text):
             raise ValueError("chat template does not extend the generation prompt with the answer")
         p = tok(prompt_text, add_special_tokens=False)["input_ids"]
@@ -173,9 +178,10 @@ class Scorer:
         keep_prompt = max(1, self.max_length - len(c))  # truncate the prompt from the left, as TRL keeps the end
         return p[len(p) - min(len(p), keep_prompt) :], c[: self.max_length]
 
-    def logp(self, adapter: str | None, prompt: Sequence[dict], answer: str) -> tuple[float, int]:
+    def logp(self, adapter: str | None, prompt: Sequence[dict] | str, answer: str) -> tuple[float, int]:
         """(sum of log p(answer tokens | prompt), number of answer tokens); adapter None: the base model."""
-        key = (adapter, tuple(tuple(sorted(m.items())) for m in prompt), answer)
+        messages = prompt if isinstance(prompt, str) else tuple(tuple(sorted(m.items())) for m in prompt)
+        key = (adapter, messages, answer)
         p, c = self._ids(prompt, answer)
         if key not in self._cache:
             torch = self.torch
@@ -193,10 +199,11 @@ class Scorer:
     ) -> EvalResult:
         margins = []
         for pair in heldout:
-            pol_c, _ = self.logp(adapter, pair.prompt, pair.chosen)
-            pol_r, _ = self.logp(adapter, pair.prompt, pair.rejected)
-            ref_c, _ = self.logp(None, pair.prompt, pair.chosen)
-            ref_r, _ = self.logp(None, pair.prompt, pair.rejected)
+            prompt = pair.model_prompt
+            pol_c, _ = self.logp(adapter, prompt, pair.chosen)
+            pol_r, _ = self.logp(adapter, prompt, pair.rejected)
+            ref_c, _ = self.logp(None, prompt, pair.chosen)
+            ref_r, _ = self.logp(None, prompt, pair.rejected)
             margins.append(beta * ((pol_c - ref_c) - (pol_r - ref_r)))
         per_prompt = []
         for item in golden:
@@ -280,7 +287,7 @@ def run_gate(
     current = "current" if current_dir is not None else None
     if current_dir is not None:
         gen.load("current", current_dir)
-    asked = [p.prompt for p in trained] + [p.prompt for p in heldout]
+    asked = [p.model_prompt for p in trained] + [p.model_prompt for p in heldout]
     answers = gen.answers([*asked, *(item.prompt for item in regression)], adapter="candidate")
     before = gen.answers([item.prompt for item in regression], adapter=current)
     chosen = [p.chosen for p in trained] + [p.chosen for p in heldout]

@@ -56,13 +56,19 @@ class Generator:
         self.model.set_adapter(adapter)
         return nullcontext()
 
-    def answers(self, prompts: Sequence[Sequence[dict]], adapter: str | None = None) -> list[str]:
-        """The greedy answer to each prompt (chat messages), by `adapter` (None: the base model)."""
+    def answers(self, prompts: Sequence[Sequence[dict] | str], adapter: str | None = None) -> list[str]:
+        """The greedy answer to each prompt (chat messages, or a text prompt continued as it is), by `adapter`
+        (None: the base model)."""
         torch, tok = self.torch, self.tokenizer
         out: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
-            texts = [tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False) for p in batch]
+            texts = [
+                p
+                if isinstance(p, str)
+                else tok.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False)
+                for p in batch
+            ]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
             with torch.no_grad(), self.using(adapter):
                 ids = self.model.generate(

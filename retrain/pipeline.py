@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrain.config import DPOJobConfig
-from retrain.dataset import Pair, split_pairs, to_dataset
+from retrain.dataset import Pair, one_format, split_pairs, to_dataset
 from retrain.demo import write_jsonl
 from retrain.gate import GateReport, GoldenItem, Thresholds, load_golden, load_regression, run_gate
 from retrain.registry import AdapterVersion, Registry
@@ -66,8 +66,11 @@ def thresholds(settings: RetrainSettings) -> Thresholds:
     )
 
 
-def row(prompt: Sequence[dict], answer: str) -> dict:
-    """A prompt/completion row (TRL's conversational format)."""
+def row(prompt: Sequence[dict] | str, answer: str) -> dict:
+    """A prompt/completion row: TRL's conversational format; for a text prompt (a code completion's), the standard
+    one."""
+    if isinstance(prompt, str):
+        return {"prompt": prompt, "completion": answer}
     return {"prompt": [dict(m) for m in prompt], "completion": [{"role": "assistant", "content": answer}]}
 
 
@@ -81,7 +84,9 @@ def read_rows(version_dir: Path | None) -> list[dict]:
     return read_jsonl(path) if path is not None and path.is_file() else []
 
 
-def _question(prompt: Sequence[dict]) -> str:
+def _question(prompt: Sequence[dict] | str) -> str:
+    if isinstance(prompt, str):  # a text prompt is its own question, exactly (normalized questions have no ":")
+        return "text:" + prompt
     users = [m["content"] for m in prompt if m["role"] == "user"]
     return normalize_question(users[-1]) if users else ""
 
@@ -92,7 +97,7 @@ def kept_rows(parent_rows: Sequence[dict], pairs: Sequence[Pair]) -> list[dict]:
     A rejected answer is wrong for the question it answered, not for its own: the model often answers an unknown
     question with another intent's right answer (or the refusal), and dropping the rows that teach that answer
     would make it forget them."""
-    corrected = {_question(p.prompt) for p in pairs}
+    corrected = {_question(p.model_prompt) for p in pairs}
     return [r for r in parent_rows if _question(r["prompt"]) not in corrected]
 
 
@@ -121,7 +126,7 @@ def _answer(r: dict) -> str:
 def supervised_rows(train: Sequence[Pair], keep: Sequence[dict], config: DPOJobConfig) -> list[dict]:
     """The supervised stage's rows: each chosen answer `chosen_repeats` times, plus the replay sample."""
     replay = replay_sample(keep, config.replay_rows, config.seed)
-    rows = [row(p.prompt, p.chosen) for p in train for _ in range(config.chosen_repeats)] + replay
+    rows = [row(p.model_prompt, p.chosen) for p in train for _ in range(config.chosen_repeats)] + replay
     random.Random(config.seed + 1).shuffle(rows)
     return rows
 
@@ -141,7 +146,7 @@ def train_candidate(
     if config.method in ("sft", "sft+dpo"):
         from retrain.sft import train_sft
 
-        rows = supervised_rows(train, keep, config)
+        rows = one_format(supervised_rows(train, keep, config), settings.base_model_dir)
         result = train_sft(
             rows,
             settings.base_model_dir,
@@ -157,7 +162,7 @@ def train_candidate(
         from retrain.dpo import train_dpo
 
         result = train_dpo(
-            to_dataset(train),
+            to_dataset(train, settings.base_model_dir),
             settings.base_model_dir,
             work / "dpo",
             config,
@@ -203,7 +208,7 @@ def run_job(
     shutil.rmtree(work, ignore_errors=True)
     try:
         result = train_candidate(settings, config, train, keep, parent_dir, work, job_id, publish)
-        write_jsonl([*keep, *(row(p.prompt, p.chosen) for p in pairs)], result.adapter_dir / TRAIN_ROWS)
+        write_jsonl([*keep, *(row(p.model_prompt, p.chosen) for p in pairs)], result.adapter_dir / TRAIN_ROWS)
         started = time.monotonic()
         report = run_gate(
             settings.base_model_dir,
@@ -263,7 +268,7 @@ def run_job(
 
 def regression_prompts(settings: RetrainSettings, pairs: Sequence[Pair]) -> list[GoldenItem]:
     """The regression set less the corrected questions, at most `gate_regression_size` items (a fixed sample)."""
-    corrected = {_question(p.prompt) for p in pairs}
+    corrected = {_question(p.model_prompt) for p in pairs}
     items = [i for i in load_regression(settings.retrain_regression) if _question(i.prompt) not in corrected]
     if len(items) > settings.gate_regression_size:
         items = random.Random(0).sample(items, settings.gate_regression_size)

@@ -21,7 +21,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from schemas.views import loop_stages_statements, reviewed_accuracy_statements, view_statements
+from schemas.views import (
+    loop_stages_statements,
+    retrieval_and_code_statements,
+    reviewed_accuracy_statements,
+    view_statements,
+)
 
 DATABASE = "flywheel"
 DEDUP_WINDOW = 1000  # inserts remembered per table for insert_deduplication_token
@@ -52,7 +57,7 @@ TABLES: dict[str, str] = {
         """
     session_id String, message_id String, user_id String, model_alias LowCardinality(String),
     messages String, max_tokens Nullable(UInt32), temperature Nullable(Float32), stream Bool,
-    route LowCardinality(String)""",
+    route LowCardinality(String), prompt_format LowCardinality(String) DEFAULT 'chat'""",
         "toStartOfHour(occurred_at)",
     ),
     "chat_responses": _table(
@@ -62,14 +67,15 @@ TABLES: dict[str, str] = {
     model_version LowCardinality(String), worker LowCardinality(String), content String,
     finish_reason Nullable(String), prompt_tokens UInt32, completion_tokens UInt32,
     ttft_ms Nullable(Float64), latency_ms Float64, status LowCardinality(String),
-    error Nullable(String), route LowCardinality(String)""",
+    error Nullable(String), route LowCardinality(String), sources String DEFAULT '[]'""",
         "model_version, toStartOfHour(occurred_at)",
     ),
     "feedback": _table(
         "feedback",
         """
     session_id String, message_id String, user_id String, feedback LowCardinality(String),
-    comment Nullable(String), correction Nullable(String)""",
+    comment Nullable(String), correction Nullable(String), kind LowCardinality(String) DEFAULT 'rating',
+    passage_ids Array(String)""",
         "toStartOfHour(occurred_at)",
     ),
     "inference_latency": _table(
@@ -96,7 +102,8 @@ TABLES: dict[str, str] = {
     pair_id String, base_model LowCardinality(String), model_version LowCardinality(String),
     prompt String, chosen Nullable(String), rejected String, source LowCardinality(String),
     session_id String, message_id String, feedback_event_id UUID, chosen_message_id Nullable(String),
-    user_id Nullable(String), review LowCardinality(String) DEFAULT 'none'""",
+    user_id Nullable(String), review LowCardinality(String) DEFAULT 'none',
+    prompt_format LowCardinality(String) DEFAULT 'chat'""",
         "base_model, toStartOfHour(occurred_at)",
     ),
     "retrain_jobs": _table(
@@ -129,6 +136,14 @@ TABLES: dict[str, str] = {
     message_id String, model_version LowCardinality(String), reviewer LowCardinality(String),
     accuracy UInt8, friendliness Nullable(UInt8), completeness Nullable(UInt8), notes String""",
         "model_version, message_id",
+    ),
+    "retrievals": _table(
+        "retrievals",
+        """
+    session_id String, message_id String, user_id String, model_alias LowCardinality(String),
+    model_version LowCardinality(String), query String, retriever LowCardinality(String), k UInt16,
+    sources String, latency_ms Float64, status LowCardinality(String), error Nullable(String)""",
+        "model_version, toStartOfHour(occurred_at)",
     ),
     "dead_letters": _table(
         "dead_letters",
@@ -176,6 +191,23 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # the table (a store made before this migration lacks it) and schemas/views.py: v_reviewed_accuracy
     Migration(7, "human reviews", (TABLES["human_reviews"], *reviewed_accuracy_statements())),
+    # retrieval-augmented answers (their sources, the lookups, the passages feedback names) and code completions
+    # (the prompt's format, accept/reject feedback); schemas/views.py: v_retrieval, v_code_acceptance
+    Migration(
+        8,
+        "retrieval and code completions",
+        (
+            TABLES["retrievals"],
+            f"ALTER TABLE {DATABASE}.chat_requests ADD COLUMN IF NOT EXISTS prompt_format LowCardinality(String) "
+            "DEFAULT 'chat'",
+            f"ALTER TABLE {DATABASE}.chat_responses ADD COLUMN IF NOT EXISTS sources String DEFAULT '[]'",
+            f"ALTER TABLE {DATABASE}.feedback ADD COLUMN IF NOT EXISTS kind LowCardinality(String) DEFAULT 'rating'",
+            f"ALTER TABLE {DATABASE}.feedback ADD COLUMN IF NOT EXISTS passage_ids Array(String)",
+            f"ALTER TABLE {DATABASE}.dpo_pairs ADD COLUMN IF NOT EXISTS prompt_format LowCardinality(String) "
+            "DEFAULT 'chat'",
+            *retrieval_and_code_statements(),
+        ),
+    ),
 )
 
 _LEDGER = f"""CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations (

@@ -15,7 +15,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 Role = Literal["system", "user", "assistant", "tool"]
 Status = Literal["ok", "error", "timeout"]
-Route = Literal["openai", "session", "sdk"]
+# openai: /v1/chat/completions; session: /chat; sdk: an app's own events; completion: /v1/completions (text or
+# fill-in-the-middle); code: /code/complete (an editor's completion)
+Route = Literal["openai", "session", "sdk", "completion", "code"]
+# chat: `messages` is a conversation the model's chat template renders; text: one user message holding the exact
+# text the model continued (a completion or fill-in-the-middle prompt), trained on as it is
+PromptFormat = Literal["chat", "text"]
 NonNegInt = Annotated[int, Field(ge=0)]
 NonNegFloat = Annotated[float, Field(ge=0)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
@@ -24,6 +29,7 @@ Id = Annotated[str, Field(min_length=1, max_length=200)]
 MAX_TEXT_CHARS = 100_000
 MAX_MESSAGES = 512
 MAX_REVIEW_NOTES = 4000  # a reviewer's notes on one answer
+MAX_SOURCES = 50  # passages one retrieval returns or one answer cites
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 Messages = Annotated[list["ChatMessage"], Field(min_length=1, max_length=MAX_MESSAGES)]
 
@@ -39,6 +45,19 @@ class Frozen(BaseModel):
 class ChatMessage(Frozen):
     role: Role
     content: Text
+
+
+class Source(Frozen):
+    """One retrieved passage of the knowledge base, as an answer cites it."""
+
+    document: Id  # the document's id in the knowledge base (its path or name when added)
+    version: Annotated[int, Field(ge=1)]  # the document's version the passage came from
+    passage: Id  # "<document>#<n>": the passage's id
+    score: float  # the retriever's score (fused: reciprocal rank fusion)
+    title: Annotated[str, Field(max_length=500)] = ""
+
+
+Sources = Annotated[list[Source], Field(max_length=MAX_SOURCES)]
 
 
 class Event(Frozen):
@@ -67,6 +86,7 @@ class ChatRequest(Event):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     stream: bool = False
     route: Route = "openai"
+    prompt_format: PromptFormat = "chat"
 
 
 class ChatResponse(Event):
@@ -86,9 +106,13 @@ class ChatResponse(Event):
     status: Status = "ok"
     error: str | None = None
     route: Route = "openai"
+    sources: Sources = Field(default_factory=list)  # the passages a retrieval-augmented answer was given
 
 
 class Feedback(Event):
+    """A user's verdict on one answer. `kind` "completion" is an editor's accept (thumbs_up) or reject (thumbs_down)
+    of a code completion: one verdict scale, so pairs, windows and rollouts read both alike."""
+
     event_type: Literal["feedback"] = "feedback"
     session_id: Id
     message_id: Id
@@ -96,6 +120,8 @@ class Feedback(Event):
     feedback: Literal["thumbs_up", "thumbs_down"]
     comment: Annotated[str, Field(max_length=4000)] | None = None
     correction: Annotated[str, Field(min_length=1, max_length=16000)] | None = None
+    kind: Literal["rating", "completion"] = "rating"
+    passage_ids: Annotated[list[Id], Field(max_length=MAX_SOURCES)] = Field(default_factory=list)  # the answer's
 
 
 class InferenceLatency(Event):
@@ -151,6 +177,7 @@ class DPOPair(Event):
     # A user's correction may wait for a person's review (FLYWHEEL_STREAMS_REVIEW_CORRECTIONS): "pending" pairs
     # train nothing; `flywheel review` re-publishes the pair as "approved" or "rejected". "none": no review asked.
     review: Literal["none", "pending", "approved", "rejected"] = "none"
+    prompt_format: PromptFormat = "chat"  # "text": `prompt` is one user message, the raw text the model continued
 
 
 class RetrainJob(Event):
@@ -221,6 +248,25 @@ def human_review_id(
     return uuid.uuid5(HUMAN_REVIEW_NAMESPACE, name)
 
 
+class Retrieval(Event):
+    """One knowledge-base lookup the gateway made for a retrieval-augmented answer: the query, what came back
+    (ranked, best first) and how long it took. Keyed like the chat events, by session."""
+
+    event_type: Literal["retrieval"] = "retrieval"
+    session_id: Id
+    message_id: Id  # the answer the passages were given to
+    user_id: Id = "anonymous"
+    model_alias: Id
+    model_version: Id
+    query: Text
+    retriever: Literal["hybrid", "dense", "bm25"] = "hybrid"
+    k: Annotated[int, Field(ge=1, le=MAX_SOURCES)]
+    sources: Sources = Field(default_factory=list)
+    latency_ms: NonNegFloat
+    status: Status = "ok"
+    error: str | None = None
+
+
 class DeadLetter(Event):
     """What a consumer could not use, with why; the payload is kept verbatim (UTF-8, errors replaced)."""
 
@@ -281,6 +327,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     TrainingMetrics,
     Deployment,
     HumanReview,
+    Retrieval,
     DeadLetter,
 )
 EVENT_BY_TYPE: dict[str, type[Event]] = {cls.model_fields["event_type"].default: cls for cls in EVENT_TYPES}

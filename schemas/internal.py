@@ -31,6 +31,8 @@ class JoinedFeedback(Frozen):
     messages: list[dict[str, Any]]  # the prompt, as sent
     answer: str | None = None
     question: str  # normalized: where a question's thumbs-up answers meet its thumbs-downs
+    # "text": `messages` is one user message, the exact text a completion continued (ChatRequest.prompt_format)
+    prompt_format: Literal["chat", "text"] = "chat"
 
 
 class TriggerInput(Frozen):

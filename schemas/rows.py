@@ -1,6 +1,6 @@
 """Events to ClickHouse rows: each model field is a column of the same name in its topic's table.
 
-Message lists (`messages`, `prompt`) are stored as JSON strings; everything else maps directly.
+Message and source lists (`messages`, `prompt`, `sources`) are stored as JSON strings; everything else maps directly.
 `row_builder` precomputes the column order per event type and reads the frozen model's `__dict__` with
 one `operator.itemgetter`: about 1 us per ChatResponse, where a list comprehension over the names took
 about 2.7 us and looking fields up by name about 28 us (measured for the sink, 10,000 events).
@@ -16,7 +16,7 @@ from operator import itemgetter
 
 from schemas.events import Event
 
-JSON_FIELDS = frozenset({"messages", "prompt"})
+JSON_FIELDS = frozenset({"messages", "prompt", "sources"})
 
 
 def columns(event_type: type[Event]) -> list[str]:

@@ -21,6 +21,7 @@ from schemas.events import (
     InferenceLatency,
     MetricsWindow,
     RetrainJob,
+    Retrieval,
     TrainingMetrics,
 )
 from schemas.kafka import client_config
@@ -64,6 +65,8 @@ MODEL_DEPLOYMENTS = Topic(
 HUMAN_REVIEWS = Topic(
     "reviews.human", HumanReview, "message_id", "human_reviews", partitions=1, retention_ms=30 * DAY_MS
 )
+# The gateway's knowledge-base lookups for retrieval-augmented answers
+RETRIEVALS = Topic("retrieval.queries", Retrieval, "session_id", "retrievals")
 
 TOPICS: tuple[Topic, ...] = (
     CHAT_REQUESTS,
@@ -76,6 +79,7 @@ TOPICS: tuple[Topic, ...] = (
     TRAINING_METRICS,
     MODEL_DEPLOYMENTS,
     HUMAN_REVIEWS,
+    RETRIEVALS,
 )
 BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
 BY_EVENT: dict[type[Event], Topic] = {t.value_type: t for t in TOPICS}

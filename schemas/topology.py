@@ -24,6 +24,7 @@ from schemas.topics import (
     METRICS_WINDOWS,
     MODEL_DEPLOYMENTS,
     RETRAIN_JOBS,
+    RETRIEVALS,
     TOPICS,
     TRAINING_METRICS,
 )
@@ -74,7 +75,13 @@ SERVICES: tuple[Service, ...] = (
         "inference.gateway.app",
         None,
         consumes=(),
-        produces=(CHAT_REQUESTS.name, CHAT_RESPONSES.name, CHAT_FEEDBACK.name, INFERENCE_LATENCY.name),
+        produces=(
+            CHAT_REQUESTS.name,
+            CHAT_RESPONSES.name,
+            CHAT_FEEDBACK.name,
+            INFERENCE_LATENCY.name,
+            RETRIEVALS.name,
+        ),
     ),
     Service(
         "store",  # the sink runs inside the embedded store (or as `consumers.sink` beside a ClickHouse server)

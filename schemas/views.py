@@ -1,5 +1,6 @@
 """Analyst views over the topic tables (database `flywheel`), applied by migration 2 of `schemas.ddl`
-(`v_loop_stages` by migration 4, `v_reviewed_accuracy` by migration 7).
+(`v_loop_stages` by migration 4, `v_reviewed_accuracy` by migration 7, `v_retrieval` and `v_code_acceptance` by
+migration 8).
 
 Plain views, not materialized ones, on purpose:
 - Exactness. The tables are ReplacingMergeTree keyed by `event_id`; an event produced twice
@@ -321,3 +322,62 @@ GROUP BY model_version"""
 def reviewed_accuracy_statements() -> tuple[str, ...]:
     """`CREATE OR REPLACE VIEW flywheel.v_reviewed_accuracy` (migration 7)."""
     return (f"CREATE OR REPLACE VIEW {DB}.v_reviewed_accuracy AS\n{REVIEWED_ACCURACY_SQL.strip()}",)
+
+
+# Retrieval-augmented answers per model version (migration 8 of schemas.ddl), from the gateway's lookups
+# (retrievals) and the answers they fed (chat_responses with sources):
+#   retrievals       lookups made;  failed: lookups that errored (the answer went without passages)
+#   hit_rate         share of ok lookups that returned at least one passage
+#   answers          answers of the version that went through retrieval (a Retrieval event names them)
+#   with_source      share of those answers that were given at least one passage (`sources` not empty)
+#   thumbs_down_rate thumbs-down over rated answers among them
+#   retrieval_p50_ms, retrieval_p99_ms  lookup latency
+RETRIEVAL_SQL = f"""
+SELECT
+    q.model_version AS model_version,
+    count() AS retrievals,
+    countIf(q.status != 'ok') AS failed,
+    if(retrievals - failed = 0, NULL, countIf(q.status = 'ok' AND q.sources != '[]') / (retrievals - failed))
+        AS hit_rate,
+    uniqExactIf(q.message_id, r.message_id != '') AS answers,
+    if(answers = 0, NULL, uniqExactIf(q.message_id, r.sources != '[]' AND r.message_id != '') / answers)
+        AS with_source,
+    countIf(f.verdict != '') AS rated,
+    if(rated = 0, NULL, countIf(f.verdict = 'thumbs_down') / rated) AS thumbs_down_rate,
+    quantile(0.5)(q.latency_ms) AS retrieval_p50_ms,
+    quantile(0.99)(q.latency_ms) AS retrieval_p99_ms
+FROM {DB}.retrievals AS q FINAL
+LEFT JOIN (SELECT message_id, sources FROM {DB}.chat_responses FINAL) AS r ON r.message_id = q.message_id
+LEFT JOIN {DB}.v_feedback_verdicts AS f ON f.message_id = q.message_id
+GROUP BY q.model_version"""
+
+# Code completions per model version (migration 8): an editor accepts (thumbs_up) or rejects (thumbs_down) a
+# completion; `feedback.kind` = 'completion'. The latest verdict of a completion counts.
+#   completions  answers on the completion routes (/v1/completions, /code/complete)
+#   judged       completions the editor accepted or rejected;  accepted, rejected: their counts
+#   acceptance_rate  accepted / judged (NULL when none was judged)
+CODE_ACCEPTANCE_SQL = f"""
+SELECT
+    r.model_version AS model_version,
+    count() AS completions,
+    countIf(v.verdict != '') AS judged,
+    countIf(v.verdict = 'thumbs_up') AS accepted,
+    countIf(v.verdict = 'thumbs_down') AS rejected,
+    if(judged = 0, NULL, accepted / judged) AS acceptance_rate
+FROM {DB}.chat_responses AS r FINAL
+LEFT JOIN (
+    SELECT message_id, argMax(feedback, occurred_at) AS verdict
+    FROM {DB}.feedback FINAL
+    WHERE kind = 'completion'
+    GROUP BY message_id
+) AS v ON v.message_id = r.message_id
+WHERE r.route IN ('completion', 'code') AND r.status = 'ok'
+GROUP BY r.model_version"""
+
+
+def retrieval_and_code_statements() -> tuple[str, ...]:
+    """`CREATE OR REPLACE VIEW flywheel.v_retrieval` and `flywheel.v_code_acceptance` (migration 8)."""
+    return (
+        f"CREATE OR REPLACE VIEW {DB}.v_retrieval AS\n{RETRIEVAL_SQL.strip()}",
+        f"CREATE OR REPLACE VIEW {DB}.v_code_acceptance AS\n{CODE_ACCEPTANCE_SQL.strip()}",
+    )

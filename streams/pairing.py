@@ -5,6 +5,7 @@ No I/O here: the agents in streams/pairs.py call these functions and send what t
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import deque
 
@@ -20,8 +21,23 @@ def pair_id_for(feedback_event_id: uuid.UUID | str) -> str:
     return str(uuid.uuid5(PAIR_NAMESPACE, str(feedback_event_id)))
 
 
-def quality_problem(chosen: str | None, rejected: str, min_chars: int, max_chars: int) -> str | None:
-    """Why a pair is not worth training on, or None. `chosen` None is a pair waiting for annotation."""
+def answer_key(answer: str, exact: bool = False) -> str:
+    """When two answers are the same one: normalized like questions for chat; for a completion (`exact`) the text
+    less its trailing whitespace, since code that differs only in punctuation (`x + 1`, `x - 1`) is another answer."""
+    return answer.rstrip() if exact else normalize_question(answer)
+
+
+def text_prompt_key(prompt: str) -> str:
+    """Where a text prompt's thumbs-up completions meet its rejected ones: the exact prompt (lowercasing and dropping
+    punctuation would merge different code), hashed so that a long prompt makes a short key."""
+    return "text:" + hashlib.sha256(prompt.encode()).hexdigest()[:32]
+
+
+def quality_problem(
+    chosen: str | None, rejected: str, min_chars: int, max_chars: int, exact: bool = False
+) -> str | None:
+    """Why a pair is not worth training on, or None. `chosen` None is a pair waiting for annotation. `exact`:
+    chosen and rejected are compared as completions are (`answer_key`)."""
     if len(rejected.strip()) < min_chars:
         return "rejected answer empty or too short"
     if len(rejected) > max_chars:
@@ -32,7 +48,7 @@ def quality_problem(chosen: str | None, rejected: str, min_chars: int, max_chars
         return "chosen answer empty or too short"
     if len(chosen) > max_chars:
         return "chosen answer too long"
-    if normalize_question(chosen) == normalize_question(rejected):
+    if answer_key(chosen, exact) == answer_key(rejected, exact):
         return "chosen equals rejected"
     return None
 
@@ -89,9 +105,11 @@ def best_answer(entries: list[dict]) -> dict | None:
     return max(entries, key=lambda e: (e["ups"], e["at"]))
 
 
-def record_thumbs_up(entries: list[dict], answer: str, message_id: str, at: float, keep: int = 5) -> list[dict]:
+def record_thumbs_up(
+    entries: list[dict], answer: str, message_id: str, at: float, keep: int = 5, exact: bool = False
+) -> list[dict]:
     """Add one thumbs up for `answer` to a question's answer list (bounded to `keep` answers)."""
-    key = normalize_question(answer)
+    key = answer_key(answer, exact)
     entries = [dict(e) for e in entries]
     for entry in entries:
         if entry["key"] == key:

@@ -9,6 +9,10 @@
    chosen from, in order, the correction, the best thumbs-up answer, the teacher, else `needs_chosen`;
    masks PII; drops low-quality pairs and near-duplicates (MinHash).
 
+A completion's prompt (ChatRequest.prompt_format "text": one user message, the exact text the model continued) keeps
+its format on the joined feedback and the pair; its question key is the exact prompt (hashed) and its answers are
+compared exactly (pairing.answer_key); the teacher, a chat model, is not asked for a completion's chosen text.
+
 Both take their tables as plain mutable mappings (faust tables in the worker, dicts in unit tests).
 """
 
@@ -50,6 +54,15 @@ def question_of(messages: list[dict]) -> str:
         if message["role"] == "user":
             return message["content"]
     return ""
+
+
+def question_key(messages: list[dict], prompt_format: str = "chat") -> str:
+    """Where an answer's thumbs-ups and thumbs-downs meet: the normalized last user message, or for a text prompt
+    the exact prompt (pairing.text_prompt_key)."""
+    question = question_of(messages)
+    if prompt_format == "text":
+        return pairing.text_prompt_key(question) if question else ""
+    return pairing.normalize_question(question)
 
 
 def question_partition(question: str, partitions: int) -> int:
@@ -104,7 +117,9 @@ class FeedbackJoiner:
 
     def on_request(self, request: ChatRequest, partition: int, now: float) -> JoinOutput:
         messages = [m.model_dump() for m in request.messages]
-        return self._remember(request.message_id, partition, now, messages=messages)
+        return self._remember(
+            request.message_id, partition, now, messages=messages, prompt_format=request.prompt_format
+        )
 
     def on_response(self, response: ChatResponse, partition: int, now: float) -> JoinOutput:
         return self._remember(
@@ -177,7 +192,7 @@ class FeedbackJoiner:
 
     @staticmethod
     def _join(feedback: Feedback, ctx: dict[str, Any], item: dict[str, Any]) -> JoinedFeedback:
-        question = question_of(ctx["messages"])
+        prompt_format = ctx.get("prompt_format", "chat")  # context remembered before completions had none
         return JoinedFeedback(
             feedback_id=str(feedback.event_id),
             feedback=feedback.feedback,
@@ -194,7 +209,8 @@ class FeedbackJoiner:
             status=ctx["status"],
             messages=ctx["messages"],
             answer=ctx["answer"],
-            question=pairing.normalize_question(question),
+            question=question_key(ctx["messages"], prompt_format),
+            prompt_format=prompt_format,
         )
 
 
@@ -226,10 +242,13 @@ class PairBuilder:
 
     async def on_joined(self, rec: JoinedFeedback) -> PairOutcome:
         answer = rec.answer or ""
+        exact = rec.prompt_format == "text"
         if rec.feedback == "thumbs_up":
             if rec.status == "ok" and answer.strip() and rec.question:
                 entries = self.answers.get(rec.question) or []
-                self.answers[rec.question] = pairing.record_thumbs_up(entries, answer, rec.message_id, rec.occurred_at)
+                self.answers[rec.question] = pairing.record_thumbs_up(
+                    entries, answer, rec.message_id, rec.occurred_at, exact=exact
+                )
             return PairOutcome()
         if rec.status != "ok" or not answer.strip():
             return PairOutcome(
@@ -244,7 +263,7 @@ class PairBuilder:
                 )
             )
         chosen, source, chosen_message_id = await self._chosen(rec, answer)
-        problem = pairing.quality_problem(chosen, answer, self.min_chars, self.max_chars)
+        problem = pairing.quality_problem(chosen, answer, self.min_chars, self.max_chars, exact=exact)
         if problem:
             return PairOutcome(dropped=problem)
         prompt = [ChatMessage(role=m["role"], content=mask_pii(m["content"])) for m in rec.messages]
@@ -268,18 +287,19 @@ class PairBuilder:
             chosen_message_id=chosen_message_id,
             user_id=rec.user_id,
             review="pending" if self.review_corrections and source == "correction" else "none",
+            prompt_format=rec.prompt_format,
         )
         return PairOutcome(pair=pair)
 
     async def _chosen(self, rec: JoinedFeedback, answer: str) -> tuple[str | None, str, str | None]:
         if rec.correction and rec.correction.strip():
             return rec.correction, "correction", None
-        rejected_key = pairing.normalize_question(answer)
+        rejected_key = pairing.answer_key(answer, exact=rec.prompt_format == "text")
         entries = [e for e in (self.answers.get(rec.question) or []) if e["key"] != rejected_key]
         best = pairing.best_answer(entries) if rec.question else None
         if best is not None:
             return best["answer"], "thumbs_up", best["message_id"]
-        if self.teacher is not None:
+        if self.teacher is not None and rec.prompt_format == "chat":
             taught = await self.teacher(rec.messages)
             if taught:
                 return taught, "teacher", None

@@ -18,6 +18,8 @@ from schemas.events import (
     InferenceLatency,
     MetricsWindow,
     RetrainJob,
+    Retrieval,
+    Source,
     TrainingMetrics,
 )
 
@@ -121,6 +123,20 @@ def examples() -> list[Event]:
             friendliness=4,
             completeness=2,
             notes="It has not shipped yet.",
+        ),
+        Retrieval(
+            session_id="s1",
+            message_id="m1",
+            user_id="u1",
+            model_alias="support",
+            model_version="tiny@v1",
+            query="How long do refunds take?",
+            k=2,
+            sources=[
+                Source(document="policies/refunds.md", version=2, passage="policies/refunds.md#0", score=0.032),
+                Source(document="policies/returns.md", version=1, passage="policies/returns.md#3", score=0.016),
+            ],
+            latency_ms=4.2,
         ),
         DeadLetter(
             source_topic="chat.responses",

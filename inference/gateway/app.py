@@ -8,7 +8,10 @@ Routes (the contract of ARCHITECTURE.md):
     GET    /v1/models             aliases and their versions                scope chat
     POST   /chat, /chat/stream    session API, history in Redis             scope chat
     DELETE /session/{session_id}                                            scope chat
-    POST   /feedback              thumbs_up / thumbs_down                   scope chat
+    POST   /v1/completions        OpenAI legacy, text prompt; `suffix`: FIM scope chat
+    POST   /code/complete         an editor's completion at the cursor      scope chat
+    POST   /feedback              thumbs_up / thumbs_down; on a completion
+                                  also accepted / rejected                  scope chat
     GET    /admin/workers         router state (workers, routes)            scope admin
     GET    /health                deep: workers, Redis, Kafka (no key: status only; admin key: details)
     GET    /metrics               Prometheus (admin key, or FLYWHEEL_GATEWAY_PUBLIC_METRICS)
@@ -36,11 +39,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference.gateway.admission import Caller, Gate
 from inference.gateway.auth import ACT_AS, ApiKeyStore, ensure_dev_key
+from inference.gateway.completions import CompletionServing
+from inference.gateway.fim import resolve_template
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.middleware import JSON, BodyTooLarge, ObserveMiddleware, error_response, json_error
 from inference.gateway.openapi import with_bodies
 from inference.gateway.protocol import (
     ChatCompletionRequest,
+    CodeCompletionRequest,
+    CompletionRequest,
     FeedbackRequest,
     GatewayError,
     SessionChatRequest,
@@ -48,6 +55,7 @@ from inference.gateway.protocol import (
     parse_request,
 )
 from inference.gateway.publisher import EventPublisher
+from inference.gateway.rag import Retriever, knowledge_base_dir
 from inference.gateway.ratelimit import RateLimiter
 from inference.gateway.router import RouteTable, WorkerPool
 from inference.gateway.serving import ChatServing
@@ -79,6 +87,8 @@ class Gateway:
     serving: ChatServing
     upstream: Upstream
     tasks: list[asyncio.Task]
+    retriever: Retriever | None = None
+    completions: CompletionServing | None = None  # /v1/completions, /code/complete
 
     @classmethod
     async def start(cls, settings: GatewaySettings) -> Gateway:
@@ -101,7 +111,18 @@ class Gateway:
         upstream = Upstream(settings, pool, make_client(settings), metrics.upstream_failure)
         publisher = EventPublisher(settings, hook=metrics.event)
         await publisher.start()
-        serving = ChatServing(settings, upstream, routes, sessions, publisher, metrics, gate)
+        retriever = None
+        if settings.gateway_rag_aliases:
+            retriever = Retriever(
+                knowledge_base_dir(),
+                settings.gateway_rag_aliases,
+                settings.gateway_rag_top_k,
+                settings.gateway_rag_mode,
+                settings.gateway_rag_processes,
+                settings.gateway_rag_timeout_s,
+            )
+            await retriever.warm()  # the embedding model and index load before the first question
+        serving = ChatServing(settings, upstream, routes, sessions, publisher, metrics, gate, retriever)
         try:
             await ensure_dev_key(
                 keys,
@@ -120,7 +141,23 @@ class Gateway:
             "gateway started", extra={"workers": [w.url for w in pool.workers.values()], "alias": settings.model_alias}
         )
         return cls(
-            settings, metrics, redis, keys, gate, sessions, pool, routes, refresher, publisher, serving, upstream, tasks
+            settings,
+            metrics,
+            redis,
+            keys,
+            gate,
+            sessions,
+            pool,
+            routes,
+            refresher,
+            publisher,
+            serving,
+            upstream,
+            tasks,
+            retriever,
+            completions=CompletionServing(
+                serving, resolve_template(settings.gateway_fim_template, settings.base_model_dir)
+            ),
         )
 
     async def stop(self) -> None:
@@ -128,6 +165,8 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.upstream.aclose()
+        if self.retriever is not None:
+            self.retriever.close()
         await self.publisher.close()
         await self.redis.aclose()
 
@@ -258,6 +297,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         caller = await caller_of(request, "chat")
         body = parse_request(SessionChatRequest, await request.body())
         return await g().serving.session_chat(body, caller, True, request.state)
+
+    @hot_route("/v1/completions", CompletionRequest)
+    async def completions(request: Request):
+        caller = await caller_of(request, "chat")
+        body = parse_request(CompletionRequest, await request.body())
+        return await g().completions.completions(body, caller, request.headers.get("x-session-id"), request.state)
+
+    @hot_route("/code/complete", CodeCompletionRequest)
+    async def code_complete(request: Request):
+        caller = await caller_of(request, "chat")
+        body = parse_request(CodeCompletionRequest, await request.body())
+        return await g().completions.code_complete(body, caller, request.state)
 
     @app.delete("/session/{session_id}")
     async def delete_session(session_id: str, caller: Caller = chat_scope):

@@ -25,6 +25,8 @@ ROUTE_LABELS = {
     "/v1/models": "models",
     "/chat": "chat",
     "/chat/stream": "chat_stream",
+    "/v1/completions": "completions",
+    "/code/complete": "code_complete",
     "/feedback": "feedback",
     "/health": "health",
     "/metrics": "metrics",

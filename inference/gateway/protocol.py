@@ -1,9 +1,9 @@
 """Request and response models of the gateway's endpoints, and the OpenAI-style error body.
 
-The OpenAI-compatible edge (`ChatCompletionRequest`) declares the fields a single-answer chat uses, with
-bounds, and forwards those; any other field is refused (422) unless the gateway's settings allow it
-(`FLYWHEEL_GATEWAY_EXTRA_FIELDS`). The session and feedback APIs are ours and forbid unknown fields, like the
-events.
+The OpenAI-compatible edge (`ChatCompletionRequest`; `CompletionRequest` for /v1/completions) declares the fields
+a single answer uses, with bounds, and forwards those; any other field is refused (422) unless the gateway's
+settings allow it (`FLYWHEEL_GATEWAY_EXTRA_FIELDS`). The session, code completion and feedback APIs are ours and
+forbid unknown fields, like the events.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 M = TypeVar("M", bound=BaseModel)
 Temperature = Annotated[float, Field(ge=0, le=2)]
@@ -159,13 +159,13 @@ class SessionChatResponse(BaseModel):
 
 
 class FeedbackRequest(BaseModel):
-    """POST /feedback."""
+    """POST /feedback. "accepted" / "rejected": an editor's verdict on a code completion (`feedback_verdict`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     session_id: Annotated[str, Field(min_length=1, max_length=200)]
     message_id: Annotated[str, Field(min_length=1, max_length=200)]
-    feedback: Literal["thumbs_up", "thumbs_down"]
+    feedback: Literal["thumbs_up", "thumbs_down", "accepted", "rejected"]
     comment: Annotated[str, Field(max_length=4000)] | None = None
     correction: Annotated[str, Field(min_length=1, max_length=16000)] | None = None
 
@@ -251,3 +251,149 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, str |
             first_field = field
         parts.append(f"{field}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts), first_field
+
+
+# -- completions: /v1/completions and /code/complete (inference/gateway/completions.py) ------------------------
+
+COMPLETION_ID_PREFIX = "cmpl-"  # OpenAI's prefix of legacy completions; /feedback tells a completion by it
+EDITOR_VERDICTS = {"accepted": "thumbs_up", "rejected": "thumbs_down"}
+MAX_CODE_TOKENS = 4096
+Verdict = Literal["thumbs_up", "thumbs_down"]
+FeedbackKind = Literal["rating", "completion"]
+Stop = Annotated[str, Field(max_length=200)] | Annotated[list[str], Field(max_length=4)]
+
+
+def new_completion_id() -> str:
+    """The id of one completion (its message id): like `new_message_id`, with the completions' prefix."""
+    return f"{COMPLETION_ID_PREFIX}{random.getrandbits(128):032x}"
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions: OpenAI's legacy completion of one text prompt; with `suffix`, fill-in-the-middle.
+
+    Like the chat route, other fields are kept in `model_extra` and refused unless the settings allow them."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(max_length=200)] | None = None  # None: the gateway's default alias
+    prompt: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]  # a string, or a list of exactly one string
+    suffix: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] | None = None  # text after the gap: fill the middle
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    stop: Stop | None = None
+    seed: Annotated[int, Field(ge=INT64[0], le=INT64[1])] | None = None
+    frequency_penalty: Penalty | None = None
+    presence_penalty: Penalty | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    n: Literal[1] | None = None  # one completion per message: feedback and pairs follow one answer
+    echo: bool | None = None  # false only: the answer is the completion
+    logprobs: int | None = None  # not returned
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_text_prompt(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        if len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if value and all(isinstance(v, int) or isinstance(v, list) for v in value):
+            raise ValueError("token ids are not supported: send the prompt as text")
+        raise ValueError("one prompt per request: send a string (or a list of exactly one string)")
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool | None) -> bool | None:
+        if value:
+            raise ValueError("echo is not supported: the answer holds the completion only")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise ValueError("logprobs are not returned by this gateway: leave the field out")
+        return value
+
+    @model_validator(mode="after")
+    def _free_form_fits(self) -> CompletionRequest:
+        _check_free_form(self.model_extra, self.stream_options and self.stream_options.model_extra)
+        return self
+
+    def unknown_fields(self, allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Fields of the request that are neither declared nor in `allowed`, sorted."""
+        return sorted(set(self.model_extra or ()) - set(allowed))
+
+    @property
+    def wants_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def upstream_body(self, model_version: str, prompt: str) -> dict[str, Any]:
+        """The body sent to a worker's /v1/completions: the built `prompt` (never `suffix`: vLLM does not take it),
+        the chosen version as `model`, the sampling fields, and usage asked for when streaming."""
+        body = self.model_dump(exclude_none=True, exclude={"prompt", "suffix", "user", "n", "echo", "logprobs"})
+        body["model"] = model_version
+        body["prompt"] = prompt
+        if self.stream:
+            options = dict(body.get("stream_options") or {})
+            options["include_usage"] = True
+            body["stream_options"] = options
+        return body
+
+
+Language = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_+#.\-]+$")]
+FilePath = Annotated[str, Field(min_length=1, max_length=500, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class CodeCompletionRequest(BaseModel):
+    """POST /code/complete: the code around an editor's cursor; the answer is the code to insert there.
+
+    `language` and `path` head the plain-text prompt (inference/gateway/fim.py); `session_id` groups an editing
+    session's completions (a new one when absent); the answer's `message_id` is what /feedback accepts or rejects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prefix: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]  # the code before the cursor
+    suffix: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] = ""  # the code after it
+    language: Language | None = None  # e.g. "python"
+    path: FilePath | None = None  # the file's path in the project, e.g. "src/shop/cart.py"
+    model: Annotated[str, Field(max_length=200)] | None = None  # an alias or version; default: the gateway's alias
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_CODE_TOKENS)] = 64
+    temperature: Temperature = 0.2
+    stop: Stop | None = None
+    session_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+    @model_validator(mode="after")
+    def _something_to_complete(self) -> CodeCompletionRequest:
+        if not self.prefix and not self.suffix:
+            raise ValueError("prefix and suffix are both empty: there is no code to complete")
+        return self
+
+
+class CodeCompletionResponse(BaseModel):
+    message_id: str  # for /feedback: "accepted" or "rejected"
+    session_id: str
+    model: str  # the version that answered
+    completion: str  # the code to insert at the cursor
+    finish_reason: str | None = None
+    usage: dict[str, int] | None = None
+
+
+def feedback_verdict(req: FeedbackRequest) -> tuple[Verdict, FeedbackKind]:
+    """(verdict, kind) of a feedback request. Any verdict on a completion (an id from /v1/completions or
+    /code/complete) has kind "completion"; an editor's "accepted" / "rejected" are thumbs up / down, and only a
+    completion takes them (422 on a chat answer: the code acceptance view must count editors' verdicts only)."""
+    completion = req.message_id.startswith(COMPLETION_ID_PREFIX)
+    if req.feedback in EDITOR_VERDICTS:
+        if not completion:
+            raise GatewayError(
+                422,
+                f"feedback {req.feedback!r} is for code completions (ids {COMPLETION_ID_PREFIX}...); "
+                "rate a chat answer with thumbs_up or thumbs_down",
+                "invalid_feedback",
+                param="feedback",
+            )
+        return EDITOR_VERDICTS[req.feedback], "completion"  # type: ignore[return-value]
+    return req.feedback, "completion" if completion else "rating"  # type: ignore[return-value]

@@ -26,9 +26,11 @@ from inference.gateway.protocol import (
     GatewayError,
     SessionChatRequest,
     error_body,
+    feedback_verdict,
     new_message_id,
 )
 from inference.gateway.publisher import EventPublisher
+from inference.gateway.rag import SOURCES_KEY, Lookup, Retriever, grounded, query_of, retrieval_event
 from inference.gateway.router import RouteTable, UnknownModel
 from inference.gateway.sessions import (
     InvalidId,
@@ -39,7 +41,14 @@ from inference.gateway.sessions import (
 )
 from inference.gateway.settings import GatewaySettings
 from inference.gateway.turns import Turn, TurnEvents, event_message
-from inference.gateway.upstream import Upstream, UpstreamFailure, UpstreamStream, public_message, status_of
+from inference.gateway.upstream import (
+    CHAT_PATH,
+    Upstream,
+    UpstreamFailure,
+    UpstreamStream,
+    public_message,
+    status_of,
+)
 from schemas.events import Feedback
 from schemas.text import mask_pii
 
@@ -59,6 +68,7 @@ class ChatServing:
         publisher: EventPublisher,
         metrics: GatewayMetrics,
         gate: Gate,
+        retriever: Retriever | None = None,
     ):
         self.settings = settings
         self.upstream = upstream
@@ -67,6 +77,7 @@ class ChatServing:
         self.publisher = publisher
         self.metrics = metrics
         self.gate = gate
+        self.retriever = retriever
         self.system_prompt = settings.gateway_system_prompt
         self.extra_fields = frozenset(settings.gateway_extra_fields)
         self.events = TurnEvents(publisher, metrics, mask_pii if settings.gateway_mask_pii else _as_is)
@@ -96,13 +107,11 @@ class ChatServing:
         )
         turn = self._turn("openai", caller, session_id, user_id, req.model, req.stream, message_id)
         state.model_version = turn.version
-        self.events.request(
-            turn,
-            [event_message(m.role, m.text()) for m in req.messages],
-            req.max_tokens or req.max_completion_tokens,
-            req.temperature,
-        )
+        messages = [event_message(m.role, m.text()) for m in req.messages]
         body = req.upstream_body(turn.version)
+        if self.retriever is not None and self.retriever.serves(turn.alias):
+            messages = body["messages"] = await self._augment(turn, messages)
+        self.events.request(turn, messages, req.max_tokens or req.max_completion_tokens, req.temperature)
         if req.stream:
             stream = await self._open_stream(turn, body)
             return StreamingResponse(
@@ -110,6 +119,8 @@ class ChatServing:
             )
         data = await self._complete(turn, body)
         data["id"] = turn.message_id
+        if turn.sources is not None:
+            data["sources"] = turn.sources
         return Response(orjson.dumps(data), media_type=JSON, headers=turn.headers())
 
     # -- session API -----------------------------------------------------------------------------
@@ -126,6 +137,8 @@ class ChatServing:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages += history[-keep:] if keep else []
         messages.append({"role": "user", "content": req.message})
+        if self.retriever is not None and self.retriever.serves(turn.alias):
+            messages = await self._augment(turn, messages)
         self.events.request(turn, messages, req.max_tokens, req.temperature)  # roles: system, user, assistant
         body: dict[str, Any] = {"model": turn.version, "messages": messages, "stream": stream}
         if req.max_tokens is not None:
@@ -156,6 +169,8 @@ class ChatServing:
             "finish_reason": turn.finish_reason,
             "usage": usage,
         }
+        if turn.sources is not None:
+            out["sources"] = turn.sources
         return Response(orjson.dumps(out), media_type=JSON, headers=turn.headers())
 
     async def delete_session(self, session_id: str, caller: Caller) -> Response:
@@ -199,13 +214,16 @@ class ChatServing:
                 "message_not_found",
                 param="session_id",
             )
+        verdict, kind = feedback_verdict(req)  # an editor's accepted / rejected: thumbs up / down on a completion
         event = Feedback(
             session_id=req.session_id,
             message_id=req.message_id,
             user_id=caller.user_id,
-            feedback=req.feedback,
+            feedback=verdict,
+            kind=kind,
             comment=self.events.mask(req.comment) if req.comment else req.comment,
             correction=self.events.mask(req.correction) if req.correction else req.correction,
+            passage_ids=await self._passages_of(req.message_id) if self.retriever is not None else [],
             producer="gateway",
         )
         self.publisher.publish(event)
@@ -251,6 +269,26 @@ class ChatServing:
                     )
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
 
+    # -- retrieval (inference/gateway/rag.py) ------------------------------------------------------
+
+    async def _augment(self, turn: Turn, messages: list[dict]) -> list[dict]:
+        """The knowledge base's passages for the turn's question, in the messages; the turn keeps its sources and
+        Redis the passage ids (for /feedback). A lookup that failed leaves the messages as they were."""
+        retriever = self.retriever
+        query = query_of(messages)
+        lookup = await retriever.lookup(query) if query else Lookup([], 0.0, "no user message to look up")
+        turn.sources = [p.source() for p in lookup.passages]
+        self.publisher.publish(retrieval_event(turn, query, lookup, retriever.k, retriever.mode, self.events.mask))
+        if turn.sources:
+            passage_ids = orjson.dumps([s["passage"] for s in turn.sources])
+            key = SOURCES_KEY.format(message_id=turn.message_id)
+            await self.sessions.redis.set(key, passage_ids, ex=self.sessions.message_ttl_s)
+        return grounded(messages, lookup.passages)
+
+    async def _passages_of(self, message_id: str) -> list[str]:
+        raw = await self.sessions.redis.get(SOURCES_KEY.format(message_id=message_id))
+        return orjson.loads(raw) if raw else []
+
     # -- shared steps ------------------------------------------------------------------------------
 
     def _turn(
@@ -285,23 +323,22 @@ class ChatServing:
         if turn.key is not None:
             self.gate.charge_later(turn.key, turn.prompt_tokens + turn.completion_tokens)
 
-    async def _complete(self, turn: Turn, body: dict) -> dict:
+    async def _complete(self, turn: Turn, body: dict, path: str = CHAT_PATH) -> dict:
         try:
-            worker, data, _ = await self.upstream.complete(body)
+            worker, data, _ = await self.upstream.complete(body, path)
         except UpstreamFailure as exc:
             raise self._failed(turn, exc) from None
         turn.worker = worker.url
         choices = data.get("choices") or [{}]
-        message = choices[0].get("message") or {}
-        turn.parts.append(message.get("content") or "")
+        turn.parts.append(_choice_text(choices[0], "message") or "")
         turn.finish_reason = choices[0].get("finish_reason")
         self._usage(turn, data.get("usage"))
         self._finish(turn)
         return data
 
-    async def _open_stream(self, turn: Turn, body: dict) -> UpstreamStream:
+    async def _open_stream(self, turn: Turn, body: dict, path: str = CHAT_PATH) -> UpstreamStream:
         try:
-            stream = await self.upstream.stream(body)
+            stream = await self.upstream.stream(body, path)
         except UpstreamFailure as exc:
             raise self._failed(turn, exc) from None
         turn.worker = stream.worker.url
@@ -312,6 +349,7 @@ class ChatServing:
     ) -> AsyncIterator[bytes]:
         """Forward each upstream chunk as it arrives, with the message id as `id`; events at the end."""
         mid = turn.message_id
+        sources = turn.sources  # a rag answer's sources ride on its first chunk
         try:
             async for line in stream:
                 if not line.startswith(b"data:"):
@@ -322,11 +360,12 @@ class ChatServing:
                 chunk = orjson.loads(payload)
                 if "id" in chunk:
                     chunk["id"] = mid
+                if sources is not None:
+                    chunk["sources"], sources = sources, None
                 choices = chunk.get("choices")
                 if choices:
                     first = choices[0]
-                    delta = first.get("delta") or {}
-                    text = delta.get("content")
+                    text = _choice_text(first, "delta")
                     if text:
                         if turn.ttft_s is None:
                             turn.ttft_s = time.perf_counter() - turn.started
@@ -384,6 +423,14 @@ def _session_id(header: str | None) -> str:
         return resolve_session_id(header)
     except InvalidId as exc:
         raise GatewayError(422, f"X-Session-Id: {exc}", "invalid_session_id", param="X-Session-Id") from None
+
+
+def _choice_text(choice: dict, part: str) -> str | None:
+    """The text of an upstream choice: a chat choice's `message` (or stream `delta`) content, or a completion's `text`
+    (/v1/completions)."""
+    if "text" in choice:
+        return choice["text"]
+    return (choice.get(part) or {}).get("content")
 
 
 def _as_is(text: str) -> str:

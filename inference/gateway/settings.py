@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
@@ -51,6 +51,18 @@ class GatewaySettings(ProducerSettings):
         "and say so when you do not know.",
         description="system prompt of the session API",
     )
+    # Retrieval-augmented answers (inference/gateway/rag.py): the aliases whose deployments are marked `rag` get the
+    # top passages of the knowledge base (FLYWHEEL_KB_DIR, `flywheel kb add`) in their prompt, and their sources in
+    # the response. 3 passages of about 600 characters: about 500 prompt tokens, which SmolLM2 on 2 CPU cores
+    # reads in under a second; more passages dilute what a small model attends to.
+    gateway_rag_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="aliases answered with knowledge-base passages (marked rag)"
+    )
+    gateway_rag_top_k: int = Field(3, ge=1, le=20, description="passages given to a rag answer")
+    gateway_rag_mode: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="retriever of rag answers")
+    # Lookups run in processes of their own (embedding a query is CPU work); one is enough below ~50 lookups/s.
+    gateway_rag_processes: int = Field(1, ge=1, description="retrieval processes per gateway process")
+    gateway_rag_timeout_s: float = Field(5.0, gt=0, description="longest wait for a lookup (then no passages)")
     # Session history: turns kept and their time to live.
     gateway_history_turns: int = Field(10, ge=0, description="turns of history sent upstream")
     # Upstream timeouts: connecting (a failure there is retried on another worker), waiting for
@@ -113,6 +125,13 @@ class GatewaySettings(ProducerSettings):
     # Feedback is training data: each user (per key) may send this many per minute (429 above), so that one user
     # cannot fill a retrain job with their own corrections in a burst.
     gateway_feedback_per_user_minute: int = Field(30, ge=1, description="feedback requests per user per minute")
+    # Fill-in-the-middle prompts of /v1/completions (with `suffix`) and /code/complete (inference/gateway/fim.py):
+    # "auto" reads the base model's tokenizer files once at start and uses its FIM tokens (StarCoder's <fim_prefix>,
+    # Qwen2.5-Coder's <|fim_prefix|>) when it has them, else the plain-text template ("plain"; SmolLM2 and the tiny
+    # model have none). Name the template where the model's directory is not on the gateway's machine.
+    gateway_fim_template: Literal["auto", "plain", "starcoder", "qwen"] = Field(
+        "auto", description="fill-in-the-middle prompt template (auto: from the base model's tokenizer)"
+    )
     # Bounds on what a request may make the gateway read: larger ones are refused before their body is read.
     gateway_max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body (413 above)")
     gateway_max_header_bytes: int = Field(32_768, ge=1024, description="largest request head (431 above)")
@@ -128,7 +147,12 @@ class GatewaySettings(ProducerSettings):
     producer_linger_ms: float = Field(100.0, ge=0, description="linger.ms of the gateway's producer")
 
     @field_validator(
-        "gateway_upstreams", "gateway_extra_fields", "gateway_worker_hosts", "gateway_jwt_algorithms", mode="before"
+        "gateway_upstreams",
+        "gateway_extra_fields",
+        "gateway_worker_hosts",
+        "gateway_jwt_algorithms",
+        "gateway_rag_aliases",
+        mode="before",
     )
     @classmethod
     def _split(cls, value):

@@ -26,7 +26,7 @@ ROLE_ALIASES = {"developer": "system", "function": "tool"}
 class Turn:
     """What one request knows about itself, from admission to its final events."""
 
-    route: str  # "openai" | "session" (the events' route)
+    route: str  # the events' route: "openai" | "session" | "completion" | "code"
     request_id: str
     session_id: str
     message_id: str
@@ -44,6 +44,7 @@ class Turn:
     status: str = "ok"
     error: str | None = None
     key: ApiKey | None = None  # the caller's key: its token limit is charged with the answer's tokens
+    sources: list[dict] | None = None  # a rag answer's passages (inference/gateway/rag.py); None: not a rag answer
 
     @property
     def content(self) -> str:
@@ -72,9 +73,15 @@ class TurnEvents:
         self.mask = mask
 
     def request(
-        self, turn: Turn, messages: list[dict[str, str]], max_tokens: int | None, temperature: float | None
+        self,
+        turn: Turn,
+        messages: list[dict[str, str]],
+        max_tokens: int | None,
+        temperature: float | None,
+        prompt_format: str = "chat",
     ) -> None:
-        """The ChatRequest event of a turn (messages masked)."""
+        """The ChatRequest event of a turn (messages masked). `prompt_format` "text": `messages` is one user message,
+        the exact text the model continued (inference/gateway/completions.py)."""
         try:
             event = ChatRequest(
                 session_id=turn.session_id,
@@ -86,6 +93,7 @@ class TurnEvents:
                 temperature=temperature,
                 stream=turn.stream,
                 route=turn.route,
+                prompt_format=prompt_format,
                 producer="gateway",
             )
         except Exception as exc:  # an event we cannot build must not fail the request; it is visible
@@ -129,6 +137,7 @@ class TurnEvents:
                     status=turn.status,
                     error=turn.error,
                     route=turn.route,
+                    sources=turn.sources or [],
                     producer="gateway",
                 )
             )

@@ -35,6 +35,7 @@ from schemas.settings import bearer
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
+COMPLETIONS_PATH = "/v1/completions"  # text and fill-in-the-middle prompts (inference/gateway/completions.py)
 JSON_HEADERS = {"content-type": "application/json"}
 SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
@@ -165,7 +166,7 @@ class Upstream:
         what = "start answering" if starting else "answer"
         return UpstreamTimeout(f"the model did not {what} within the gateway's timeout ({worker.url})", worker.url)
 
-    async def complete(self, body: dict) -> tuple[Worker, dict, int]:
+    async def complete(self, body: dict, path: str = CHAT_PATH) -> tuple[Worker, dict, int]:
         """A non-streamed completion: (worker, response body, attempts)."""
         payload = orjson.dumps(body)
         tried: list[str] = []
@@ -176,7 +177,7 @@ class Upstream:
             tried.append(worker.url)
             try:
                 async with asyncio.timeout(self.settings.gateway_request_timeout_s):
-                    async with self.client.post(worker.url + CHAT_PATH, data=payload, headers=self.json_headers) as r:
+                    async with self.client.post(worker.url + path, data=payload, headers=self.json_headers) as r:
                         status = r.status
                         content = await r.read()
             except Exception as exc:
@@ -189,7 +190,7 @@ class Upstream:
                 raise UpstreamHTTPError(status, _error_message(content), worker.url)
             return worker, orjson.loads(content), attempt
 
-    async def stream(self, body: dict) -> UpstreamStream:
+    async def stream(self, body: dict, path: str = CHAT_PATH) -> UpstreamStream:
         """Open a streamed completion and wait for its first data line; retried on connection failure.
 
         The caller must `close_stream()` the returned stream (it releases the worker)."""
@@ -202,7 +203,7 @@ class Upstream:
             tried.append(worker.url)
             response = None
             try:
-                response = await self.client.post(worker.url + CHAT_PATH, data=payload, headers=self.sse_headers)
+                response = await self.client.post(worker.url + path, data=payload, headers=self.sse_headers)
                 if response.status != 200:
                     content = await response.read()
                     raise UpstreamHTTPError(response.status, _error_message(content), worker.url)

@@ -26,7 +26,9 @@ import pytest
 import redis
 
 from deploy.ports import free_ports
+from inference.gateway.fim import PLAIN, resolve_template
 from inference.keys import routes_key, worker_key
+from retrain.demo.code import load_snippets
 from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
 from schemas.topics import CHAT_FEEDBACK, CHAT_REQUESTS, CHAT_RESPONSES, INFERENCE_LATENCY
 from tests.conftest import settings_env
@@ -134,12 +136,13 @@ def worker(model_dir, db_url, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def gateway(stack, db_url, worker, tmp_path_factory):
+def gateway(stack, db_url, worker, model_dir, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("gateway-data")
     env = {
         **os.environ,
         **settings_env(stack),
         "FLYWHEEL_DATA_DIR": str(data_dir),
+        "FLYWHEEL_BASE_MODEL": str(model_dir),  # its tokenizer files: the fill-in-the-middle template ("auto")
         "FLYWHEEL_REDIS_URL": db_url,
         "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,
         "FLYWHEEL_MODEL_ALIAS": ALIAS,
@@ -495,3 +498,110 @@ def test_health_and_worker_state(client, gateway):
     m = client.get("/metrics").text
     assert f'flywheel_gateway_completion_tokens_total{{model_version="{VERSION}"}}' in m
     assert 'flywheel_gateway_events_total{outcome="published"}' in m
+
+
+# -- code completions: /v1/completions and /code/complete (inference/gateway/completions.py) ------------------
+
+
+def test_tiny_model_gets_the_plain_template(model_dir):
+    assert resolve_template("auto", model_dir) == PLAIN  # its tokenizer has no FIM tokens
+
+
+def test_completions_fill_in_the_middle_with_accept_and_reject(gateway, client, consumer_config):
+    snippet = load_snippets()[0]
+    c = oai(gateway, **{"X-Session-Id": "code-1"})
+    raw = c.completions.with_raw_response.create(
+        model=ALIAS, prompt=snippet.prefix, suffix=snippet.suffix, max_tokens=MAX_TOKENS, temperature=0, user="dana"
+    )
+    done = raw.parse()
+    assert raw.headers["x-session-id"] == "code-1" and raw.headers["x-model-version"] == VERSION
+    assert done.id.startswith("cmpl-") and done.model == VERSION
+    text = done.choices[0].text
+    assert text and done.choices[0].finish_reason in ("stop", "length")
+    assert 0 < done.usage.completion_tokens <= MAX_TOKENS and done.usage.prompt_tokens > 0
+    chunks = list(
+        c.completions.create(
+            model=ALIAS,
+            prompt=snippet.prefix,
+            suffix=snippet.suffix,
+            max_tokens=MAX_TOKENS,
+            temperature=0,
+            user="dana",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len({ch.id for ch in chunks}) == 1 and chunks[0].id.startswith("cmpl-") and chunks[0].id != done.id
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == text  # greedy: the same middle
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == done.usage.completion_tokens
+
+    body = {"prefix": snippet.prefix, "suffix": snippet.suffix, "language": "python", "temperature": 0}
+    r = client.post("/code/complete", json={**body, "max_tokens": MAX_TOKENS}, headers={"X-User-Id": "dana"})
+    assert r.status_code == 200, r.text
+    code = r.json()
+    assert set(code) == {"message_id", "session_id", "model", "completion", "finish_reason", "usage"}
+    assert code["message_id"].startswith("cmpl-") and code["model"] == VERSION and code["completion"]
+    assert 0 < code["usage"]["completion_tokens"] <= MAX_TOKENS and r.headers["x-session-id"] == code["session_id"]
+
+    def feedback(mid, session, verdict, user="dana", **extra):
+        payload = {"session_id": session, "message_id": mid, "feedback": verdict, **extra}
+        return client.post("/feedback", json=payload, headers={"X-User-Id": user})
+
+    assert feedback(done.id, "code-1", "accepted", user="mallory").status_code == 403
+    assert feedback(done.id, "code-1", "accepted").status_code == 202
+    rejected = feedback(code["message_id"], code["session_id"], "rejected", correction=snippet.middle)
+    assert rejected.status_code == 202, rejected.text
+    chat = client.post("/v1/chat/completions", json=CHAT, headers={"X-Session-Id": "code-chat", "X-User-Id": "dana"})
+    assert chat.status_code == 200, chat.text
+    refused = feedback(chat.json()["id"], "code-chat", "accepted")  # an editor's verdict on a chat answer
+    assert refused.status_code == 422 and refused.json()["error"]["code"] == "invalid_feedback", refused.text
+
+    ids = {done.id, chunks[0].id, code["message_id"]}
+    found = consume_topics(
+        consumer_config,
+        {
+            CHAT_REQUESTS.name: ids,
+            CHAT_RESPONSES.name: ids,
+            INFERENCE_LATENCY.name: ids,
+            CHAT_FEEDBACK.name: {done.id, code["message_id"]},
+        },
+    )
+    requests, responses = found[CHAT_REQUESTS.name], found[CHAT_RESPONSES.name]
+    assert set(requests) == set(responses) == set(found[INFERENCE_LATENCY.name]) == ids
+    fim = PLAIN.prompt(snippet.prefix, snippet.suffix)
+    for mid, route, prompt, answer in [
+        (done.id, "completion", fim, text),
+        (chunks[0].id, "completion", fim, text),
+        (code["message_id"], "code", PLAIN.prompt(snippet.prefix, snippet.suffix, "python"), code["completion"]),
+    ]:
+        req, resp = requests[mid], responses[mid]
+        assert (req.route, req.prompt_format, resp.route) == (route, "text", route)
+        assert [(m.role, m.content) for m in req.messages] == [("user", prompt)]
+        assert (req.user_id, resp.model_version, resp.status, resp.content) == ("dana", VERSION, "ok", answer)
+    assert requests[chunks[0].id].stream and requests[code["message_id"]].max_tokens == MAX_TOKENS
+    verdicts = found[CHAT_FEEDBACK.name]
+    assert (verdicts[done.id].feedback, verdicts[done.id].kind) == ("thumbs_up", "completion")
+    got = verdicts[code["message_id"]]
+    assert (got.feedback, got.kind, got.correction) == ("thumbs_down", "completion", snippet.middle)
+
+
+@pytest.mark.parametrize(
+    "path, body, status, code, words",
+    [
+        ("/v1/completions", {"model": ALIAS, "prompt": [1, 2, 3]}, 422, "invalid_request", "token ids"),
+        ("/v1/completions", {"model": ALIAS, "prompt": "x", "best_of": 2}, 422, "unknown_field", "best_of"),
+        ("/v1/completions", {"model": ALIAS, "prompt": "x", "echo": True}, 422, "invalid_request", "echo"),
+        ("/v1/completions", {"model": ALIAS, "prompt": ""}, 422, "invalid_request", "prompt"),
+        ("/v1/completions", {"model": "gpt-9", "prompt": "x"}, 404, "model_not_found", "gpt-9"),
+        ("/code/complete", {"prefix": "", "suffix": ""}, 422, "invalid_request", "prefix and suffix"),
+        ("/code/complete", {"prefix": "x", "cursor": 1}, 422, "invalid_request", "cursor"),
+        ("/code/complete", {"prefix": "x", "session_id": "bad id!"}, 422, "invalid_session_id", "session_id"),
+        ("/code/complete", {"prefix": "x", "max_tokens": 100_000}, 422, "invalid_request", "max_tokens"),
+    ],
+)
+def test_completion_errors(client, path, body, status, code, words):
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    error = r.json()["error"]
+    assert error["code"] == code and words in error["message"], error

@@ -34,6 +34,13 @@ SCRIPT = textwrap.dedent("""
     got = fetch_pairs(client, [p.pair_id for p in batch[:4]], wait_s=0)
     assert [p.pair_id for p in got] == [p.pair_id for p in batch[:4]], got
     assert got[0].chosen == batch[0].chosen and got[0].prompt[0]["content"] == batch[0].prompt[0].content
+    assert got[0].prompt_format == "chat"
+
+    # a code completion's pair: its prompt format comes back with it
+    code = pairs("code", 1)[0].model_copy(update={"prompt_format": "text"})
+    insert([code])
+    [text] = fetch_pairs(client, [code.pair_id], wait_s=0)
+    assert text.prompt_format == "text" and text.model_prompt == code.prompt[0].content, text
 
     # late pairs: the reader waits for the sink
     threading.Timer(1.0, insert, [batch[4:]]).start()

@@ -324,6 +324,73 @@ def test_pairs_from_each_chosen_source_with_masking(worker, stack):
     assert (p.source, p.chosen, p.rejected) == ("needs_chosen", None, f"Forty-two, mail {EMAIL_MASK}")
 
 
+def _completion(session: str, prompt: str, completion: str) -> tuple[ChatRequest, ChatResponse]:
+    """An editor's completion as the gateway records it: the exact prompt continued, as text."""
+    mid = f"cmpl-{uuid.uuid4().hex}"
+    messages = [ChatMessage(role="user", content=prompt)]
+    req = ChatRequest(
+        session_id=session, message_id=mid, model_alias="support", messages=messages, route="code", prompt_format="text"
+    )
+    resp = ChatResponse(
+        session_id=session,
+        message_id=mid,
+        model_alias="support",
+        model_version="tiny",
+        content=completion,
+        route="code",
+        latency_ms=5.0,
+    )
+    return req, resp
+
+
+def test_completion_feedback_makes_text_pairs(worker, stack):
+    """A rejected completion with a correction, and one whose prompt had an accepted completion, become pairs that
+    keep the prompt's text format."""
+    bootstrap = stack.kafka_bootstrap
+    session = f"s-{uuid.uuid4().hex[:6]}"
+    tag = uuid.uuid4().hex[:6]
+    prompt = (
+        f"[code after the cursor]\n    return total\n\n[code before the cursor]\ndef total_{tag}(xs):\n    total = "
+    )
+    other = f"def inc_{tag}(x):\n    return "
+    accepted = _completion(session, prompt, "sum(xs)\n")
+    rejected = _completion(session, prompt, "0\n")
+    corrected = _completion(session, other, "x - 1\n")
+    produce(bootstrap, [*accepted, *rejected, *corrected])
+    verdicts = {
+        "accepted": Feedback(
+            session_id=session, message_id=accepted[0].message_id, feedback="thumbs_up", kind="completion"
+        ),
+        "thumbs_up": Feedback(
+            session_id=session, message_id=rejected[0].message_id, feedback="thumbs_down", kind="completion"
+        ),
+        "correction": Feedback(
+            session_id=session,
+            message_id=corrected[0].message_id,
+            feedback="thumbs_down",
+            kind="completion",
+            correction="x + 1\n",
+        ),
+    }
+    produce(bootstrap, [verdicts["accepted"], verdicts["correction"]])
+    time.sleep(1.0)  # the accepted completion is indexed before the rejection that needs it
+    produce(bootstrap, [verdicts["thumbs_up"]])
+
+    wanted = {pair_id_for(verdicts[k].event_id): k for k in ("thumbs_up", "correction")}
+    collector = Collector(bootstrap, DPO_PAIRS.name)
+    events = collector.poll_until(lambda ev: set(wanted) <= {p.pair_id for p in ev if isinstance(p, DPOPair)}, 60)
+    collector.close()
+    pairs = {wanted[p.pair_id]: p for p in events if isinstance(p, DPOPair) and p.pair_id in wanted}
+    assert set(pairs) == set(wanted.values())
+    p = pairs["thumbs_up"]
+    assert (p.prompt_format, p.source, p.chosen, p.rejected) == ("text", "thumbs_up", "sum(xs)\n", "0\n")
+    assert p.chosen_message_id == accepted[0].message_id
+    assert [(m.role, m.content) for m in p.prompt] == [("user", prompt)]
+    p = pairs["correction"]
+    assert (p.prompt_format, p.source, p.chosen, p.rejected) == ("text", "correction", "x + 1\n", "x - 1\n")
+    assert [m.content for m in p.prompt] == [other]
+
+
 def _dlq_case(case: str, bootstrap: str):
     """Produce the case; return (error type, predicate on the letter, session of the bad message)."""
     session = f"s-{uuid.uuid4().hex[:6]}"

@@ -117,7 +117,9 @@ def test_commit_positions_are_one_past_the_last_offset():
 def test_rows_hold_every_field_in_column_order(event):
     dumped = event.model_dump()
     expected = [
-        json.dumps(dumped[name], ensure_ascii=False) if name in ("messages", "prompt") else getattr(event, name)
+        json.dumps(dumped[name], ensure_ascii=False)
+        if name in ("messages", "prompt", "sources")
+        else getattr(event, name)
         for name in columns(type(event))
     ]
     assert list(to_row(event)) == expected

@@ -21,6 +21,7 @@ def test_topic_names_follow_architecture():
         "retrain.metrics",
         "model.deployments",
         "reviews.human",
+        "retrieval.queries",
     ]
     assert all_topic_names()[:2] == ["chat.requests", "chat.requests.dlq"]
 

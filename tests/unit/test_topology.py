@@ -102,7 +102,7 @@ def test_the_workers_subscribe_and_publish_what_is_declared():
 
 
 def test_the_gateway_publishes_what_is_declared():
-    assert built_events("inference.gateway.serving", "inference.gateway.turns") == set(
+    assert built_events("inference.gateway.serving", "inference.gateway.turns", "inference.gateway.rag") == set(
         topology.BY_SERVICE["gateway"].produces
     )
 
