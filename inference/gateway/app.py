@@ -121,7 +121,7 @@ class Gateway:
                 settings.gateway_rag_processes,
                 settings.gateway_rag_timeout_s,
             )
-            await retriever.warm()  # the embedding model and index load before the first question
+            await retriever.warm(settings.gateway_rag_start_timeout_s)
         serving = ChatServing(settings, upstream, routes, sessions, publisher, metrics, gate, retriever)
         try:
             await ensure_dev_key(

@@ -102,6 +102,7 @@ class Retriever:
 
     def __init__(self, kb_dir: Path, aliases, k: int, mode: str, processes: int, timeout_s: float):
         self.kb_dir, self.aliases, self.k, self.mode, self.timeout_s = kb_dir, frozenset(aliases), k, mode, timeout_s
+        self.processes = processes
         # spawn: a fork of the running gateway would copy its event loop, sockets and threads
         self.pool = ProcessPoolExecutor(
             max_workers=processes, mp_context=get_context("spawn"), initializer=_open, initargs=(str(kb_dir),)
@@ -124,11 +125,16 @@ class Retriever:
             log.warning("retrieval failed", extra={"error": repr(exc)})
         return Lookup(passages, (time.perf_counter() - started) * 1000, error)
 
-    async def warm(self) -> None:
-        """Start the pool's processes (model and index loaded) before the first question."""
-        lookup = await asyncio.wait_for(self.lookup("warm up"), None)
-        if lookup.error:
-            log.error("knowledge base not usable", extra={"kb_dir": str(self.kb_dir), "error": lookup.error})
+    async def warm(self, timeout_s: float) -> None:
+        """Start every process of the pool (each loads the embedding model and index) before the first question.
+        Not a lookup: its timeout is for answers, and a load takes longer; a lookup that timed out here would
+        leave the load running ahead of the first users' lookups, which would time out in turn."""
+        loop = asyncio.get_running_loop()
+        loads = [loop.run_in_executor(self.pool, _search, "warm up", 1, self.mode) for _ in range(self.processes)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*loads), timeout_s)
+        except Exception as exc:  # the gateway still answers, without passages; each lookup event says why
+            log.error("knowledge base not usable", extra={"kb_dir": str(self.kb_dir), "error": repr(exc)})
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -63,6 +63,11 @@ class GatewaySettings(ProducerSettings):
     # Lookups run in processes of their own (embedding a query is CPU work); one is enough below ~50 lookups/s.
     gateway_rag_processes: int = Field(1, ge=1, description="retrieval processes per gateway process")
     gateway_rag_timeout_s: float = Field(5.0, gt=0, description="longest wait for a lookup (then no passages)")
+    # Each process imports torch and loads the embedding model and index before the gateway answers: about 5 s on
+    # an idle 2-core host, 15 s or more beside a busy stack.
+    gateway_rag_start_timeout_s: float = Field(
+        120.0, gt=0, description="longest wait at start for the retrieval processes to load"
+    )
     # Session history: turns kept and their time to live.
     gateway_history_turns: int = Field(10, ge=0, description="turns of history sent upstream")
     # Upstream timeouts: connecting (a failure there is retried on another worker), waiting for

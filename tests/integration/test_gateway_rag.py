@@ -56,6 +56,9 @@ def gateway(stack, stub_url, kb, tmp_path_factory):  # noqa: F811
         "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
         "FLYWHEEL_GATEWAY_RAG_ALIASES": "support",
         "FLYWHEEL_KB_DIR": str(kb["index"]),
+        # shorter than loading the model at start (5 s or more), far longer than a lookup (tens of ms): the
+        # gateway must wait for the load at start, not give the first questions a lookup timeout
+        "FLYWHEEL_GATEWAY_RAG_TIMEOUT_S": "2",
         "FLYWHEEL_LOG_LEVEL": "WARNING",
     }
     with run_gateway(env, tmp_path_factory.mktemp("gateway-rag") / "gateway.log") as gw:
