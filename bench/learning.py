@@ -2,6 +2,7 @@
 
     python -m bench.learning offline [--sft-dir DIR]          # base vs SFT on the held-out test questions
     python -m bench.learning turn [--rate 1.0] [--timeout 1500]  # one loop turn against a running `flywheel up`
+    python -m bench.learning rag --sft-dir DIR                # retrieval alone, fine-tuning alone, both
 
 `offline` (this process, 2 CPU cores): builds SmolLM2 when missing, trains the SFT version with the config
 `flywheel up` uses (timed; or takes --sft-dir), and asks base and SFT the demo shop's held-out test questions
@@ -12,6 +13,12 @@
 know, the stack trains, gates, canaries and promotes), then asks again: the corrected questions (ROUGE-L >= 0.8
 against the correction), their unseen paraphrases, and the test questions (kept: ROUGE-L >= 0.9 against the
 answer before). Both print a table and write JSON to --out.
+
+`rag` (this process): the same held-out test questions answered three ways in one run, each with greedy decoding:
+retrieval alone (the base model given the bundled knowledge base's top passages, the prompt the gateway builds for
+a `rag` alias), fine-tuning alone (the SFT adapter, no passages) and both (the SFT adapter given the passages).
+Also prints how often the top passages hold the labelled document (inference/retrieval/examples/
+shop_questions.jsonl).
 """
 
 from __future__ import annotations
@@ -83,6 +90,57 @@ def offline(args) -> dict:
         r = result[name]
         seconds = str(result.get("sft_seconds", "-")) if name == "sft" else "-"
         table.add_row(name, f"{r['accuracy']:.0%}", f"{r['accuracy_en']:.0%}", f"{r['accuracy_zh']:.0%}", seconds)
+    Console().print(table)
+    return result
+
+
+def rag(args) -> dict:
+    from inference.gateway.rag import Passage, grounded
+    from inference.retrieval import KnowledgeBase
+    from inference.retrieval.examples import EXAMPLES_DIR, load_labelled_questions
+    from retrain.base_model import build_base_model
+    from retrain.demo import load_domain, sft_splits
+    from retrain.generate import Generator
+    from retrain.settings import RetrainSettings
+
+    settings = RetrainSettings()
+    base = build_base_model(args.base_dir or settings.data_dir / "models" / "smollm2")
+    kb_dir = args.out / "kb"
+    kb = KnowledgeBase.open(kb_dir)
+    if not kb.documents():
+        kb.add([EXAMPLES_DIR / "shop"], root=EXAMPLES_DIR / "shop")
+    splits = sft_splits(load_domain())
+    test = splits["test"]
+    labels = {q["question"]: q["document"] for q in load_labelled_questions()}
+
+    def lookup(question: str) -> list[Passage]:
+        hits = kb.search(question, k=args.k)
+        return [Passage(h.document, h.version, h.passage, h.score, h.title, h.text) for h in hits]
+
+    started = time.monotonic()
+    found = [lookup(qa.question) for qa in test]
+    lookup_ms = (time.monotonic() - started) * 1000 / len(test)
+    labelled = [(qa, f) for qa, f in zip(test, found, strict=True) if qa.question in labels]
+    hit = share(any(p.document == labels[qa.question] for p in f) for qa, f in labelled)
+    plain = [[{"role": "user", "content": qa.question}] for qa in test]
+    with_passages = [grounded(p, f) for p, f in zip(plain, found, strict=True)]
+    gen = Generator(base, max_new_tokens=64, batch_size=8)
+    gen.load("sft", args.sft_dir)
+    rows = {
+        "base model": accuracy(gen.answers(plain), test),
+        "retrieval alone (base + passages)": accuracy(gen.answers(with_passages), test),
+        "fine-tuning alone (SFT)": accuracy(gen.answers(plain, adapter="sft"), test),
+        "both (SFT + passages)": accuracy(gen.answers(with_passages, adapter="sft"), test),
+    }
+    result = {"k": args.k, "retrieval_hit": hit, "retrieval_hit_n": len(labelled), "lookup_ms": lookup_ms, "rows": rows}
+    table = Table(
+        title=f"held-out test questions ({len(test)}), correct at ROUGE-L >= {CORRECT}; top {args.k} passages "
+        f"hold the labelled document for {hit:.0%} of {len(labelled)}"
+    )
+    for column in ("answered by", "all", "English", "Chinese"):
+        table.add_column(column)
+    for name, r in rows.items():
+        table.add_row(name, f"{r['accuracy']:.0%}", f"{r['accuracy_en']:.0%}", f"{r['accuracy_zh']:.0%}")
     Console().print(table)
     return result
 
@@ -187,15 +245,19 @@ def main(argv=None) -> dict:
     off = sub.add_parser("offline", help="base vs SFT on the held-out test questions")
     off.add_argument("--base-dir", type=Path, default=None)
     off.add_argument("--sft-dir", type=Path, default=None, help="an SFT adapter to evaluate instead of training one")
+    rg = sub.add_parser("rag", help="retrieval alone, fine-tuning alone and both on the held-out test questions")
+    rg.add_argument("--base-dir", type=Path, default=None)
+    rg.add_argument("--sft-dir", type=Path, required=True, help="the SFT adapter (e.g. from `offline`)")
+    rg.add_argument("--k", type=int, default=3, help="passages per question (the gateway's default)")
     on = sub.add_parser("turn", help="one loop turn through the gateway of a running stack")
     on.add_argument("--rate", type=float, default=1.0)
     on.add_argument("--users", type=int, default=20)
     on.add_argument("--timeout", type=float, default=1500.0)
-    for p in (off, on):
+    for p in (off, rg, on):
         p.add_argument("--out", type=Path, default=Path(".flywheel/bench/learning"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = offline(args) if args.part == "offline" else turn(args)
+    result = {"offline": offline, "rag": rag, "turn": turn}[args.part](args)
     path = args.out / f"{args.part}.json"
     path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     Console().print(f"written {path}")
