@@ -24,7 +24,6 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from inference.gateway.admission import Caller
-from inference.gateway.auth import ACT_AS
 from inference.gateway.fim import FimTemplate
 from inference.gateway.protocol import (
     CodeCompletionRequest,
@@ -46,23 +45,11 @@ class CompletionServing:
     def __init__(self, chat: ChatServing, template: FimTemplate):
         self.chat = chat
         self.template = template
-        self.extra_fields = chat.extra_fields
 
     async def completions(
         self, req: CompletionRequest, caller: Caller, session_header: str | None, state: Any
     ) -> Response:
-        unknown = req.unknown_fields(self.extra_fields)
-        if unknown:
-            raise GatewayError(
-                422,
-                f"unknown field(s) {', '.join(unknown)}: not forwarded to the model (n is at most 1)",
-                "unknown_field",
-                param=unknown[0],
-            )
-        if req.user is not None and not caller.key.allows(ACT_AS):
-            raise GatewayError(
-                403, f"this API key may not name users (`user` needs the '{ACT_AS}' scope)", "insufficient_scope"
-            )
+        self.chat.check_openai_request(req, caller)
         prompt = self.template.prompt(req.prompt, req.suffix)
         if not prompt:
             raise GatewayError(

@@ -22,6 +22,7 @@ from inference.gateway.auth import ACT_AS
 from inference.gateway.metrics import GatewayMetrics
 from inference.gateway.protocol import (
     ChatCompletionRequest,
+    CompletionRequest,
     FeedbackRequest,
     GatewayError,
     SessionChatRequest,
@@ -84,9 +85,8 @@ class ChatServing:
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
 
-    async def chat_completions(
-        self, req: ChatCompletionRequest, caller: Caller, session_header: str | None, state: Any
-    ) -> Response:
+    def check_openai_request(self, req: ChatCompletionRequest | CompletionRequest, caller: Caller) -> None:
+        """What both OpenAI routes refuse: fields the model would not get, and a `user` the key may not name."""
         unknown = req.unknown_fields(self.extra_fields)
         if unknown:
             raise GatewayError(
@@ -99,6 +99,11 @@ class ChatServing:
             raise GatewayError(
                 403, f"this API key may not name users (`user` needs the '{ACT_AS}' scope)", "insufficient_scope"
             )
+
+    async def chat_completions(
+        self, req: ChatCompletionRequest, caller: Caller, session_header: str | None, state: Any
+    ) -> Response:
+        self.check_openai_request(req, caller)
         user_id = req.user or caller.user_id
         session_id = _session_id(session_header)
         message_id = new_message_id()
