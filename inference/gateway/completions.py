@@ -31,8 +31,7 @@ from inference.gateway.protocol import (
     GatewayError,
     new_completion_id,
 )
-from inference.gateway.serving import JSON, ChatServing
-from inference.gateway.sessions import InvalidId, resolve_session_id
+from inference.gateway.serving import JSON, ChatServing, session_id_of
 from inference.gateway.turns import Turn
 from inference.gateway.upstream import COMPLETIONS_PATH
 
@@ -55,7 +54,7 @@ class CompletionServing:
             raise GatewayError(
                 422, "invalid request: prompt: empty, nothing to continue", "invalid_request", param="prompt"
             )
-        session_id = _session_id(session_header, "X-Session-Id")
+        session_id = session_id_of(session_header)
         turn = await self._admit(
             "completion", caller, session_id, req.user or caller.user_id, req.model, req.stream, session_header
         )
@@ -72,7 +71,7 @@ class CompletionServing:
         return Response(orjson.dumps(data), media_type=JSON, headers=turn.headers())
 
     async def code_complete(self, req: CodeCompletionRequest, caller: Caller, state: Any) -> Response:
-        session_id = _session_id(req.session_id, "session_id")
+        session_id = session_id_of(req.session_id, "session_id")
         prompt = self.template.prompt(req.prefix, req.suffix, req.language, req.path)
         turn = await self._admit("code", caller, session_id, caller.user_id, req.model, False, req.session_id)
         state.model_version = turn.version
@@ -114,10 +113,3 @@ class CompletionServing:
             caller.key, message_id, user_id, session_id, claim=named_session is not None
         )
         return self.chat._turn(route, caller, session_id, user_id, model, stream, message_id)
-
-
-def _session_id(value: str | None, param: str) -> str:
-    try:
-        return resolve_session_id(value)
-    except InvalidId as exc:
-        raise GatewayError(422, f"{param}: {exc}", "invalid_session_id", param=param) from None

@@ -79,13 +79,33 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
-class ChatCompletionRequest(BaseModel):
+class _OpenAIRequest(BaseModel):
+    """What the two OpenAI routes' requests share: extra fields kept for the caller to check (`unknown_fields`),
+    and usage always asked of a streaming worker, so that token counts are known at the end."""
+
+    model_config = ConfigDict(extra="allow")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def unknown_fields(self, allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """Fields of the request that are neither declared nor in `allowed`, sorted."""
+        return sorted(set(self.model_extra or ()) - set(allowed))
+
+    @property
+    def wants_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def _with_usage(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body
+
+
+class ChatCompletionRequest(_OpenAIRequest):
     """POST /v1/chat/completions: OpenAI's fields for one answer, and vLLM's sampling extensions, with bounds.
 
     Other fields are kept in `model_extra` for the caller to check against the allowed extras
     (`unknown_fields`): refused by default, forwarded when the settings allow them."""
-
-    model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(max_length=200)] | None = None  # None: the gateway's default alias
     messages: Annotated[list[OpenMessage], Field(min_length=1, max_length=MAX_MESSAGES)]
@@ -117,24 +137,12 @@ class ChatCompletionRequest(BaseModel):
         )
         return self
 
-    def unknown_fields(self, allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
-        """Fields of the request that are neither declared nor in `allowed`, sorted."""
-        return sorted(set(self.model_extra or ()) - set(allowed))
-
-    @property
-    def wants_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
     def upstream_body(self, model_version: str) -> dict[str, Any]:
         """The body sent to a worker: the client's, with the chosen version as `model` and, when
         streaming, usage requested so that token counts are known at the end."""
         body = self.model_dump(exclude_none=True)
         body["model"] = model_version
-        if self.stream:
-            options = dict(body.get("stream_options") or {})
-            options["include_usage"] = True
-            body["stream_options"] = options
-        return body
+        return self._with_usage(body)
 
 
 class SessionChatRequest(BaseModel):
@@ -268,12 +276,10 @@ def new_completion_id() -> str:
     return f"{COMPLETION_ID_PREFIX}{random.getrandbits(128):032x}"
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(_OpenAIRequest):
     """POST /v1/completions: OpenAI's legacy completion of one text prompt; with `suffix`, fill-in-the-middle.
 
     Like the chat route, other fields are kept in `model_extra` and refused unless the settings allow them."""
-
-    model_config = ConfigDict(extra="allow")
 
     model: Annotated[str, Field(max_length=200)] | None = None  # None: the gateway's default alias
     prompt: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)]  # a string, or a list of exactly one string
@@ -322,25 +328,13 @@ class CompletionRequest(BaseModel):
         _check_free_form(self.model_extra, self.stream_options and self.stream_options.model_extra)
         return self
 
-    def unknown_fields(self, allowed: frozenset[str] | set[str] = frozenset()) -> list[str]:
-        """Fields of the request that are neither declared nor in `allowed`, sorted."""
-        return sorted(set(self.model_extra or ()) - set(allowed))
-
-    @property
-    def wants_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
-
     def upstream_body(self, model_version: str, prompt: str) -> dict[str, Any]:
         """The body sent to a worker's /v1/completions: the built `prompt` (never `suffix`: vLLM does not take it),
         the chosen version as `model`, the sampling fields, and usage asked for when streaming."""
         body = self.model_dump(exclude_none=True, exclude={"prompt", "suffix", "user", "n", "echo", "logprobs"})
         body["model"] = model_version
         body["prompt"] = prompt
-        if self.stream:
-            options = dict(body.get("stream_options") or {})
-            options["include_usage"] = True
-            body["stream_options"] = options
-        return body
+        return self._with_usage(body)
 
 
 Language = Annotated[str, Field(min_length=1, max_length=50, pattern=r"^[A-Za-z0-9_+#.\-]+$")]

@@ -21,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+
+import orjson
 
 from schemas.events import MAX_SOURCES, Retrieval
 
@@ -175,3 +178,31 @@ def retrieval_event(turn, query: str, lookup: Lookup, k: int, mode: str, mask) -
         error=lookup.error,
         producer="gateway",
     )
+
+
+class Grounding:
+    """A rag turn's steps in the gateway: look the question up, publish the Retrieval event, remember the answer's
+    passage ids (Redis, for /feedback) and put the passages in the messages."""
+
+    def __init__(self, retriever: Retriever, redis, ttl_s: int, publish: Callable, mask: Callable[[str], str]):
+        self.retriever, self.redis, self.ttl_s, self.publish, self.mask = retriever, redis, ttl_s, publish, mask
+
+    def serves(self, alias: str) -> bool:
+        return self.retriever.serves(alias)
+
+    async def augment(self, turn, messages: list[dict]) -> list[dict]:
+        """The messages with the passages for the turn's question; the turn keeps its sources. A lookup that
+        failed leaves the messages as they were."""
+        retriever = self.retriever
+        query = query_of(messages)
+        lookup = await retriever.lookup(query) if query else Lookup([], 0.0, "no user message to look up")
+        turn.sources = [p.source() for p in lookup.passages]
+        self.publish(retrieval_event(turn, query, lookup, retriever.k, retriever.mode, self.mask))
+        if turn.sources:
+            passage_ids = orjson.dumps([s["passage"] for s in turn.sources])
+            await self.redis.set(SOURCES_KEY.format(message_id=turn.message_id), passage_ids, ex=self.ttl_s)
+        return grounded(messages, lookup.passages)
+
+    async def passages_of(self, message_id: str) -> list[str]:
+        raw = await self.redis.get(SOURCES_KEY.format(message_id=message_id))
+        return orjson.loads(raw) if raw else []

@@ -31,7 +31,7 @@ from inference.gateway.protocol import (
     new_message_id,
 )
 from inference.gateway.publisher import EventPublisher
-from inference.gateway.rag import SOURCES_KEY, Lookup, Retriever, grounded, query_of, retrieval_event
+from inference.gateway.rag import Grounding, Retriever
 from inference.gateway.router import RouteTable, UnknownModel
 from inference.gateway.sessions import (
     InvalidId,
@@ -78,10 +78,13 @@ class ChatServing:
         self.publisher = publisher
         self.metrics = metrics
         self.gate = gate
-        self.retriever = retriever
         self.system_prompt = settings.gateway_system_prompt
         self.extra_fields = frozenset(settings.gateway_extra_fields)
         self.events = TurnEvents(publisher, metrics, mask_pii if settings.gateway_mask_pii else _as_is)
+        self.grounding = None
+        if retriever is not None:
+            redis, ttl_s = sessions.redis, sessions.message_ttl_s
+            self.grounding = Grounding(retriever, redis, ttl_s, publisher.publish, self.events.mask)
 
     # -- OpenAI-compatible ---------------------------------------------------------------------
 
@@ -105,7 +108,7 @@ class ChatServing:
     ) -> Response:
         self.check_openai_request(req, caller)
         user_id = req.user or caller.user_id
-        session_id = _session_id(session_header)
+        session_id = session_id_of(session_header)
         message_id = new_message_id()
         await self.gate.admit_and_remember(
             caller.key, message_id, user_id, session_id, claim=session_header is not None
@@ -114,8 +117,8 @@ class ChatServing:
         state.model_version = turn.version
         messages = [event_message(m.role, m.text()) for m in req.messages]
         body = req.upstream_body(turn.version)
-        if self.retriever is not None and self.retriever.serves(turn.alias):
-            messages = body["messages"] = await self._augment(turn, messages)
+        if self.grounding is not None and self.grounding.serves(turn.alias):
+            messages = body["messages"] = await self.grounding.augment(turn, messages)
         self.events.request(turn, messages, req.max_tokens or req.max_completion_tokens, req.temperature)
         if req.stream:
             stream = await self._open_stream(turn, body)
@@ -131,10 +134,7 @@ class ChatServing:
     # -- session API -----------------------------------------------------------------------------
 
     async def session_chat(self, req: SessionChatRequest, caller: Caller, stream: bool, state: Any) -> Response:
-        try:
-            session_id = resolve_session_id(req.session_id)
-        except InvalidId as exc:
-            raise GatewayError(422, f"session_id: {exc}", "invalid_session_id", param="session_id") from None
+        session_id = session_id_of(req.session_id, "session_id")
         history = await self.gate.admit_with_history(caller.key, session_id, caller.user_id)
         turn = self._turn("session", caller, session_id, caller.user_id, req.model, stream)
         state.model_version = turn.version
@@ -142,8 +142,8 @@ class ChatServing:
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages += history[-keep:] if keep else []
         messages.append({"role": "user", "content": req.message})
-        if self.retriever is not None and self.retriever.serves(turn.alias):
-            messages = await self._augment(turn, messages)
+        if self.grounding is not None and self.grounding.serves(turn.alias):
+            messages = await self.grounding.augment(turn, messages)
         self.events.request(turn, messages, req.max_tokens, req.temperature)  # roles: system, user, assistant
         body: dict[str, Any] = {"model": turn.version, "messages": messages, "stream": stream}
         if req.max_tokens is not None:
@@ -228,7 +228,7 @@ class ChatServing:
             kind=kind,
             comment=self.events.mask(req.comment) if req.comment else req.comment,
             correction=self.events.mask(req.correction) if req.correction else req.correction,
-            passage_ids=await self._passages_of(req.message_id) if self.retriever is not None else [],
+            passage_ids=await self.grounding.passages_of(req.message_id) if self.grounding is not None else [],
             producer="gateway",
         )
         self.publisher.publish(event)
@@ -273,26 +273,6 @@ class ChatServing:
                         }
                     )
         return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
-
-    # -- retrieval (inference/gateway/rag.py) ------------------------------------------------------
-
-    async def _augment(self, turn: Turn, messages: list[dict]) -> list[dict]:
-        """The knowledge base's passages for the turn's question, in the messages; the turn keeps its sources and
-        Redis the passage ids (for /feedback). A lookup that failed leaves the messages as they were."""
-        retriever = self.retriever
-        query = query_of(messages)
-        lookup = await retriever.lookup(query) if query else Lookup([], 0.0, "no user message to look up")
-        turn.sources = [p.source() for p in lookup.passages]
-        self.publisher.publish(retrieval_event(turn, query, lookup, retriever.k, retriever.mode, self.events.mask))
-        if turn.sources:
-            passage_ids = orjson.dumps([s["passage"] for s in turn.sources])
-            key = SOURCES_KEY.format(message_id=turn.message_id)
-            await self.sessions.redis.set(key, passage_ids, ex=self.sessions.message_ttl_s)
-        return grounded(messages, lookup.passages)
-
-    async def _passages_of(self, message_id: str) -> list[str]:
-        raw = await self.sessions.redis.get(SOURCES_KEY.format(message_id=message_id))
-        return orjson.loads(raw) if raw else []
 
     # -- shared steps ------------------------------------------------------------------------------
 
@@ -423,11 +403,12 @@ class ChatServing:
         return GatewayError(status, public_message(exc, status, turn.request_id), code)
 
 
-def _session_id(header: str | None) -> str:
+def session_id_of(value: str | None, param: str = "X-Session-Id") -> str:
+    """The session a request names (a new one when it names none); 422 naming `param` when the id is malformed."""
     try:
-        return resolve_session_id(header)
+        return resolve_session_id(value)
     except InvalidId as exc:
-        raise GatewayError(422, f"X-Session-Id: {exc}", "invalid_session_id", param="X-Session-Id") from None
+        raise GatewayError(422, f"{param}: {exc}", "invalid_session_id", param=param) from None
 
 
 def _choice_text(choice: dict, part: str) -> str | None:
