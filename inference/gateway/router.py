@@ -169,6 +169,35 @@ class RouteTable:
             return self.alias_of(name), name
         raise UnknownModel(f"model {name!r} does not exist; available: {', '.join(self.aliases)}")
 
+    def model_list(self) -> dict:
+        """OpenAI's model list (GET /v1/models): each alias with its versions and weights, then each version."""
+        created = int(time.time())
+        data = []
+        for alias in self.aliases:
+            versions = self.versions(alias)
+            data.append(
+                {
+                    "id": alias,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "flywheel",
+                    "versions": [{"version": r.version, "weight": r.weight} for r in versions],
+                }
+            )
+            data.extend(
+                {
+                    "id": r.version,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "flywheel",
+                    "parent": alias,
+                    "weight": r.weight,
+                }
+                for r in versions
+                if r.version != alias
+            )
+        return {"object": "list", "data": data}
+
     def alias_of(self, version: str) -> str:
         for alias in self.aliases:
             if any(r.version == version for r in self.versions(alias)):

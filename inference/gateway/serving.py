@@ -244,36 +244,6 @@ class ChatServing:
         out = {"event_id": str(event.event_id), "message_id": req.message_id, "status": "accepted"}
         return Response(orjson.dumps(out), status_code=202, media_type=JSON)
 
-    # -- models --------------------------------------------------------------------------------------
-
-    def models(self) -> Response:
-        created = int(time.time())
-        data = []
-        for alias in self.routes.aliases:
-            versions = self.routes.versions(alias)
-            data.append(
-                {
-                    "id": alias,
-                    "object": "model",
-                    "created": created,
-                    "owned_by": "flywheel",
-                    "versions": [{"version": r.version, "weight": r.weight} for r in versions],
-                }
-            )
-            for r in versions:
-                if r.version != alias:
-                    data.append(
-                        {
-                            "id": r.version,
-                            "object": "model",
-                            "created": created,
-                            "owned_by": "flywheel",
-                            "parent": alias,
-                            "weight": r.weight,
-                        }
-                    )
-        return Response(orjson.dumps({"object": "list", "data": data}), media_type=JSON)
-
     # -- shared steps ------------------------------------------------------------------------------
 
     def _turn(
