@@ -85,13 +85,25 @@ _KB = None
 
 def _open(kb_dir: str) -> None:
     global _KB
+    import faiss
+    import torch
+
     from inference.retrieval import KnowledgeBase
 
+    # One lookup at a time per process, on one thread: with torch's default of one thread per core, on cores shared
+    # with the model server, every parallel region waited for a preempted thread, and lookups fell behind the
+    # questions (4 a second on 2 cores: 99% timed out).
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
     _KB = KnowledgeBase.open(Path(kb_dir))
     _KB.search("warm up", k=1)  # load the embedding model now, not on the first user's question
 
 
-def _search(query: str, k: int, mode: str) -> list[Passage]:
+def _search(query: str, k: int, mode: str, deadline: float = float("inf")) -> list[Passage]:
+    """The top `k` passages; none once `deadline` (unix time) has passed: the gateway stopped waiting for this
+    lookup, and working through such stale ones would make every later lookup late as well."""
+    if time.time() > deadline:
+        return []
     _KB.refresh()
     hits = _KB.search(query, k, mode)
     return [Passage(h.document, h.version, h.passage, float(h.score), h.title, h.text) for h in hits]
@@ -118,11 +130,12 @@ class Retriever:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         try:
-            future = loop.run_in_executor(self.pool, _search, query, self.k, self.mode)
+            future = loop.run_in_executor(self.pool, _search, query, self.k, self.mode, time.time() + self.timeout_s)
             passages = await asyncio.wait_for(future, self.timeout_s)
             error = None
         except TimeoutError:
             passages, error = [], f"retrieval took longer than {self.timeout_s} s"
+            log.warning("retrieval timed out", extra={"timeout_s": self.timeout_s})
         except Exception as exc:  # a broken index or pool must not fail the answer; the event says why
             passages, error = [], f"retrieval failed: {exc!r}"
             log.warning("retrieval failed", extra={"error": repr(exc)})

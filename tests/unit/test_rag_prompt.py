@@ -81,3 +81,12 @@ def test_a_failed_lookup_is_an_error_event_with_no_sources():
     ok = retrieval_event(turn, "q", Lookup([RETURNS], 4.0), 3, "bm25", str)
     assert ok.status == "ok" and ok.error is None and ok.retriever == "bm25"
     assert [s.model_dump() for s in ok.sources] == [RETURNS.source()]
+
+
+def test_a_lookup_the_gateway_stopped_waiting_for_is_skipped():
+    import time
+
+    from inference.gateway import rag
+
+    assert rag._KB is None  # no index in this process: a lookup that ran would fail
+    assert rag._search("How long is the return window?", 3, "hybrid", deadline=time.time() - 1) == []
