@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retrain.config import SFTJobConfig
-from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, prepare
+from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, fitting_rows, prepare
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ def train_sft(
         raise ValueError("no training rows")
     started = time.monotonic()
     device, tokenizer, model, peft_config = prepare(base_model, parent_adapter, config, device)
+    rows = fitting_rows(rows, tokenizer, config.max_length, job_id)
+    eval_rows = fitting_rows(eval_rows, tokenizer, config.max_length, job_id, required=False)
     output_dir = Path(output_dir)
     columns = ("prompt", "completion")
     train = Dataset.from_list([{k: r[k] for k in columns} for r in rows])

@@ -6,7 +6,7 @@ No training here: retrain/sft.py and retrain/dpo.py build their TRL trainers on 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +67,37 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
+
+
+def row_tokens(tokenizer, row: dict) -> int:
+    """Tokens of a prompt/completion row as the trainer sees it: a chat row through the chat template, a text row
+    (a code completion's) as it is, with the end-of-text token."""
+    prompt, completion = row["prompt"], row["completion"]
+    if isinstance(prompt, str):
+        return len(tokenizer(prompt + completion, add_special_tokens=False)["input_ids"]) + 1
+    text = tokenizer.apply_chat_template([*prompt, *completion], tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fitting_rows(
+    rows: Sequence[dict], tokenizer, max_length: int, job_id: str = "manual", required: bool = True
+) -> list[dict]:
+    """The rows within `max_length` tokens. A longer row would lose its answer to truncation (TRL keeps the start)
+    and train nothing, so it is left out and counted; ValueError when none fits (and `required`), naming the
+    lengths."""
+    lengths = [row_tokens(tokenizer, r) for r in rows]
+    kept = [r for r, n in zip(rows, lengths, strict=True) if n <= max_length]
+    if len(kept) < len(rows):
+        log.warning(
+            "rows longer than max_length left out",
+            extra={"job_id": job_id, "left_out": len(rows) - len(kept), "rows": len(rows), "max_length": max_length},
+        )
+    if rows and not kept and required:
+        raise ValueError(
+            f"every training row is longer than max_length ({max_length} tokens; the shortest has {min(lengths)}): "
+            "prompts with knowledge-base passages are long; raise max_length in the job's config"
+        )
+    return kept
 
 
 def prepare(base_model: str | Path, parent_adapter: str | Path | None, config, device: str):

@@ -4,6 +4,7 @@ import pytest
 
 from retrain.config import ConfigError, DPOJobConfig, help_table, load_config
 from retrain.settings import PACKAGE_DIR
+from retrain.tiny_model import TINY_ARCH
 
 
 def test_defaults_are_the_seed_incremental_ones():
@@ -15,7 +16,7 @@ def test_shipped_7b_and_tiny_configs():
     big = load_config(PACKAGE_DIR / "configs" / "7b.yaml")
     assert (big.beta, big.learning_rate, big.num_train_epochs) == (0.1, 1e-6, 1.0)
     tiny = load_config(PACKAGE_DIR / "configs" / "tiny.yaml")
-    assert tiny.learning_rate > 1e-4 and tiny.max_length <= 256
+    assert tiny.learning_rate > 1e-4 and tiny.max_length <= TINY_ARCH["max_position_embeddings"]
 
 
 def test_precedence(tmp_path):
@@ -57,3 +58,33 @@ def test_to_trl_maps_the_fields(tmp_path):
     args = cfg.to_trl(tmp_path, use_cpu=True)
     assert (args.beta, args.learning_rate, args.max_length, args.use_cpu) == (0.3, 2e-3, 64, True)
     assert args.save_strategy == "no"
+
+
+class _WordTokenizer:
+    """One token per word; the chat template is the contents joined."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+    def apply_chat_template(self, messages, tokenize=False):
+        return " ".join(m["content"] for m in messages)
+
+
+def _row(prompt_words: int, answer_words: int = 2) -> dict:
+    return {
+        "prompt": [{"role": "user", "content": "w " * prompt_words}],
+        "completion": [{"role": "assistant", "content": "a " * answer_words}],
+    }
+
+
+def test_rows_longer_than_max_length_are_left_out_and_none_fitting_is_a_clear_error():
+    from retrain.training import fitting_rows, row_tokens
+
+    tok = _WordTokenizer()
+    short, long = _row(3), _row(30)
+    assert row_tokens(tok, short) == 5
+    assert row_tokens(tok, {"prompt": "def f():", "completion": " return 1"}) == 5  # text row: + end of text
+    assert fitting_rows([short, long], tok, max_length=10) == [short]
+    with pytest.raises(ValueError, match=r"max_length \(10 tokens; the shortest has 32\)"):
+        fitting_rows([long], tok, max_length=10)
+    assert fitting_rows([long], tok, max_length=10, required=False) == []
