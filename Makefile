@@ -30,7 +30,7 @@ run: venv
 	$(VENV)/bin/flywheel up
 	$(VENV)/bin/flywheel status
 	@echo "The stack runs in the background; 'make down' (or .venv/bin/flywheel down) stops it."
-	@echo "Watch the loop turn: $(VENV)/bin/flywheel demo   (a rollback: $(VENV)/bin/flywheel demo --bad)"
+	@echo "Watch the loop turn: $(VENV)/bin/flywheel demo   (a rollback: --bad; an editor's completions: --case code)"
 
 down: venv
 	$(VENV)/bin/flywheel down

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from deploy.demo import DemoConfig, Progress, run_demo
+from deploy.demo import DemoConfig, DemoError, Progress, run_demo
+from deploy.demo_cases import CASES, case_questions
 from deploy.demo_traffic import select_corrected
-from retrain.demo import QA
 
 
 def _view(p: Progress):
@@ -39,6 +39,14 @@ def _view(p: Progress):
 
 
 @click.command("demo")
+@click.option(
+    "--case",
+    type=click.Choice(CASES),
+    default="support",
+    show_default=True,
+    help="support: the shop's questions by chat; rag: the same to an alias marked rag, answered with sources; "
+    "code: an editor's completions at the gaps of Python snippets, accepted or rejected.",
+)
 @click.option("--users", type=click.IntRange(min=1), default=20, show_default=True, help="Simulated users.")
 @click.option(
     "--rate",
@@ -58,7 +66,7 @@ def _view(p: Progress):
     "--questions",
     multiple=True,
     metavar="INTENT|QUESTION",
-    help="Loop intents (or asked questions) whose wrong answers get corrections [default: all].",
+    help="Loop intents (or asked questions; snippet ids for code) whose wrong answers get corrections [default: all].",
 )
 @click.option(
     "--asked",
@@ -102,6 +110,7 @@ def _view(p: Progress):
 @click.pass_obj
 def demo_command(
     settings,
+    case,
     users,
     rate,
     loop_share,
@@ -150,6 +159,7 @@ def demo_command(
         kafka_bootstrap=settings.kafka_bootstrap,
         redis_url=settings.redis_dsn,
         alias=alias or settings.model_alias,
+        case=case,
         users=users,
         rate=rate,
         loop_share=loop_share,
@@ -165,11 +175,14 @@ def demo_command(
     )
     run_id = datetime.now().strftime("%Y%m%d-%H%M%S") + ("-bad" if bad else "")
     try:
-        select_corrected(loop_sets_default(asked), questions)
+        select_corrected(case_questions(case, asked).asked, questions)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--questions") from exc
-    with Live(console=console, refresh_per_second=2, transient=False) as live:
-        run = run_demo(config, on_progress=lambda p: live.update(_view(p)))
+    try:
+        with Live(console=console, refresh_per_second=2, transient=False) as live:
+            run = run_demo(config, on_progress=lambda p: live.update(_view(p)))
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         client = analytics.connect(settings.query_url)
         try:
@@ -181,9 +194,3 @@ def demo_command(
     print_report(report, console)
     written = write_report(report, out_dir or settings.data_dir / "demo" / run_id)
     console.print(f"report: {', '.join(str(p) for p in written)}")
-
-
-def loop_sets_default(asked: int) -> list[QA]:
-    from retrain.demo import load_domain, loop_sets
-
-    return loop_sets(load_domain(), asked)[0]

@@ -1,7 +1,8 @@
 """`flywheel demo`: the whole loop, shown, against a running local stack.
 
-Simulated users ask the demo shop's questions (`retrain.demo`) through the gateway and judge every answer against
-the shop's reference answer with ROUGE-L: a wrong answer to one of the corrected loop questions gets a thumbs-down
+Simulated users ask the questions of a case (deploy/demo_cases.py: the demo shop's customer service, the same to an
+alias marked rag, or an editor's code completions) through the gateway and judge every answer against the
+reference answer with ROUGE-L: a wrong answer to one of the corrected loop questions gets a thumbs-down
 with the reference answer as the correction (what feeds DPO pairs), any other wrong answer a plain thumbs-down, a
 right one a thumbs-up. The traffic keeps going while the stack builds pairs, trains, gates and canaries the adapter,
 until the version trained from this run's pairs is promoted or rolled back (read from Kafka), or a timeout.
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from deploy.demo_bad import announce_adapter, train_bad_adapter
+from deploy.demo_cases import case_questions
 from deploy.demo_traffic import USER_PREFIX, Exchange, Gateway, Traffic, TrafficPlan, select_corrected
 from retrain.demo import QA
 from retrain.rouge import rouge_l
@@ -189,6 +191,7 @@ class DemoConfig:
     kafka_bootstrap: str
     redis_url: str
     alias: str = "support"
+    case: str = "support"  # support | rag | code (deploy.demo_cases)
     users: int = 20
     rate: float = 1.0
     loop_share: float = 0.5
@@ -263,14 +266,14 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
     then the corrected questions and their unseen paraphrases asked again."""
     import redis
 
-    from retrain.demo import load_domain, loop_sets, sft_splits
     from schemas.topics import DPO_PAIRS, MODEL_DEPLOYMENTS, RETRAIN_JOBS
 
-    intents = load_domain()
-    asked, unseen = loop_sets(intents, config.asked)
-    corrected = select_corrected(asked, config.questions)
-    plan = TrafficPlan(asked, sft_splits(intents)["test"], corrected, config.users, config.loop_share, config.seed)
+    questions = case_questions(config.case, config.asked)
+    corrected = select_corrected(questions.asked, config.questions)
+    plan = TrafficPlan(questions.asked, questions.other, corrected, config.users, config.loop_share, config.seed)
     gateway = Gateway(config.gateway_url, config.api_key, config.alias, config.max_tokens, config.temperature)
+    if config.case == "rag":
+        check_rag(gateway, questions.other[0])
     run = DemoRun(config, started_at=time.time(), corrected=corrected)
     watcher = BusWatcher(
         config.kafka_bootstrap, [DPO_PAIRS.name, RETRAIN_JOBS.name, MODEL_DEPLOYMENTS.name], since=run.started_at - 1.0
@@ -324,12 +327,31 @@ def run_demo(config: DemoConfig, on_progress: Callable[[Progress], None] = lambd
     again = [qa for qa in corrected if qa.question in taught]
     intents_taught = {qa.intent for qa in again}
     run.after = gateway.ask_all(f"{USER_PREFIX}0", again, "after")
-    run.unseen = gateway.ask_all(f"{USER_PREFIX}0", [qa for qa in unseen if qa.intent in intents_taught], "unseen")
+    unseen = [qa for qa in questions.unseen if qa.intent in intents_taught]
+    run.unseen = gateway.ask_all(f"{USER_PREFIX}0", unseen, "unseen")
     for ex in run.after + run.unseen:
         if ex.status == 200:
             ex.score = rouge_l(ex.answer, ex.reference)
     run.ended_at = time.time()
     return run
+
+
+class DemoError(Exception):
+    """The stack cannot run this demo case as it is set up; the message says what to change."""
+
+
+def check_rag(gateway: Gateway, qa: QA) -> None:
+    """One question to the alias: its answer must carry sources, or the alias is not marked rag."""
+    ex = gateway.ask_all(f"{USER_PREFIX}0", [qa], "probe")[0]
+    if ex.status != 200:
+        raise DemoError(f"the gateway did not answer the rag probe: {ex.status} {ex.error}")
+    if not ex.sources:
+        raise DemoError(
+            f"the alias {gateway.alias!r} answers without sources: it is not marked rag, or the knowledge base is "
+            "empty. Index the bundled shop pages and restart the stack with the alias marked: "
+            "`flywheel kb add inference/retrieval/examples/shop --root inference/retrieval/examples/shop`, then "
+            f"`FLYWHEEL_GATEWAY_RAG_ALIASES={gateway.alias} flywheel up`"
+        )
 
 
 def _bad_step(

@@ -23,6 +23,7 @@ def swapped_pairs(pairs: Sequence) -> list[dict]:
             "prompt": [m.model_dump() for m in p.prompt],
             "chosen": p.rejected,
             "rejected": p.chosen,
+            "prompt_format": p.prompt_format,
         }
         for p in pairs
         if p.chosen

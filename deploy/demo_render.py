@@ -67,14 +67,38 @@ def tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         )
     )
     u = report["unseen"]
+    unseen = "Gaps without their docstring" if report.get("case") == "code" else "Unseen paraphrases"
     out.append(
         (
-            f"Unseen paraphrases: {u['learned']}/{u['asked']} answered with the correction "
+            f"{unseen}: {u['learned']}/{u['asked']} answered with the correction "
             f"(ROUGE-L >= {u['learned_at']}), share {_pct(u['share'])}",
             ["question", "answer", "ROUGE-L"],
             [[_clip(r["question"], 50), _clip(r["answer"], 50), _f(r["rouge_l"])] for r in u["rows"]],
         )
     )
+    r = report.get("retrieval")
+    if r:
+        out.append(
+            (
+                "Answers with sources (rag)",
+                [
+                    "answered",
+                    "with a source",
+                    "labelled questions",
+                    "their page among the sources",
+                    "pairs with passages",
+                ],
+                [
+                    [
+                        str(r["answered"]),
+                        f"{r['with_sources']} ({_pct(r['source_share'])})",
+                        str(r["labelled"]),
+                        f"{r['hits']} ({_pct(r['hit_rate'])})",
+                        f"{r['pairs_with_passages']}/{r['pairs']}",
+                    ]
+                ],
+            )
+        )
     stages = report["stages"] or {}
     out.append(
         (

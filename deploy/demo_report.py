@@ -8,6 +8,8 @@
 - `versions`: per model version over the run's window, the analyst summary of `schemas.views.ab_summary_sql`
   (the SELECT behind `flywheel.v_ab_summary`, as `flywheel report` windows it), plus requests/s over the version's
   active span; `decision`: the rollout's last event and its reason (the sequential test's verdict);
+- `retrieval` (the rag case): answers with a source, labelled questions whose sources hold their page, the run's
+  pairs with passages in their prompt (deploy.demo_cases.retrieval_summary);
 - `series` (requests/s and thumbs-down rate per version, from the run's own answers, in `bin_s` bins) and
   `weights` (the routing table as sampled), for the plots.
 deploy/demo_render.py prints it as tables and writes report.json, report.md and the PNG plots.
@@ -22,6 +24,7 @@ from datetime import UTC, datetime
 
 from deploy import analytics
 from deploy.demo import DemoRun
+from deploy.demo_cases import labelled_documents, retrieval_summary
 from deploy.demo_traffic import LEARNED_AT, Exchange
 from schemas.views import DB, ab_summary_sql
 
@@ -234,6 +237,7 @@ def build_report(run: DemoRun, client, run_id: str, bin_s: float = 10.0) -> dict
     state = run.state
     return {
         "run_id": run_id,
+        "case": run.config.case,
         "window": {
             "start": _utc(start).isoformat(),
             "end": _utc(end).isoformat(),
@@ -264,6 +268,9 @@ def build_report(run: DemoRun, client, run_id: str, bin_s: float = 10.0) -> dict
         },
         "corrections": before_after(run),
         "unseen": unseen_summary(run.unseen),
+        "retrieval": (
+            retrieval_summary(run.exchanges, state.pairs, labelled_documents()) if run.config.case == "rag" else None
+        ),
         "stages": loop_stages(client, state.job_id),
         "versions": version_rows(window_summaries(client, start, end, run.config.alias)),
         "decision": decision(run),

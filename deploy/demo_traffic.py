@@ -1,8 +1,8 @@
 """The demo's simulated users: what they ask, how they judge an answer, and their traffic through the gateway.
 
 Pure pieces (unit-tested): `TrafficPlan`, `judge`, `select_corrected`. I/O: `Gateway` (the OpenAI-compatible
-chat endpoint and /feedback, as a client app calls them), `Traffic` (asks at a steady rate in a thread, judges
-every answer and sends the feedback). `deploy.demo` drives them and follows the loop.
+chat endpoint, /code/complete and /feedback, as a client app or an editor calls them), `Traffic` (asks at a steady
+rate in a thread, judges every answer and sends the feedback). `deploy.demo` drives them and follows the loop.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
+from deploy.demo_cases import CodeQA
 from deploy.openloop import OpenLoop
 from retrain.demo import QA
 from retrain.rouge import rouge_l
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 CORRECT_AT = 0.7  # ROUGE-L at or above which a user takes an answer as right
 LEARNED_AT = 0.8  # ROUGE-L at or above which an answer after the loop counts as "answered with the correction"
 USER_PREFIX = "demo-user-"
+EDITOR_VERDICTS = {"thumbs_up": "accepted", "thumbs_down": "rejected"}
 
 
 # -- the traffic plan and the judgement (pure) -----------------------------------------------------------------------
@@ -128,10 +130,13 @@ class Exchange:
     verdict: str = ""  # the feedback sent ("" when none was sent)
     corrected: bool = False
     error: str = ""
+    route: str = "chat"  # "chat": /v1/chat/completions; "code": /code/complete
+    sources: list[str] = field(default_factory=list)  # a rag answer's source documents, best first
 
 
 class Gateway:
-    """The OpenAI-compatible chat endpoint and /feedback, as a user of the gateway calls them."""
+    """The OpenAI-compatible chat endpoint, /code/complete (for a `CodeQA`) and /feedback, as a client app and an
+    editor plugin call them."""
 
     def __init__(
         self, url: str, api_key: str, alias: str, max_tokens: int = 64, temperature: float = 0.0, timeout: float = 180.0
@@ -151,6 +156,8 @@ class Gateway:
     ) -> Exchange:
         ex = Exchange(time.time(), user, qa.question, qa.intent, kind, qa.answer)
         temperature = self.temperature if temperature is None else temperature
+        if isinstance(qa, CodeQA):
+            return await self._complete(http, ex, qa, temperature)
         body = {
             "model": self.alias,
             "messages": [{"role": "user", "content": qa.question}],
@@ -167,6 +174,32 @@ class Gateway:
                 data = r.json()
                 ex.message_id = data["id"]
                 ex.answer = data["choices"][0]["message"].get("content") or ""
+                ex.sources = [s["document"] for s in data.get("sources") or []]
+            else:
+                ex.error = r.text[:300]
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            ex.error = f"{type(exc).__name__}: {exc}"
+        ex.latency_s = time.time() - ex.at
+        return ex
+
+    async def _complete(self, http: httpx.AsyncClient, ex: Exchange, qa: CodeQA, temperature: float) -> Exchange:
+        """An editor's completion at a snippet's gap (POST /code/complete)."""
+        ex.route = "code"
+        body = {
+            "prefix": qa.question,
+            "suffix": qa.suffix,
+            "language": qa.lang,
+            "model": self.alias,
+            "max_tokens": self.max_tokens,
+            "temperature": temperature,
+        }
+        try:
+            r = await http.post("/code/complete", json=body, headers={"X-User-Id": ex.user})
+            ex.status = r.status_code
+            if r.status_code == 200:
+                data = r.json()
+                ex.version = r.headers.get("x-model-version") or data["model"]
+                ex.message_id, ex.session_id, ex.answer = data["message_id"], data["session_id"], data["completion"]
             else:
                 ex.error = r.text[:300]
         except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -175,6 +208,8 @@ class Gateway:
         return ex
 
     async def feedback(self, http: httpx.AsyncClient, ex: Exchange, verdict: str, correction: str | None) -> bool:
+        if ex.route == "code":  # an editor's verdict on a completion
+            verdict = EDITOR_VERDICTS[verdict]
         body = {"session_id": ex.session_id, "message_id": ex.message_id, "feedback": verdict}
         if correction:
             body["correction"] = correction

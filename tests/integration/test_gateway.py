@@ -535,3 +535,13 @@ def test_each_user_has_a_feedback_quota(client):
     other = client.post("/chat", json={"message": "me too"}, headers={"X-User-Id": "another-" + user})
     mine = {**FEEDBACK, "session_id": other.json()["session_id"], "message_id": other.json()["message_id"]}
     assert client.post("/feedback", json=mine, headers={"X-User-Id": "another-" + user}).status_code == 202
+
+
+def test_the_rag_demo_refuses_an_alias_not_marked_rag(gateway):
+    from deploy.demo import DemoError, check_rag
+    from deploy.demo_cases import case_questions
+    from deploy.demo_traffic import Gateway
+
+    demo_client = Gateway(gateway["url"], gateway["key"], "support", max_tokens=8)
+    with pytest.raises(DemoError, match="FLYWHEEL_GATEWAY_RAG_ALIASES=support flywheel up"):
+        check_rag(demo_client, case_questions("rag").other[0])

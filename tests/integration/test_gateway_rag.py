@@ -196,3 +196,16 @@ def test_a_rag_jobs_pairs_hold_the_passages(gateway, streams, stack, kb):
     cited = [passages[s["passage"]] for s in answer["sources"]]
     assert cited and all(mask_pii(text)[:200] in system["content"] for text in cited)  # pairs mask PII
     assert row["chosen"] == [{"role": "assistant", "content": correction}]
+
+
+def test_the_demo_users_get_answers_with_sources(gateway, kb):
+    from deploy.demo import check_rag
+    from deploy.demo_cases import case_questions
+    from deploy.demo_traffic import Gateway
+
+    demo_client = Gateway(gateway["url"], gateway["key"], "support", max_tokens=8)
+    qa = case_questions("rag").other[0]
+    check_rag(demo_client, qa)  # the alias is marked rag: no error
+    (ex,) = demo_client.ask_all("demo-user-1", [qa], "other")
+    documents = {d.document for d in KnowledgeBase.open(kb["index"]).documents()}
+    assert ex.status == 200 and ex.sources and set(ex.sources) <= documents

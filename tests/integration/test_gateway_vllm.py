@@ -585,6 +585,25 @@ def test_completions_fill_in_the_middle_with_accept_and_reject(gateway, client, 
     assert (got.feedback, got.kind, got.correction) == ("thumbs_down", "completion", snippet.middle)
 
 
+def test_the_demo_editor_completes_a_gap_and_rejects_it(gateway):
+    import asyncio
+
+    from deploy.demo_cases import case_questions
+    from deploy.demo_traffic import Gateway
+
+    demo_client = Gateway(gateway["url"], gateway["key"], ALIAS, max_tokens=MAX_TOKENS)
+    gap = case_questions("code").asked[0]
+    (done,) = demo_client.ask_all("demo-user-1", [gap], "loop")
+    assert (done.route, done.status) == ("code", 200), done.error
+    assert done.message_id.startswith("cmpl-") and done.session_id and done.version == VERSION and done.answer
+
+    async def reject() -> bool:
+        async with demo_client.client() as http:
+            return await demo_client.feedback(http, done, "thumbs_down", gap.answer)
+
+    assert asyncio.run(reject())  # sent as "rejected" with the snippet's code as the correction: 202
+
+
 @pytest.mark.parametrize(
     "path, body, status, code, words",
     [

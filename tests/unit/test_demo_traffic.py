@@ -196,13 +196,16 @@ def test_tracker_reports_a_rejected_or_failed_job_and_follows_an_announced_versi
 
 
 def test_swapped_pairs_swap_chosen_and_rejected():
-    (row,) = swapped_pairs([pair("p1", "m1")])
+    text = pair("p2", "m2").model_copy(update={"prompt_format": "text"})
+    row, code_row = swapped_pairs([pair("p1", "m1"), text])
     assert row == {
         "pair_id": "swapped-p1",
         "prompt": [{"role": "user", "content": "q?"}],
         "chosen": "wrong",
         "rejected": "right",
+        "prompt_format": "chat",
     }
+    assert code_row["prompt_format"] == "text"  # a completion's pair stays a text pair
 
 
 # -- the report's arithmetic -----------------------------------------------------------------------------------------
