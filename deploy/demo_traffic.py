@@ -154,52 +154,25 @@ class Gateway:
     async def ask(
         self, http: httpx.AsyncClient, user: str, qa: QA, kind: str, temperature: float | None = None
     ) -> Exchange:
+        """`qa` asked by `user`: a chat question, or for a `CodeQA` an editor's completion at its gap."""
         ex = Exchange(time.time(), user, qa.question, qa.intent, kind, qa.answer)
         temperature = self.temperature if temperature is None else temperature
+        common = {"model": self.alias, "max_tokens": self.max_tokens, "temperature": temperature}
         if isinstance(qa, CodeQA):
-            return await self._complete(http, ex, qa, temperature)
-        body = {
-            "model": self.alias,
-            "messages": [{"role": "user", "content": qa.question}],
-            "temperature": temperature,
-            "max_tokens": self.max_tokens,
-            "user": user,
-        }
+            ex.route = "code"
+            body = {"prefix": qa.question, "suffix": qa.suffix, "language": qa.lang, **common}
+            return await self._post(http, ex, "/code/complete", body, _read_completion)
+        body = {"messages": [{"role": "user", "content": qa.question}], "user": user, **common}
+        return await self._post(http, ex, "/v1/chat/completions", body, _read_chat)
+
+    async def _post(self, http: httpx.AsyncClient, ex: Exchange, path: str, body: dict, read) -> Exchange:
         try:
-            r = await http.post("/v1/chat/completions", json=body, headers={"X-User-Id": user})
+            r = await http.post(path, json=body, headers={"X-User-Id": ex.user})
             ex.status = r.status_code
             ex.version = r.headers.get("x-model-version", "")
             ex.session_id = r.headers.get("x-session-id", "")
             if r.status_code == 200:
-                data = r.json()
-                ex.message_id = data["id"]
-                ex.answer = data["choices"][0]["message"].get("content") or ""
-                ex.sources = [s["document"] for s in data.get("sources") or []]
-            else:
-                ex.error = r.text[:300]
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            ex.error = f"{type(exc).__name__}: {exc}"
-        ex.latency_s = time.time() - ex.at
-        return ex
-
-    async def _complete(self, http: httpx.AsyncClient, ex: Exchange, qa: CodeQA, temperature: float) -> Exchange:
-        """An editor's completion at a snippet's gap (POST /code/complete)."""
-        ex.route = "code"
-        body = {
-            "prefix": qa.question,
-            "suffix": qa.suffix,
-            "language": qa.lang,
-            "model": self.alias,
-            "max_tokens": self.max_tokens,
-            "temperature": temperature,
-        }
-        try:
-            r = await http.post("/code/complete", json=body, headers={"X-User-Id": ex.user})
-            ex.status = r.status_code
-            if r.status_code == 200:
-                data = r.json()
-                ex.version = r.headers.get("x-model-version") or data["model"]
-                ex.message_id, ex.session_id, ex.answer = data["message_id"], data["session_id"], data["completion"]
+                read(ex, r.json())
             else:
                 ex.error = r.text[:300]
         except (httpx.HTTPError, ValueError, KeyError) as exc:
@@ -240,6 +213,17 @@ class Gateway:
                 return [await self.ask(http, user, qa, kind, temperature=0.0) for qa in qas]
 
         return asyncio.run(run())
+
+
+def _read_chat(ex: Exchange, data: dict) -> None:
+    ex.message_id = data["id"]
+    ex.answer = data["choices"][0]["message"].get("content") or ""
+    ex.sources = [s["document"] for s in data.get("sources") or []]
+
+
+def _read_completion(ex: Exchange, data: dict) -> None:
+    ex.message_id, ex.session_id, ex.answer = data["message_id"], data["session_id"], data["completion"]
+    ex.version = ex.version or data["model"]
 
 
 class Traffic(OpenLoop):
