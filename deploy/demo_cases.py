@@ -33,7 +33,6 @@ class CodeQA(QA):
 
 @dataclass(frozen=True)
 class CaseQuestions:
-    case: str
     asked: list[QA]  # asked in the traffic; wrong answers to the corrected ones among them get corrections
     other: list[QA]  # the rest of the traffic: never corrected
     unseen: list[QA]  # asked only after the rollout: other wordings of the corrected questions
@@ -46,14 +45,14 @@ def case_questions(case: str, asked: int = 3) -> CaseQuestions:
 
         intents = load_domain()
         seen, unseen = loop_sets(intents, asked)
-        return CaseQuestions(case, seen, sft_splits(intents)["test"], unseen)
+        return CaseQuestions(seen, sft_splits(intents)["test"], unseen)
     if case == "code":
         from retrain.demo.code import load_snippets
 
         gaps = [CodeQA(s.prefix, s.middle, s.id, "python", s.suffix) for s in load_snippets()]
         half = (len(gaps) + 1) // 2
         corrected = gaps[:half]
-        return CaseQuestions(case, corrected, gaps[half:], code_variants(corrected))
+        return CaseQuestions(corrected, gaps[half:], code_variants(corrected))
     raise ValueError(f"unknown demo case {case!r}: one of {', '.join(CASES)}")
 
 
@@ -94,11 +93,12 @@ def retrieval_summary(exchanges: Sequence, pairs: Sequence, labels: dict[str, st
     answered = [e for e in exchanges if e.status == 200]
     labelled = [e for e in answered if e.question in labels]
     hits = sum(labels[e.question] in e.sources for e in labelled)
+    with_sources = sum(bool(e.sources) for e in answered)
     with_passages = sum(any(m.role == "system" for m in p.prompt) for p in pairs)
     return {
         "answered": len(answered),
-        "with_sources": sum(bool(e.sources) for e in answered),
-        "source_share": sum(bool(e.sources) for e in answered) / len(answered) if answered else None,
+        "with_sources": with_sources,
+        "source_share": with_sources / len(answered) if answered else None,
         "labelled": len(labelled),
         "hits": hits,
         "hit_rate": hits / len(labelled) if labelled else None,

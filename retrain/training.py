@@ -82,9 +82,9 @@ def row_tokens(tokenizer, row: dict) -> int:
 def fitting_rows(
     rows: Sequence[dict], tokenizer, max_length: int, job_id: str = "manual", required: bool = True
 ) -> list[dict]:
-    """The rows within `max_length` tokens. A longer row would lose its answer to truncation (TRL keeps the start)
-    and train nothing, so it is left out and counted; ValueError when none fits (and `required`), naming the
-    lengths."""
+    """The rows within `max_length` tokens. TRL cuts a longer row at the end, so its answer would be trained cut
+    short, or not at all when the prompt alone is too long (a rag prompt's passages): it is left out and counted;
+    ValueError when none fits (and `required`), naming the lengths."""
     lengths = [row_tokens(tokenizer, r) for r in rows]
     kept = [r for r, n in zip(rows, lengths, strict=True) if n <= max_length]
     if len(kept) < len(rows):
