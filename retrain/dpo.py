@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from retrain.config import DPOJobConfig
-from retrain.training import DPO_LOG_KEYS, LogProgress, TrainResult, prepare
+from retrain.training import DPO_LOG_KEYS, LogProgress, TrainResult, fitting_rows, pair_tokens, prepare
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,9 @@ def train_dpo(
 
     started = time.monotonic()
     device, tokenizer, model, peft_config = prepare(base_model, parent_adapter, config, device)
+    rows = fitting_rows(list(train_dataset), tokenizer, config.max_length, job_id, length=pair_tokens)
+    if len(rows) < len(train_dataset):
+        train_dataset = type(train_dataset).from_list(rows)
     output_dir = Path(output_dir)
     log.info(
         "dpo start",

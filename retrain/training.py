@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
@@ -79,13 +80,24 @@ def row_tokens(tokenizer, row: dict) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def pair_tokens(tokenizer, pair: dict) -> int:
+    """Tokens of a preference row as DPO's trainer sees it: its prompt with the longer of its two answers."""
+    return max(row_tokens(tokenizer, {"prompt": pair["prompt"], "completion": pair[k]}) for k in ("chosen", "rejected"))
+
+
 def fitting_rows(
-    rows: Sequence[dict], tokenizer, max_length: int, job_id: str = "manual", required: bool = True
+    rows: Sequence[dict],
+    tokenizer,
+    max_length: int,
+    job_id: str = "manual",
+    required: bool = True,
+    length: Callable[[Any, dict], int] = row_tokens,
 ) -> list[dict]:
-    """The rows within `max_length` tokens. TRL cuts a longer row at the end, so its answer would be trained cut
-    short, or not at all when the prompt alone is too long (a rag prompt's passages): it is left out and counted;
-    ValueError when none fits (and `required`), naming the lengths."""
-    lengths = [row_tokens(tokenizer, r) for r in rows]
+    """The rows within `max_length` tokens (`length`: `row_tokens`, or `pair_tokens` for preference rows). TRL cuts
+    a longer row at the end, so its answer would be trained cut short, or not at all when the prompt alone is too
+    long (a rag prompt's passages): it is left out and counted; ValueError when none fits (and `required`), naming
+    the lengths."""
+    lengths = [length(tokenizer, r) for r in rows]
     kept = [r for r, n in zip(rows, lengths, strict=True) if n <= max_length]
     if len(kept) < len(rows):
         log.warning(

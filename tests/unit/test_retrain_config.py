@@ -88,3 +88,22 @@ def test_rows_longer_than_max_length_are_left_out_and_none_fitting_is_a_clear_er
     with pytest.raises(ValueError, match=r"max_length \(10 tokens; the shortest has 32\)"):
         fitting_rows([long], tok, max_length=10)
     assert fitting_rows([long], tok, max_length=10, required=False) == []
+
+
+def test_a_preference_row_is_as_long_as_its_prompt_with_the_longer_answer():
+    from retrain.training import fitting_rows, pair_tokens
+
+    tok = _WordTokenizer()
+    prompt = [{"role": "user", "content": "w w w"}]
+
+    def pair(chosen_words: int, rejected_words: int) -> dict:
+        return {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": "a " * chosen_words}],
+            "rejected": [{"role": "assistant", "content": "b " * rejected_words}],
+        }
+
+    short, long_rejected = pair(2, 2), pair(2, 30)
+    assert pair_tokens(tok, short) == 5 and pair_tokens(tok, long_rejected) == 33
+    assert pair_tokens(tok, {"prompt": "def f():", "chosen": " return 1", "rejected": " pass"}) == 5
+    assert fitting_rows([short, long_rejected], tok, max_length=10, length=pair_tokens) == [short]
