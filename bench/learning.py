@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 LEARNT, CORRECT, KEPT = 0.8, 0.7, 0.9
+BASE_DIR_HELP = "a model directory (any Hugging Face causal LM); default SmolLM2, built when missing"
 
 
 def share(flags) -> float:
@@ -48,8 +49,18 @@ def accuracy(answers, qas) -> dict:
     return {"accuracy": share(ok), **{f"accuracy_{k}": v for k, v in by_lang.items()}, "n": len(ok)}
 
 
-def offline(args) -> dict:
+def base_model(args) -> Path:
+    """--base-dir as it is when it holds a model (any Hugging Face causal LM directory); otherwise SmolLM2, built
+    there (default <data dir>/models/smollm2) when missing."""
     from retrain.base_model import build_base_model
+    from retrain.settings import RetrainSettings
+
+    if args.base_dir is not None and (args.base_dir / "config.json").is_file():
+        return args.base_dir.resolve()
+    return build_base_model(args.base_dir or RetrainSettings().data_dir / "models" / "smollm2")
+
+
+def offline(args) -> dict:
     from retrain.bootstrap import demo_rows
     from retrain.config import SFTJobConfig, load_config
     from retrain.demo import load_domain, sft_splits
@@ -59,7 +70,7 @@ def offline(args) -> dict:
     from retrain.training import RichProgress
 
     settings = RetrainSettings()
-    base = build_base_model(args.base_dir or settings.data_dir / "models" / "smollm2")
+    base = base_model(args)
     test = sft_splits(load_domain())["test"]
     result = {"base_model": str(base)}
     sft_dir = args.sft_dir
@@ -98,13 +109,10 @@ def rag(args) -> dict:
     from inference.gateway.rag import Passage, grounded
     from inference.retrieval import KnowledgeBase
     from inference.retrieval.examples import EXAMPLES_DIR, load_labelled_questions
-    from retrain.base_model import build_base_model
     from retrain.demo import load_domain, sft_splits
     from retrain.generate import Generator
-    from retrain.settings import RetrainSettings
 
-    settings = RetrainSettings()
-    base = build_base_model(args.base_dir or settings.data_dir / "models" / "smollm2")
+    base = base_model(args)
     kb_dir = args.out / "kb"
     kb = KnowledgeBase.open(kb_dir)
     if not kb.documents():
@@ -243,10 +251,20 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
     off = sub.add_parser("offline", help="base vs SFT on the held-out test questions")
-    off.add_argument("--base-dir", type=Path, default=None)
+    off.add_argument(
+        "--base-dir",
+        type=Path,
+        default=None,
+        help="a model directory (any Hugging Face causal LM); default SmolLM2, built when missing",
+    )
     off.add_argument("--sft-dir", type=Path, default=None, help="an SFT adapter to evaluate instead of training one")
     rg = sub.add_parser("rag", help="retrieval alone, fine-tuning alone and both on the held-out test questions")
-    rg.add_argument("--base-dir", type=Path, default=None)
+    rg.add_argument(
+        "--base-dir",
+        type=Path,
+        default=None,
+        help="a model directory (any Hugging Face causal LM); default SmolLM2, built when missing",
+    )
     rg.add_argument("--sft-dir", type=Path, required=True, help="the SFT adapter (e.g. from `offline`)")
     rg.add_argument("--k", type=int, default=3, help="passages per question (the gateway's default)")
     on = sub.add_parser("turn", help="one loop turn through the gateway of a running stack")
