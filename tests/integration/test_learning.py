@@ -140,3 +140,16 @@ def test_retrain_job_flips_a_corrected_answer(tiny, tmp_path, monkeypatch):
     assert answers[0] == fixed and answers[1:] == [a for _, a in QA[1:]]
     kept = [json.loads(line) for line in (outcome.version.path / TRAIN_ROWS).read_text().splitlines()]
     assert sum(r["completion"][0]["content"] == old for r in kept) == 0  # the replaced answer is not replayed later
+
+
+def test_dpo_leaves_out_pairs_longer_than_max_length(tiny, tmp_path):
+    from retrain.dataset import to_dataset
+    from retrain.dpo import train_dpo
+
+    short = Pair("short", ({"role": "user", "content": "Do you ship to Canada?"},), "Yes.", "No.")
+    long = Pair("long", ({"role": "user", "content": "word " * 200},), "Yes.", "No.")
+    config = DPOJobConfig(max_length=64, per_device_train_batch_size=1, logging_steps=1, torch_threads=1)
+    result = train_dpo(to_dataset([short, long]), tiny, tmp_path / "dpo", config, device="cpu")
+    assert (result.train_pairs, result.steps) == (1, 1)  # trained on the short pair only
+    with pytest.raises(ValueError, match=r"longer than max_length \(64 tokens"):
+        train_dpo(to_dataset([long]), tiny, tmp_path / "none", config, device="cpu")
