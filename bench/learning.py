@@ -108,7 +108,7 @@ def offline(args) -> dict:
 def rag(args) -> dict:
     from inference.gateway.rag import Passage, grounded
     from inference.retrieval import KnowledgeBase
-    from inference.retrieval.examples import EXAMPLES_DIR, load_labelled_questions
+    from inference.retrieval.examples import SHOP_DIR, labelled_documents
     from retrain.demo import load_domain, sft_splits
     from retrain.generate import Generator
 
@@ -116,10 +116,10 @@ def rag(args) -> dict:
     kb_dir = args.out / "kb"
     kb = KnowledgeBase.open(kb_dir)
     if not kb.documents():
-        kb.add([EXAMPLES_DIR / "shop"], root=EXAMPLES_DIR / "shop")
+        kb.add([SHOP_DIR], root=SHOP_DIR)
     splits = sft_splits(load_domain())
     test = splits["test"]
-    labels = {q["question"]: q["document"] for q in load_labelled_questions()}
+    labels = labelled_documents()
 
     def lookup(question: str) -> list[Passage]:
         hits = kb.search(question, k=args.k)
@@ -255,7 +255,7 @@ def main(argv=None) -> dict:
         "--base-dir",
         type=Path,
         default=None,
-        help="a model directory (any Hugging Face causal LM); default SmolLM2, built when missing",
+        help=BASE_DIR_HELP,
     )
     off.add_argument("--sft-dir", type=Path, default=None, help="an SFT adapter to evaluate instead of training one")
     rg = sub.add_parser("rag", help="retrieval alone, fine-tuning alone and both on the held-out test questions")
@@ -263,7 +263,7 @@ def main(argv=None) -> dict:
         "--base-dir",
         type=Path,
         default=None,
-        help="a model directory (any Hugging Face causal LM); default SmolLM2, built when missing",
+        help=BASE_DIR_HELP,
     )
     rg.add_argument("--sft-dir", type=Path, required=True, help="the SFT adapter (e.g. from `offline`)")
     rg.add_argument("--k", type=int, default=3, help="passages per question (the gateway's default)")

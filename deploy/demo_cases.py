@@ -79,13 +79,6 @@ def code_variants(gaps: Sequence[CodeQA]) -> list[CodeQA]:
 # -- the rag case's figures ------------------------------------------------------------------------------------------
 
 
-def labelled_documents() -> dict[str, str]:
-    """The bundled knowledge base's labelled questions: question -> the page that answers it ("en/returns.md")."""
-    from inference.retrieval.examples import load_labelled_questions
-
-    return {q["question"]: q["document"] for q in load_labelled_questions()}
-
-
 def retrieval_summary(exchanges: Sequence, pairs: Sequence, labels: dict[str, str]) -> dict:
     """The rag case's figures over the run's answered exchanges: the share with a source, the share of labelled
     questions whose sources hold their page (hit rate), and how many of the run's pairs carry passages (a system

@@ -24,8 +24,9 @@ from datetime import UTC, datetime
 
 from deploy import analytics
 from deploy.demo import DemoRun
-from deploy.demo_cases import labelled_documents, retrieval_summary
+from deploy.demo_cases import retrieval_summary
 from deploy.demo_traffic import LEARNED_AT, Exchange
+from inference.retrieval.examples import labelled_documents
 from schemas.views import DB, ab_summary_sql
 
 log = logging.getLogger(__name__)

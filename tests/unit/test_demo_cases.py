@@ -9,12 +9,12 @@ import pytest
 from deploy.demo_cases import (
     CodeQA,
     case_questions,
-    labelled_documents,
     retrieval_summary,
     without_docstrings,
 )
 from deploy.demo_render import markdown
 from deploy.demo_traffic import Exchange
+from inference.retrieval.examples import labelled_documents
 from retrain.demo.code import load_snippets
 from schemas.events import ChatMessage
 

@@ -21,3 +21,8 @@ QUESTIONS_FILE = EXAMPLES_DIR / "shop_questions.jsonl"
 def load_labelled_questions(path: Path = QUESTIONS_FILE) -> list[dict]:
     """The labelled questions: dicts with "question", "lang" ("en" | "zh") and "document"."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def labelled_documents(path: Path = QUESTIONS_FILE) -> dict[str, str]:
+    """Each labelled question -> the page that answers it ("en/returns.md")."""
+    return {q["question"]: q["document"] for q in load_labelled_questions(path)}
