@@ -93,9 +93,12 @@ def test_env_cpu_vs_gpu():
     assert cpu["VLLM_CPU_KVCACHE_SPACE"] == "2"
     assert cpu["VLLM_CPU_OMP_THREADS_BIND"] == "auto"
     assert cpu["VLLM_CPU_NUM_OF_RESERVED_CPU"] == "0"
+    assert cpu["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # the model runs in the engine process
     gpu = vllm_env(settings(device="gpu"), 0)
     assert gpu["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
-    assert not any(k.startswith("VLLM_CPU_") for k in gpu)
+    assert not any(k.startswith("VLLM_CPU_") for k in gpu) and "VLLM_ENABLE_V1_MULTIPROCESSING" not in gpu
+    separate = vllm_env(settings(device="cpu", cpu_model_in_engine=False), 0)
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in separate
 
 
 def test_reserved_cpus_left_to_vllm_by_default():
