@@ -1,6 +1,6 @@
 """Event contracts: one frozen pydantic model per topic value, all sharing the envelope.
 
-Envelope (ARCHITECTURE.md): event_id, event_type, schema_version, occurred_at (UTC), producer.
+Envelope (every event): event_id, event_type, schema_version, occurred_at (UTC), producer.
 Models forbid unknown fields: a typo in a producer is an error at the edge, not a silent loss.
 """
 

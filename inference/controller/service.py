@@ -126,7 +126,7 @@ class Controller:
                     "group.id": CONTROLLER_GROUP,
                     "auto.offset.reset": "earliest",
                     "enable.auto.commit": False,
-                    "session.timeout.ms": 6000,  # fast joins on the embedded broker (ENVIRONMENT.md)
+                    "session.timeout.ms": 6000,  # a group join waits half of it on the embedded broker
                     "heartbeat.interval.ms": 1000,
                 },
             )

@@ -4,7 +4,7 @@ parts are wired in inference/gateway/process.py.
 Reads: FLYWHEEL_* settings (inference/gateway/settings.py), Redis, the inference workers.
 Writes: events to Kafka (or the disk spool), `<data_dir>/dev-api-key` on first start.
 
-Routes (the contract of ARCHITECTURE.md):
+Routes (the public contract):
     POST   /v1/chat/completions   OpenAI-compatible, stream or not          scope chat
     GET    /v1/models             aliases and their versions                scope chat
     POST   /chat, /chat/stream    session API, history in Redis             scope chat
