@@ -7,6 +7,8 @@ threshold 8, canary steps of 5 s with 10 samples per arm) into this process's en
 inherit, and restores it afterwards. FLYWHEEL_E2E_* variables of the caller override durations, e.g.
 `FLYWHEEL_E2E_RATE=25` (steady traffic, requests/s).
 
+`quick_config` is the tiny model's job config with a short supervised stage, for jobs whose learning is not under test.
+
 Collected events: `loop_events` consumes retrain.jobs, model.deployments and chat.responses from the beginning.
 """
 
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
+import yaml
 
 from deploy.sandbox import EXPORTERS, Events, LocalLoop, RouteLog
 from deploy.supervision import pid_alive
@@ -73,3 +77,16 @@ def routes(loop: LocalLoop) -> RouteLog:
     log = RouteLog(loop.redis(), loop.settings.served_model_name)
     yield log
     log.close()
+
+
+@pytest.fixture(scope="session")
+def quick_config(tmp_path_factory) -> Path:
+    """The suite's job config (FLYWHEEL_RETRAIN_CONFIG, the tiny model's) with 2 supervised epochs instead of 100.
+
+    The 100 epochs make the tiny model repeat its corrections, which the gate's learning check needs; a job whose
+    learning is not under test (the gate's check off, or its verdict not obeyed) spends minutes on them for nothing.
+    """
+    config = yaml.safe_load(Path(os.environ["FLYWHEEL_RETRAIN_CONFIG"]).read_text())
+    path = tmp_path_factory.mktemp("config") / "quick.yaml"
+    path.write_text(yaml.safe_dump({**config, "sft_epochs": 2}))
+    return path

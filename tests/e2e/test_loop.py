@@ -195,7 +195,9 @@ def _responses(events) -> list:
     return [e for e in events.snapshot() if isinstance(e, ChatResponse)]
 
 
-def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, routes, traffic, state, tmp_path):
+def test_bad_adapter_is_rolled_back_by_the_canary(
+    loop: LocalLoop, loop_events, routes, traffic, state, tmp_path, quick_config
+):
     from producers.sdk import ChatEventProducer
     from producers.settings import ProducerSettings
     from retrain.dataset import query_pairs
@@ -223,7 +225,9 @@ def test_bad_adapter_is_rolled_back_by_the_canary(loop: LocalLoop, loop_events, 
     )
     # The same code as a retrain job (continuing from the promoted adapter), in its own process.
     trained = subprocess.run(
-        [str(Path(sys.executable).parent / "flywheel"), "train", "dpo", "--pairs", str(swapped)],
+        # The gate's verdict is not obeyed here, so a short supervised stage is enough: the users' thumbs judge it.
+        [str(Path(sys.executable).parent / "flywheel"), "train", "dpo", "--pairs", str(swapped)]
+        + ["--config", str(quick_config)],
         env=loop.child_env(),
         capture_output=True,
         text=True,

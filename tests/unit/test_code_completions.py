@@ -218,6 +218,7 @@ COMPLETION_ID = new_completion_id()
         ("thumbs_up", CHAT_ID, "thumbs_up", "rating"),
         ("thumbs_down", CHAT_ID, "thumbs_down", "rating"),
     ],
+    ids=["accepted", "rejected", "up-completion", "down-completion", "up-chat", "down-chat"],  # stable across runs
 )
 def test_feedback_verdict_and_kind(feedback, message_id, verdict, kind):
     req = FeedbackRequest(session_id="s", message_id=message_id, feedback=feedback, correction="    return x\n")
