@@ -67,7 +67,7 @@ def offline(args) -> dict:
     from retrain.generate import Generator
     from retrain.settings import RetrainSettings
     from retrain.sft import train_sft
-    from retrain.training import RichProgress
+    from retrain.training import rich_progress
 
     settings = RetrainSettings()
     base = base_model(args)
@@ -79,7 +79,7 @@ def offline(args) -> dict:
         config = load_config(settings.sft_config, cls=SFTJobConfig)
         started = time.monotonic()
         trained = train_sft(
-            train, base, args.out / "sft", config, eval_rows=val, device="cpu", callbacks=[RichProgress("SFT")]
+            train, base, args.out / "sft", config, eval_rows=val, device="cpu", callbacks=[rich_progress("SFT")]
         )
         result["sft_seconds"] = round(time.monotonic() - started, 1)
         result["sft_steps"] = trained.steps

@@ -46,14 +46,14 @@ def train_production_sft(
 ) -> AdapterVersion:
     """Train a LoRA from the base model on `rows`, register it (kind `sft`) and make it production."""
     from retrain.sft import train_sft
-    from retrain.training import RichProgress
+    from retrain.training import rich_progress
 
     config = config or load_config(settings.sft_config, cls=SFTJobConfig)
     registry = Registry(settings.registry_dir)
     job_id = f"sft-{uuid.uuid4().hex[:8]}"
     work = settings.work_dir / "jobs" / job_id
     try:
-        callbacks = [RichProgress(f"SFT {settings.served_model_name}")] if show_progress else []
+        callbacks = [rich_progress(f"SFT {settings.served_model_name}")] if show_progress else []
         result = train_sft(
             rows,
             settings.base_model_dir,

@@ -168,7 +168,7 @@ def sft_command(data_file, eval_file, demo, config_path, output, no_promote, **o
     if output is not None:
         from retrain.plots import loss_curve
         from retrain.sft import train_sft
-        from retrain.training import RichProgress
+        from retrain.training import rich_progress
 
         result = train_sft(
             rows,
@@ -177,7 +177,7 @@ def sft_command(data_file, eval_file, demo, config_path, output, no_promote, **o
             config,
             eval_rows=eval_rows,
             device=settings.retrain_device,
-            callbacks=[RichProgress("SFT")],
+            callbacks=[rich_progress("SFT")],
         )
         plot = loss_curve(result.log_history, Path(output) / "loss.png")
         click.echo(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from retrain.config import DPOJobConfig
-from retrain.training import DPO_LOG_KEYS, LogProgress, TrainResult, fitting_rows, pair_tokens, prepare
+from retrain.training import DPO_LOG_KEYS, TrainResult, fitting_rows, log_progress, pair_tokens, prepare
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def train_dpo(
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[LogProgress(job_id, publish)],
+        callbacks=[log_progress(job_id, publish)],
     )
     trainer.train()
     adapter_dir = output_dir / "adapter"

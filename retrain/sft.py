@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from retrain.config import SFTJobConfig
-from retrain.training import SFT_LOG_KEYS, LogProgress, TrainResult, fitting_rows, prepare
+from retrain.training import SFT_LOG_KEYS, TrainResult, fitting_rows, log_progress, prepare
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def train_sft(
         eval_dataset=evaluate,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[LogProgress(job_id, publish, SFT_LOG_KEYS, "sft step"), *callbacks],
+        callbacks=[log_progress(job_id, publish, SFT_LOG_KEYS, "sft step"), *callbacks],
     )
     trainer.train()
     adapter_dir = output_dir / "adapter"

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 log = logging.getLogger(__name__)
 
 # What TRL's trainers log, under our names.
@@ -35,31 +33,28 @@ class TrainResult:
     log_history: list[dict] = field(default_factory=list)
 
 
-class LogProgress(TrainerCallback):
-    """Every TRL log step to `log` (with the job id) and to `publish(step, epoch, values)`."""
+def log_progress(
+    job_id: str,
+    publish: Callable[[int, float, dict[str, float]], None] | None = None,
+    keys: dict[str, str] = DPO_LOG_KEYS,
+    message: str = "dpo step",
+):
+    """A trainer callback: every TRL log step to `log` (with the job id) and to `publish(step, epoch, values)`."""
+    from transformers import TrainerCallback  # about 10 s of imports (torch, peft): only when a run starts
 
-    def __init__(
-        self,
-        job_id: str,
-        publish: Callable[[int, float, dict[str, float]], None] | None = None,
-        keys: dict[str, str] = DPO_LOG_KEYS,
-        message: str = "dpo step",
-    ):
-        self.job_id = job_id
-        self.publish = publish
-        self.keys = keys
-        self.message = message
+    class LogProgress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:  # the final summary (train_loss, runtime) is logged separately
+                return
+            values = {ours: float(logs[theirs]) for theirs, ours in keys.items() if theirs in logs}
+            log.info(
+                message,
+                extra={"job_id": job_id, "step": state.global_step, "epoch": round(state.epoch or 0.0, 3), **values},
+            )
+            if publish is not None:
+                publish(state.global_step, float(state.epoch or 0.0), values)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:  # the final summary (train_loss, runtime) is logged separately
-            return
-        values = {ours: float(logs[theirs]) for theirs, ours in self.keys.items() if theirs in logs}
-        log.info(
-            self.message,
-            extra={"job_id": self.job_id, "step": state.global_step, "epoch": round(state.epoch or 0.0, 3), **values},
-        )
-        if self.publish is not None:
-            self.publish(state.global_step, float(state.epoch or 0.0), values)
+    return LogProgress()
 
 
 def pick_device(device: str) -> str:
@@ -143,37 +138,40 @@ def load_policy(base_model: str | Path, parent_adapter: str | Path | None, confi
     return tokenizer, model, peft_config
 
 
-class RichProgress(TrainerCallback):
-    """A rich progress bar over the training steps (for commands a person watches)."""
+def rich_progress(description: str = "training"):
+    """A trainer callback: a rich progress bar over the training steps (for commands a person watches)."""
+    from transformers import TrainerCallback
 
-    def __init__(self, description: str = "training"):
-        self.description = description
-        self.progress = None
-        self.task = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TextColumn("{task.fields[loss]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(self.description, total=state.max_steps, loss="")
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is not None and logs and "loss" in logs:
-            self.progress.update(self.task, loss=f"loss {float(logs['loss']):.3f}")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.stop()
+    class RichProgress(TrainerCallback):
+        def __init__(self):
             self.progress = None
+            self.task = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} steps"),
+                TextColumn("{task.fields[loss]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(description, total=state.max_steps, loss="")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is not None and logs and "loss" in logs:
+                self.progress.update(self.task, loss=f"loss {float(logs['loss']):.3f}")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    return RichProgress()
