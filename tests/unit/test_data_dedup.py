@@ -175,7 +175,7 @@ def test_cli_bad_inputs(tmp_path, content, args, message):
 def test_bench_runs_small_and_keeps_the_same_records(tmp_path):
     # A subprocess: tests do not import benchmarks (test_imports); this runs the bench's main as a user would.
     figures = tmp_path / "figures.json"
-    command = [sys.executable, "-m", "bench.dedup", "--n", "2000", "--repeats", "1", "--json", str(figures)]
+    command = [sys.executable, "-m", "bench.dedup", "--n", "1200", "--repeats", "1", "--json", str(figures)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     result = json.loads(figures.read_text())
