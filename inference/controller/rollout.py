@@ -231,6 +231,11 @@ def checks(canary: Figures, current: Figures, policy: Policy) -> list[Check]:
     ]
 
 
+def _span(seconds: float) -> str:
+    """A duration as people read it in a reason: seconds under two minutes, whole minutes above."""
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
 def decide(
     canary: Figures,
     current: Figures,
@@ -255,7 +260,7 @@ def decide(
         what = "; ".join(c.wait_text() for c in waiting)
         return Decision(
             Outcome.ROLLBACK,
-            f"inconclusive after {total_elapsed_s / 60:.0f} min (max {policy.max_duration_s / 60:.0f}): {what}",
+            f"inconclusive after {_span(total_elapsed_s)} (max {_span(policy.max_duration_s)}): {what}",
             "inconclusive",
         )
     if step_elapsed_s < policy.step_s:

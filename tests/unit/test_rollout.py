@@ -166,7 +166,7 @@ CASES = {
         7200,
         Outcome.ROLLBACK,
         "inconclusive",
-        ["inconclusive after 120 min (max 120): thumbs-down upper bound"],
+        ["inconclusive after 120 min (max 120 min): thumbs-down upper bound"],
     ),
 }
 
@@ -180,6 +180,14 @@ def test_decision_table(case):
         assert word in d.reason, d.reason
     if outcome is Outcome.ROLLBACK:
         assert d.reason.startswith(category)
+
+
+def test_a_short_rollouts_reason_gives_seconds():
+    from dataclasses import replace
+
+    short = replace(POLICY, step_s=5, max_duration_s=25)
+    d = decide(SHORT, CURRENT, short, step_elapsed_s=5, total_elapsed_s=26, step_responses=15)
+    assert d.outcome is Outcome.ROLLBACK and d.reason.startswith("inconclusive after 26 s (max 25 s): "), d.reason
 
 
 def test_evidence_accumulates_until_the_canary_advances():
