@@ -17,7 +17,7 @@ from deploy.sandbox import LocalLoop
 FLYWHEEL = str(Path(sys.executable).parent / "flywheel")
 # A rollout that cannot conclude on the tiny model's noise ends (rolled back as inconclusive) within the test; the
 # gate's learning check is off, as the tiny model learns nothing in one job (the gate is not under test here).
-OVERRIDES = {"FLYWHEEL_CANARY_MAX_DURATION_S": "45", "FLYWHEEL_GATE_MIN_CORRECTED": "0"}
+OVERRIDES = {"FLYWHEEL_CANARY_MAX_DURATION_S": "25", "FLYWHEEL_GATE_MIN_CORRECTED": "0"}
 
 
 def quick(config: Path) -> dict[str, str]:
