@@ -1,4 +1,4 @@
-"""Helpers shared by the gateway's integration tests (test_gateway.py, test_gateway_vllm.py).
+"""Helpers shared by the gateway's integration tests (test_gateway.py, serving/test_gateway_vllm.py).
 
 Processes are started and stopped here (the gateway as `python -m inference.gateway.app`), and events are consumed
 back from the broker and decoded with schemas.codec, as a downstream consumer would.

@@ -1,10 +1,10 @@
 """The gateway against the real stack: Tansu broker, Redis, and one real vLLM CPU worker serving the tiny model.
 
 As in production, the worker is the readiness wrapper (`python -m inference.worker.wrapper`, which starts the vLLM
-OpenAI server as its child) and the gateway (`python -m inference.gateway.app`) finds it through its readiness record
-in Redis and routes the alias `support` to the base model's served name through `flywheel:routes:support`.
-Both use a Redis database of their own (the worker reads every routing table of its database) and the gateway
-a data directory of its own (its dev key and spool).
+OpenAI server as its child; this folder's, see worker.py) and the gateway (`python -m inference.gateway.app`) finds
+it through its readiness record in Redis and routes the alias `support` to the base model's served name through
+`flywheel:routes:support`. Both use a Redis database of their own (the worker reads every routing table of its
+database) and the gateway a data directory of its own (its dev key and spool).
 
 The tiny model has random weights: answers are noise, so the tests check their shape (non-empty, token counts,
 ids, versions), never their words. Answers are kept to a few tokens.
@@ -12,11 +12,7 @@ ids, versions), never their words. Answers are kept to a few tokens.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,31 +21,27 @@ import orjson
 import pytest
 import redis
 
-from deploy.ports import free_ports
 from inference.gateway.fim import PLAIN, resolve_template
-from inference.keys import routes_key, worker_key
+from inference.keys import routes_key
 from retrain.demo.code import load_snippets
 from schemas.events import ChatRequest, ChatResponse, Feedback, InferenceLatency
 from schemas.topics import CHAT_FEEDBACK, CHAT_REQUESTS, CHAT_RESPONSES, INFERENCE_LATENCY
 from tests.conftest import settings_env
-from tests.integration.gateway_helpers import ROOT, consume, consume_topics, create_keys, oai, run_gateway
+from tests.integration.gateway_helpers import consume, consume_topics, create_keys, oai, run_gateway
+
+from .worker import SERVED, TOKEN, Worker, log_tail
 
 pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.timeout(600)]
 
 pytest.importorskip("vllm")
-psutil = pytest.importorskip("psutil")
 
 ALIAS = "support"
-VERSION = "tiny-gw"  # the base model's served name: what the gateway must report as the version served
-INDEX = 0
-WORKER_TOKEN = "worker-token-for-tests"
-REDIS_DB = 8  # apart from the stack's database 0 and test_vllm_worker.py's 7
-START_TIMEOUT_S = 300
+VERSION = SERVED  # the base model's served name: what the gateway must report as the version served
 MAX_TOKENS = 8
 SYSTEM_PROMPT = "You are a test assistant."
 
 
-# -- fixtures: one vLLM worker and one gateway for the module ---------------------------------------------
+# -- fixtures: the folder's vLLM worker (conftest.py) and one gateway for the module -----------------------------
 
 
 @pytest.fixture(scope="module")
@@ -58,85 +50,19 @@ def model_dir(tiny_model: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def db_url(stack) -> str:
-    url = stack.redis_dsn.rsplit("/", 1)[0] + f"/{REDIS_DB}"
-    r = redis.Redis.from_url(url)
-    r.flushdb()
+def db_url(worker_db) -> str:
+    r = redis.Redis.from_url(worker_db)
     # The alias's routing table as the controller writes it for the base model alone.
     r.hset(routes_key(ALIAS), VERSION, 100)
     r.close()
-    yield url
-    r = redis.Redis.from_url(url)
-    r.flushdb()
+    yield worker_db
+    r = redis.Redis.from_url(worker_db)
+    r.delete(routes_key(ALIAS))
     r.close()
 
 
-def _log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 @pytest.fixture(scope="module")
-def worker(model_dir, db_url, tmp_path_factory):
-    """The readiness wrapper and its vLLM server, ready (record in Redis says so); stopped with SIGTERM after,
-    checking that no process of its tree is left."""
-    (port,) = free_ports(1)
-    env = {
-        **os.environ,
-        "FLYWHEEL_BASE_MODEL": str(model_dir),
-        "FLYWHEEL_SERVED_MODEL_NAME": VERSION,
-        "FLYWHEEL_REDIS_URL": db_url,
-        "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,  # the gateway's requests only pass with it
-        "FLYWHEEL_WORKER_BASE_PORT": str(port - INDEX),
-        "FLYWHEEL_HEARTBEAT_S": "0.5",
-        "FLYWHEEL_READY_TTL_S": "5",
-        "FLYWHEEL_START_TIMEOUT_S": str(START_TIMEOUT_S),
-        "FLYWHEEL_LOG_LEVEL": "INFO",
-    }
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    r = redis.Redis.from_url(db_url, decode_responses=True)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inference.worker.wrapper", "--index", str(INDEX)],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        tree: list = []
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"worker exited with {proc.returncode}:\n{_log_tail(log_path)}")
-                raw = r.get(worker_key(INDEX))
-                record = json.loads(raw) if raw else None
-                if record and record["ready"]:
-                    break
-                if time.monotonic() > deadline:
-                    pytest.fail(f"worker not ready in {START_TIMEOUT_S}s; record {record}:\n{_log_tail(log_path)}")
-                time.sleep(0.2)
-            tree = psutil.Process(proc.pid).children(recursive=True)
-            yield {"url": record["url"], "record": record, "proc": proc, "log": log_path}
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            _, alive = psutil.wait_procs(tree, timeout=15)
-            for p in alive:
-                p.kill()
-            r.close()
-    assert not alive, f"vLLM processes left after the worker stopped: {alive}"
-
-
-@pytest.fixture(scope="module")
-def gateway(stack, db_url, worker, model_dir, tmp_path_factory):
+def gateway(stack, db_url, worker: Worker, model_dir, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("gateway-data")
     env = {
         **os.environ,
@@ -144,7 +70,7 @@ def gateway(stack, db_url, worker, model_dir, tmp_path_factory):
         "FLYWHEEL_DATA_DIR": str(data_dir),
         "FLYWHEEL_BASE_MODEL": str(model_dir),  # its tokenizer files: the fill-in-the-middle template ("auto")
         "FLYWHEEL_REDIS_URL": db_url,
-        "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,
+        "FLYWHEEL_WORKER_API_KEY": TOKEN,
         "FLYWHEEL_MODEL_ALIAS": ALIAS,
         "FLYWHEEL_SERVED_MODEL_NAME": VERSION,
         "FLYWHEEL_GATEWAY_UPSTREAMS": "",
@@ -160,9 +86,9 @@ def gateway(stack, db_url, worker, model_dir, tmp_path_factory):
             h = httpx.get(gw["url"] + "/health", headers={"Authorization": f"Bearer {gw['key']}"}, timeout=5.0)
             if h.status_code == 200 and h.json()["checks"]["workers"]["ready"] >= 1:
                 break
-            assert time.monotonic() < deadline, f"gateway never saw the worker: {h.text}\n{_log_tail(gw['log'])}"
+            assert time.monotonic() < deadline, f"gateway never saw the worker: {h.text}\n{log_tail(gw['log'])}"
             time.sleep(0.2)
-        yield {**gw, "worker": worker["url"]}
+        yield {**gw, "worker": worker.url}
 
 
 @pytest.fixture(scope="module")

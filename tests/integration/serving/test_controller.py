@@ -14,10 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +26,6 @@ import pytest
 import redis as redis_sync
 from confluent_kafka import Consumer
 
-from deploy.ports import free_ports
 from inference.adapters import AdapterAdmin, AdapterLoadError
 from inference.controller.canary_metrics import ClickHouseMetrics
 from inference.controller.cli import describe, live_state
@@ -44,11 +40,12 @@ from schemas.settings import bearer
 from schemas.topics import MODEL_DEPLOYMENTS
 from tests.reading import assign_all
 
+from .worker import SERVED, TOKEN, Worker
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 clickhouse_connect = pytest.importorskip("clickhouse_connect")
 REDIS_DB = 6  # a database of its own: the controller scans every worker record of its database
-WORKER_TOKEN = "worker-token-for-tests"  # vLLM refuses /v1/... without it, as on the stack
 
 
 # --- the analytics store ----------------------------------------------------------------------------
@@ -158,37 +155,13 @@ def make_adapter(model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vllm_url(model_dir, tmp_path_factory):
-    from inference.worker.spec import WorkerSettings, vllm_command, vllm_env
-
-    (port,) = free_ports(1)
-    ws = WorkerSettings(base_model=model_dir, served_model_name="tiny", worker_base_port=port, max_loras=4)
-    log = open(tmp_path_factory.mktemp("vllm") / "vllm.log", "wb")
-    proc = subprocess.Popen(
-        vllm_command(ws, 0, python=sys.executable),
-        env={**os.environ, **vllm_env(ws, 0), "VLLM_API_KEY": WORKER_TOKEN},  # as the wrapper starts it
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = ws.url(0)
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, f"vLLM exited {proc.returncode}; see {log.name}"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "vLLM not healthy in 300 s"
-        time.sleep(1)
-    yield url
-    os.killpg(proc.pid, 15)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+def vllm_url(worker: Worker) -> str:
+    """The folder's vLLM worker (conftest.py): this module loads adapters on it and unloads them after."""
+    yield worker.url
+    for name in set(models_of(worker.url)) - {SERVED}:
+        r = httpx.post(f"{worker.url}/v1/unload_lora_adapter", json={"lora_name": name}, headers=bearer(TOKEN))
+        assert r.status_code == 200, r.text
+    assert models_of(worker.url) == [SERVED]
 
 
 @pytest.fixture
@@ -206,7 +179,7 @@ def r(redis_url, vllm_url):
 
 
 def models_of(url: str) -> list[str]:
-    return [m["id"] for m in httpx.get(f"{url}/v1/models", headers=bearer(WORKER_TOKEN)).json()["data"]]
+    return [m["id"] for m in httpx.get(f"{url}/v1/models", headers=bearer(TOKEN)).json()["data"]]
 
 
 @vllm_only
@@ -214,7 +187,7 @@ def test_adapter_load_verify_unload(vllm_url, make_adapter, tmp_path):
     path = make_adapter("admin")
 
     async def scenario():
-        admin = AdapterAdmin(60, token=WORKER_TOKEN)
+        admin = AdapterAdmin(60, token=TOKEN)
         try:
             await admin.load("admin@v1", path, [vllm_url])
             assert "admin@v1" in models_of(vllm_url)
@@ -230,7 +203,7 @@ def test_adapter_load_verify_unload(vllm_url, make_adapter, tmp_path):
             with pytest.raises(AdapterLoadError) as err:  # never registered: refused before any worker sees it
                 await admin.load("admin@bad", str(bad), [vllm_url])
             assert err.value.worker == "-" and "not a registered version" in err.value.reason
-            lax = AdapterAdmin(60, registered=False, token=WORKER_TOKEN)
+            lax = AdapterAdmin(60, registered=False, token=TOKEN)
             try:
                 with pytest.raises(AdapterLoadError) as err:  # let through: vLLM itself refuses the weights
                     await lax.load("admin@bad", str(bad), [vllm_url])
@@ -264,7 +237,7 @@ class FedMetrics:
 class Load:
     """Requests routed like the gateway does (routes re-read every second), sent straight to vLLM."""
 
-    def __init__(self, redis_url: str, alias: str, worker: str, base: str = "tiny"):
+    def __init__(self, redis_url: str, alias: str, worker: str, base: str = SERVED):
         self.redis_url, self.alias, self.worker, self.base = redis_url, alias, worker, base
         self.routes = [Route(base, 100)]
         self.ok: dict[str, int] = {}
@@ -301,7 +274,7 @@ class Load:
 
     async def run(self, concurrency: int = 4):
         users = (f"user-{i}" for i in itertools.count())
-        async with httpx.AsyncClient(timeout=60, headers=bearer(WORKER_TOKEN)) as http:
+        async with httpx.AsyncClient(timeout=60, headers=bearer(TOKEN)) as http:
             await asyncio.gather(self.refresh(), *(self.client(http, users) for _ in range(concurrency)))
 
 
@@ -310,7 +283,7 @@ def controller_settings(stack, redis_url: str) -> ControllerSettings:
         data_dir=stack.data_dir,
         kafka_bootstrap=stack.kafka_bootstrap,
         redis_url=redis_url,
-        worker_api_key=WORKER_TOKEN,
+        worker_api_key=TOKEN,
         canary_plan=[5, 20, 50, 100],
         canary_step_s=1.5,
         canary_poll_s=0.5,
@@ -319,7 +292,7 @@ def controller_settings(stack, redis_url: str) -> ControllerSettings:
         canary_min_canary_rate=0,
         route_propagation_s=1.5,
         drain_timeout_s=20,
-        served_model_name="tiny",
+        served_model_name=SERVED,
     )
 
 
@@ -425,8 +398,8 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
     assert by_version[bad][-1] == ("rolled_back", 0)
     assert all(w < 100 for a, w in by_version[bad] if a != "rolled_back")
     rolled = next(e for e in events if e.version == bad and e.action == "rolled_back")
-    assert "thumbs-down" in rolled.reason and rolled.previous_version == "tiny"
-    assert weights_seen[0] == {"tiny": "100"}
+    assert "thumbs-down" in rolled.reason and rolled.previous_version == SERVED
+    assert weights_seen[0] == {SERVED: "100"}
     # The good ones walked the whole plan.
     for v in (v1, v2):
         assert by_version[v] == [("canary_started", 5), ("step", 20), ("step", 50), ("promoted", 100)], by_version
@@ -435,7 +408,7 @@ def test_bad_adapter_rolled_back_good_ones_promoted(stack, r, ch, vllm_url, make
     # Final state: v2 takes everything, is the only registered adapter, and the only one loaded.
     assert r.hgetall(ROUTES_KEY.format(alias=alias)) == {v2: "100"}
     assert r.hgetall(ADAPTERS_KEY) == {v2: paths[v2]}
-    assert set(models_of(vllm_url)) == {"tiny", v2}
+    assert set(models_of(vllm_url)) == {SERVED, v2}
     # Zero failed requests under load through load, canary steps, promotion and unload.
     assert not load.failures, load.failures[:5]
     assert load.ok.get(v1, 0) > 0 and load.ok.get(v2, 0) > 0 and load.ok.get(bad, 0) > 0, load.ok
@@ -478,7 +451,7 @@ def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url
     try:
         before = asyncio.run(first_life())
         assert r.hget(ROLLOUT_KEY.format(alias=alias), "phase") == "canary"
-        assert r.hgetall(ROUTES_KEY.format(alias=alias)) == {"tiny": "95", v1: "5"}
+        assert r.hgetall(ROUTES_KEY.format(alias=alias)) == {SERVED: "95", v1: "5"}
         after = asyncio.run(second_life())
     finally:
         producer.close(strict=False)
@@ -495,15 +468,15 @@ def test_restart_mid_canary_resumes_and_operator_commands(stack, r, ch, vllm_url
     # Operators: roll back to the base model (v1 unloaded), then promote v1 again (reloaded from the releases).
     env = {
         "FLYWHEEL_REDIS_URL": r.url,
-        "FLYWHEEL_WORKER_API_KEY": WORKER_TOKEN,
+        "FLYWHEEL_WORKER_API_KEY": TOKEN,
         "FLYWHEEL_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
         "FLYWHEEL_ROUTE_PROPAGATION_S": "0.5",
-        "FLYWHEEL_SERVED_MODEL_NAME": "tiny",
+        "FLYWHEEL_SERVED_MODEL_NAME": SERVED,
     }
     runner = CliRunner()
     result = runner.invoke(deploy_group, ["rollback", "--alias", alias], env=env)
     assert result.exit_code == 0, result.output
-    assert r.hgetall(ROUTES_KEY.format(alias=alias)) == {"tiny": "100"}
+    assert r.hgetall(ROUTES_KEY.format(alias=alias)) == {SERVED: "100"}
     assert v1 not in models_of(vllm_url) and not r.hexists(ADAPTERS_KEY, v1)
     result = runner.invoke(deploy_group, ["promote", v1, "--alias", alias], env=env)
     assert result.exit_code == 0, result.output
