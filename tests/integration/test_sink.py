@@ -52,11 +52,6 @@ def producer(kafka_bootstrap):
     p.flush(10)
 
 
-def produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None) -> None:
-    producer.produce(topic, value, key)
-    assert producer.flush(10) == 0
-
-
 def test_every_topic_lands_in_its_table(store, producer):
     tag = f"sink-test-{uuid.uuid4().hex[:8]}"
     copies = 7
@@ -114,26 +109,34 @@ def bad_value(kind: bytes | str | None) -> bytes | None:
     return json.dumps(good).encode()
 
 
-@pytest.mark.parametrize(("case", "value", "error_type"), BAD_EVENTS, ids=[c[0] for c in BAD_EVENTS])
-def test_bad_event_goes_to_the_dlq_with_the_reason(store, producer, consumer_config, case, value, error_type):
-    key = f"bad-{uuid.uuid4().hex[:10]}"
-    payload = bad_value(value)
-    dlq = Consumer(consumer_config)
-    assign_all(dlq, [CHAT_RESPONSES.dlq])
+@pytest.fixture(scope="module")
+def dead_letters(producer, kafka_bootstrap) -> dict[str, tuple[str, bytes | None, DeadLetter]]:
+    """Every bad event sent at once (one sink batch, one wait): case -> (key, payload, its dead letter)."""
+    sent = {case: (f"bad-{uuid.uuid4().hex[:10]}", bad_value(value)) for case, value, _ in BAD_EVENTS}
+    dlq = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    assign_all(dlq, [CHAT_RESPONSES.dlq])  # read by assignment: the group is never joined
+    letters: dict[bytes, DeadLetter] = {}
     try:
-        produce(producer, CHAT_RESPONSES.name, key.encode(), payload)
-        letter = None
+        for key, payload in sent.values():
+            producer.produce(CHAT_RESPONSES.name, payload, key.encode())
+        assert producer.flush(10) == 0
         deadline = time.monotonic() + 40
-        while letter is None and time.monotonic() < deadline:
+        while len(letters) < len(sent) and time.monotonic() < deadline:
             msg = dlq.poll(0.5)
-            if msg is not None and not msg.error() and msg.key() == key.encode():
-                letter = decode(msg.value(), DeadLetter)
-        assert letter is not None, f"{case}: no dead letter on {CHAT_RESPONSES.dlq}"
-        assert (letter.source_topic, letter.error_type, letter.key) == (CHAT_RESPONSES.name, error_type, key)
-        assert letter.payload == (payload or b"").decode()
-        assert letter.error
+            if msg is not None and not msg.error() and msg.key() in {k.encode() for k, _ in sent.values()}:
+                letters[msg.key()] = decode(msg.value(), DeadLetter)
     finally:
         dlq.close()
+    return {case: (key, payload, letters.get(key.encode())) for case, (key, payload) in sent.items()}
+
+
+@pytest.mark.parametrize(("case", "error_type"), [(c, e) for c, _, e in BAD_EVENTS], ids=[c[0] for c in BAD_EVENTS])
+def test_bad_event_goes_to_the_dlq_with_the_reason(store, dead_letters, case, error_type):
+    key, payload, letter = dead_letters[case]
+    assert letter is not None, f"{case}: no dead letter on {CHAT_RESPONSES.dlq}"
+    assert (letter.source_topic, letter.error_type, letter.key) == (CHAT_RESPONSES.name, error_type, key)
+    assert letter.payload == (payload or b"").decode()
+    assert letter.error
 
     def row():
         rows = store.query(
