@@ -6,7 +6,7 @@
    (the regression set's answers change), registered as rejected, nothing deployed;
 3. kill -9 of the worker mid-training, restart: the job ends `failed` ("worker restarted mid-job") and
    no partial version exists.
-Training time per job is printed (pytest -s) and asserted against a generous bound.
+Training time per job is printed (pytest -s), not asserted.
 """
 
 from __future__ import annotations
