@@ -34,149 +34,37 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-from rich.console import Console
 from rich.table import Table
 
+from bench.gateway_procs import (
+    ROOT,
+    Proc,
+    Target,
+    console,
+    cpu_seconds,
+    spawn,
+    start_gateway,
+    start_litellm,
+    wait_http,
+)
+from bench.gateway_rate import part_b
 from deploy import stack as local_stack
 from deploy.ports import free_ports
 from schemas.settings import CommonSettings
 
-ROOT = Path(__file__).resolve().parents[1]
-
-console = Console(width=160)  # a wide table also when the output is a file
-
 OPENAI_BODY = {"model": "tiny", "messages": [{"role": "user", "content": "Where is my order 12345?"}], "max_tokens": 16}
 CHAT_MESSAGE = "Where is my order 12345?"
 SESSIONS = 256  # /chat load cycles over this many session ids, so history is read and grows to 10 turns
-
-
-# -- processes -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-    def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def spawn(name: str, cmd: list[str], logs: Path, env: dict[str, str] | None = None, cwd: Path = ROOT) -> Proc:
-    log = logs / f"{name}.log"
-    f = open(log, "wb")  # noqa: SIM115 - the child owns it
-    popen = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {})}, stdout=f, stderr=subprocess.STDOUT)
-    return Proc(name, popen, log)
-
-
-def wait_http(proc: Proc, url: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
-        try:
-            httpx.get(url, timeout=2.0)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{proc.name}: {url} did not answer in {timeout:.0f}s:\n{proc.tail()}")
-
-
-@dataclass
-class Target:
-    """One server under load: where, what to POST, and the per-connection body variation."""
-
-    label: str
-    url: str
-    body: dict
-    headers: dict[str, str] = field(default_factory=dict)
-    session_field: bool = False  # cycle `session_id` over SESSIONS ids (the /chat routes)
-    pid: int | None = None  # the server process: its CPU time per request is reported (with its children)
-
-
-def gateway_env(
-    settings: CommonSettings, data_dir: Path, port: int, upstream: str, extra: dict[str, str]
-) -> dict[str, str]:
-    return {
-        "FLYWHEEL_DATA_DIR": str(data_dir),
-        "FLYWHEEL_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "FLYWHEEL_REDIS_URL": settings.redis_dsn,
-        "FLYWHEEL_GATEWAY_PORT": str(port),
-        "FLYWHEEL_GATEWAY_UPSTREAMS": upstream,
-        "FLYWHEEL_GATEWAY_DISCOVER_WORKERS": "false",
-        # the dev key's limits are far above a benchmark's thousands of requests/s (both still checked per request)
-        "FLYWHEEL_GATEWAY_DEV_KEY_RATE_PER_MINUTE": "1000000000",
-        "FLYWHEEL_GATEWAY_DEV_KEY_TOKENS_PER_MINUTE": "1000000000",
-        **extra,
-    }
-
-
-def start_gateway(
-    label: str,
-    settings: CommonSettings,
-    tmp: Path,
-    logs: Path,
-    upstream: str,
-    code_dir: Path = ROOT,
-    extra: dict[str, str] | None = None,
-) -> tuple[Proc, str, str]:
-    """Our gateway as its own process; returns (process, base URL, its dev API key)."""
-    (port,) = free_ports(1)
-    data_dir = tmp / f"gw-{label}"
-    env = gateway_env(settings, data_dir, port, upstream, extra or {})
-    env["PYTHONPATH"] = str(code_dir)
-    proc = spawn(f"gateway-{label}", [sys.executable, "-m", "inference.gateway.app"], logs, env, cwd=code_dir)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(proc, url + "/health")
-    key = (data_dir / "dev-api-key").read_text().strip()
-    return proc, url, key
-
-
-def start_litellm(exe: str, tmp: Path, logs: Path, upstream: str) -> tuple[Proc, str, str]:
-    """The LiteLLM proxy on the stub, one worker per core, a master key as its only key (it refuses to start
-    without one); returns (process, base URL, the key)."""
-    (port,) = free_ports(1)
-    config = tmp / "litellm.yaml"
-    key = f"sk-{uuid.uuid4().hex}"
-    model = {"model": "openai/tiny", "api_base": f"{upstream}/v1", "api_key": "unused"}
-    config.write_text(  # JSON is YAML
-        json.dumps(
-            {"model_list": [{"model_name": "tiny", "litellm_params": model}], "general_settings": {"master_key": key}}
-        )
-    )
-    workers = str(os.cpu_count() or 1)
-    cmd = [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", workers]
-    proc = spawn("litellm", cmd, logs, {"LITELLM_LOG": "ERROR"})
-    url = f"http://127.0.0.1:{port}"
-    wait_http(proc, url + "/health/liveliness", timeout=180.0)
-    return proc, url, key
 
 
 # -- (a) wrk ---------------------------------------------------------------------------------------
@@ -222,21 +110,6 @@ class WrkResult:
     errors: int
     requests: int
     cpu_ms: float  # the server process's CPU per request
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process and its children (uvicorn workers), from /proc (Linux)."""
-    if pid is None:
-        return 0.0
-    total = 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += cpu_seconds(int(child))
-    except (OSError, IndexError, ValueError):
-        pass
-    return total
 
 
 def run_wrk(target: Target, path: str, connections: int, duration: float, threads: int, tmp: Path) -> WrkResult:
@@ -356,217 +229,6 @@ def print_a(samples: dict, args, naive_label: str, direct_label: str) -> None:
         "Per-round req/s: "
         + "; ".join(f"{k} " + "/".join(f"{x.rps:.0f}" for x in v["load"]) for k, v in samples.items())
     )
-
-
-# -- (b) open-loop constant rate ------------------------------------------------------------------
-
-
-@dataclass
-class RateResult:
-    rate: float
-    sent: int
-    ok: int
-    errors: int
-    timeouts: int
-    achieved: float
-    p50_s: float
-    p99_s: float
-
-    @property
-    def error_frac(self) -> float:
-        return self.errors / max(1, self.sent)
-
-    @property
-    def timeout_frac(self) -> float:
-        return self.timeouts / max(1, self.sent)
-
-    def passes(
-        self, p99_s: float = 2.0, max_errors: float = 0.01, max_timeouts: float = 0.005, min_achieved: float = 0.95
-    ) -> bool:
-        """The seed's targets, and the rate really sustained (answers kept pace with the offered rate)."""
-        return (
-            self.p99_s < p99_s
-            and self.error_frac < max_errors
-            and self.timeout_frac < max_timeouts
-            and self.achieved >= min_achieved * self.rate
-        )
-
-
-async def open_loop(
-    url: str, body: dict, headers: dict[str, str], rate: float, duration: float, timeout_s: float
-) -> RateResult:
-    """Send `rate` requests/s for `duration` s whatever the answers do; latency from the scheduled time."""
-    import aiohttp
-
-    payload = json.dumps(body).encode()
-    hdrs = {"content-type": "application/json", **headers}
-    latencies: list[float] = []
-    outcome = {"ok": 0, "errors": 0, "timeouts": 0}
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        loop = asyncio.get_running_loop()
-
-        async def one(scheduled: float) -> None:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    async with session.post(url, data=payload, headers=hdrs) as resp:
-                        await resp.read()
-                        status = resp.status
-                latencies.append(loop.time() - scheduled)
-                if status == 200:
-                    outcome["ok"] += 1
-                elif status == 504:
-                    outcome["timeouts"] += 1
-                else:
-                    outcome["errors"] += 1
-            except TimeoutError:
-                latencies.append(timeout_s)
-                outcome["timeouts"] += 1
-            except Exception:
-                latencies.append(loop.time() - scheduled)
-                outcome["errors"] += 1
-
-        n = int(rate * duration)
-        t0 = loop.time() + 0.05
-        tasks = []
-        for i in range(n):
-            scheduled = t0 + i / rate
-            delay = scheduled - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
-        await asyncio.gather(*tasks)
-        elapsed = loop.time() - t0
-    latencies.sort()
-    p = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else float("nan")  # noqa: E731
-    return RateResult(
-        rate, n, outcome["ok"], outcome["errors"], outcome["timeouts"], outcome["ok"] / elapsed, p(0.50), p(0.99)
-    )
-
-
-def _step(label: str, url: str, body: dict, headers: dict[str, str], rate: float, args) -> RateResult:
-    res = asyncio.run(open_loop(url, body, headers, rate, args.b_duration, args.b_timeout))
-    console.log(
-        f"(b) {label:>8} {rate:6.1f}/s: achieved {res.achieved:6.1f}/s p50 {res.p50_s * 1000:7.1f} ms "
-        f"p99 {res.p99_s * 1000:7.1f} ms errors {res.error_frac:.2%} timeouts {res.timeout_frac:.2%} "
-        f"{'pass' if res.passes() else 'FAIL'}"
-    )
-    time.sleep(args.b_pause)
-    return res
-
-
-def search_rates(
-    paths: list[tuple[str, str, dict, dict[str, str]]], args
-) -> list[tuple[str, RateResult | None, list[RateResult]]]:
-    """Step the rate up for every path together, then bisect between each path's last pass and first fail.
-
-    At each rate the paths run one after the other, so that both see the same machine (these
-    machines are noisy: a search run path after path compared a quiet minute with a busy one).
-    """
-    best: dict[str, RateResult | None] = {label: None for label, *_ in paths}
-    fail: dict[str, float | None] = {label: None for label, *_ in paths}
-    steps: dict[str, list[RateResult]] = {label: [] for label, *_ in paths}
-
-    def run(label, url, body, headers, rate):
-        res = _step(label, url, body, headers, rate, args)
-        steps[label].append(res)
-        if res.passes():
-            best[label] = res
-        else:
-            fail[label] = rate
-
-    rate = args.b_start
-    while rate <= args.b_max and any(f is None for f in fail.values()):
-        for label, url, body, headers in paths:
-            if fail[label] is None:
-                run(label, url, body, headers, rate)
-        rate += args.b_step
-    for _ in range(args.b_refine):
-        for label, url, body, headers in paths:
-            if fail[label] is None:
-                continue
-            lo = best[label].rate if best[label] else 0.0
-            mid = (lo + fail[label]) / 2
-            if mid - lo >= 1.0:
-                run(label, url, body, headers, mid)
-    return [(label, best[label], steps[label]) for label, *_ in paths]
-
-
-def part_b(settings: CommonSettings, tmp: Path, logs: Path, procs: list[Proc], args, stub_url: str) -> None:
-    if args.vllm:
-        from inference.worker.spec import WorkerSettings, vllm_command, vllm_env
-
-        (port,) = free_ports(1)
-        ws = WorkerSettings(
-            base_model=Path(args.vllm).resolve(),
-            worker_base_port=port,
-            data_dir=tmp,
-            redis_url=settings.redis_dsn,
-            kafka_bootstrap=settings.kafka_bootstrap,
-        )
-        worker = spawn("vllm", vllm_command(ws, 0), logs, vllm_env(ws, 0))
-        procs.append(worker)
-        direct = ws.url(0)
-        console.log(f"(b) starting vLLM on {direct} (log {worker.log})")
-        wait_http(worker, direct + "/health", timeout=ws.start_timeout_s)
-        model = ws.served_model_name
-    else:
-        direct, model = stub_url, "tiny"
-    gw, gw_url, key = start_gateway("b", settings, tmp, logs, direct, extra=dict(args.ours_env))
-    procs.append(gw)
-    body = {
-        "messages": [{"role": "user", "content": "Where is my order 12345?"}],
-        "max_tokens": args.b_tokens,
-        "ignore_eos": True,
-        "temperature": 0.0,
-    }
-    paths = [
-        ("direct", direct + "/v1/chat/completions", {**body, "model": model}, {}),
-        ("gateway", gw_url + "/v1/chat/completions", body, {"Authorization": f"Bearer {key}"}),
-    ]
-    for _label, url, b, headers in paths:
-        for _ in range(2):  # warm up (vLLM compiles graphs on its first requests)
-            asyncio.run(open_loop(url, b, headers, 5.0, 1.0, args.b_timeout))
-    rows = search_rates(paths, args)
-    table = Table(
-        title=f"(b) highest constant rate sustained {args.b_duration:g} s within p99 < 2 s, errors < 1%, "
-        f"timeouts < 0.5%; {args.b_tokens}-token answers; "
-        f"{'vLLM ' + args.vllm if args.vllm else 'stub upstream (code-path check)'}"
-    )
-    for col in (
-        "path",
-        "sustained req/s",
-        "achieved",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "timeouts",
-        "x direct",
-        "steps (rate:pass)",
-    ):
-        table.add_column(col, justify="left" if col in ("path", "steps (rate:pass)") else "right")
-    direct_rate = rows[0][1].rate if rows[0][1] else 0.0
-    for label, best, steps in rows:
-        trail = " ".join(f"{s.rate:g}:{'y' if s.passes() else 'n'}" for s in steps)
-        if best is None:
-            table.add_row(label, "none", "-", "-", "-", "-", "-", "-", trail)
-            continue
-        table.add_row(
-            label,
-            f"{best.rate:g}",
-            f"{best.achieved:.1f}",
-            f"{best.p50_s * 1000:.1f}",
-            f"{best.p99_s * 1000:.1f}",
-            f"{best.error_frac:.2%}",
-            f"{best.timeout_frac:.2%}",
-            f"{best.rate / direct_rate:.2f}" if direct_rate else "-",
-            trail,
-        )
-    console.print(table)
-    capped = [label for label, best, steps in rows if steps and all(s.passes() for s in steps)]
-    if capped:
-        console.print(f"{', '.join(capped)}: passed every rate up to --b-max {args.b_max:g}/s (the limit is higher)")
-    console.print("goal: the gateway sustains >= 90% of the direct rate")
 
 
 # -- main --------------------------------------------------------------------------------------------

@@ -211,7 +211,7 @@ def gateway_latency(kb_dir: Path, questions: list[dict], requests: int, work: Pa
     """(d): {"plain"|"rag": {"p50_ms", "p99_ms"}, "added_p50_ms", "requests", "sources"}."""
     import httpx
 
-    from bench.gateway import spawn, start_gateway, wait_http
+    from bench.gateway_procs import spawn, start_gateway, wait_http
     from deploy import stack as local_stack
     from deploy.ports import free_ports
     from schemas.settings import CommonSettings
