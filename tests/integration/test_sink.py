@@ -115,15 +115,16 @@ def dead_letters(producer, kafka_bootstrap) -> dict[str, tuple[str, bytes | None
     sent = {case: (f"bad-{uuid.uuid4().hex[:10]}", bad_value(value)) for case, value, _ in BAD_EVENTS}
     dlq = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "unused", "enable.auto.commit": False})
     assign_all(dlq, [CHAT_RESPONSES.dlq])  # read by assignment: the group is never joined
+    keys = {key.encode() for key, _ in sent.values()}
     letters: dict[bytes, DeadLetter] = {}
     try:
         for key, payload in sent.values():
             producer.produce(CHAT_RESPONSES.name, payload, key.encode())
         assert producer.flush(10) == 0
         deadline = time.monotonic() + 40
-        while len(letters) < len(sent) and time.monotonic() < deadline:
+        while len(letters) < len(keys) and time.monotonic() < deadline:
             msg = dlq.poll(0.5)
-            if msg is not None and not msg.error() and msg.key() in {k.encode() for k, _ in sent.values()}:
+            if msg is not None and not msg.error() and msg.key() in keys:
                 letters[msg.key()] = decode(msg.value(), DeadLetter)
     finally:
         dlq.close()
